@@ -1,0 +1,77 @@
+"""The interface every backend implements, in the fleet's own types.
+
+A backend owns a set of clusters. Each cluster has one FIFO job queue with SkyPilot `sky exec`
+semantics: jobs start in submission order, one at a time (each job claims the cluster's one
+accelerator), and the queue keeps running when the process that submitted them exits.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from fleet.types import ClusterInfo, JobInfo, JobSpec
+
+
+class BackendError(Exception):
+    """An expected backend failure, with a message a person can act on."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend's control plane cannot be reached (e.g. the SkyPilot API server is down)."""
+
+
+class ClusterLost(BackendError):
+    """The cluster is gone or not UP; its queued and running jobs will never finish there."""
+
+    def __init__(self, cluster: str, reason: str = "") -> None:
+        super().__init__(f"cluster {cluster!r} is lost" + (f": {reason}" if reason else ""))
+        self.cluster = cluster
+        self.reason = reason
+
+
+class ProvisionFailed(BackendError):
+    """No capacity for the requested accelerator right now; worth retrying later or elsewhere."""
+
+
+class Backend(abc.ABC):
+    """What the controller needs from a fleet of clusters."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def up(self, names: Sequence[str], accelerators: Sequence[str]) -> list[ClusterInfo]:
+        """Bring up (or re-adopt) clusters `names[i]` with accelerator `accelerators[i]`.
+
+        Runs the task's setup once per cluster. Clusters that already exist are returned as they
+        are. A cluster that cannot be provisioned raises ProvisionFailed after the others are up.
+        """
+
+    @abc.abstractmethod
+    def clusters(self) -> list[ClusterInfo]:
+        """The clusters this backend knows of, with their real state."""
+
+    @abc.abstractmethod
+    def submit(self, cluster: str, job: JobSpec) -> int:
+        """Append a job to the cluster's FIFO queue and return its job id (unique per cluster).
+
+        Raises ClusterLost if the cluster is gone.
+        """
+
+    @abc.abstractmethod
+    def queues(self, clusters: Sequence[str]) -> dict[str, list[JobInfo] | ClusterLost]:
+        """Every job of each cluster's queue, oldest first; a ClusterLost value for lost clusters.
+
+        Backends with a remote control plane ask all clusters concurrently.
+        """
+
+    @abc.abstractmethod
+    def logs(self, cluster: str, job_id: int) -> str:
+        """The job's combined stdout/stderr so far ("" if none)."""
+
+    @abc.abstractmethod
+    def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
+        """Cancel queued or running jobs; unknown or finished ids are ignored."""
+
+    @abc.abstractmethod
+    def down(self, clusters: Sequence[str]) -> None:
+        """Tear clusters down, killing whatever runs on them."""

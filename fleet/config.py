@@ -1,0 +1,85 @@
+"""Project configuration: `fleet.yaml` beside `experiment.yaml` (optional; every field has a default).
+
+```yaml
+task: experiment.yaml        # the SkyPilot task that runs one experiment
+workload: train              # the directory snapshotted for each experiment
+queue_depth: 2               # jobs kept in each cluster's queue (one running, one waiting)
+tiers:
+  screen:   {accelerators: [H100], seeds: 1}
+  validate: {accelerators: [H200], seeds: 3}
+prices: {H100: 2.25, H200: 3.15, cpu: 0.0}   # $ per GPU-hour
+max_gpu_hours: null          # budget cap for the whole ledger
+local: {slots: 2, accelerators: null}         # local backend: CPU slots, or labels per slot
+```
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.errors import InputError, format_validation_error
+
+CONFIG_FILE = "fleet.yaml"
+
+# Documented defaults: on-demand list prices of single GPUs on common Kubernetes GPU clouds, late
+# 2026. Override them in fleet.yaml; they only feed the cost column and the budget cap.
+DEFAULT_PRICES = {"H100": 2.25, "H200": 3.15, "cpu": 0.0}
+
+
+class Tier(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accelerators: list[str] = Field(default_factory=list, description="accelerators that run this tier; empty = any")
+    seeds: int = Field(1, ge=1, description="default seeds for waves of this tier")
+
+
+class LocalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slots: int | None = Field(None, ge=1, description="CPU slots when there is no GPU (default: 1 per 2 cores, at least 1)")
+    accelerators: list[str] | None = Field(
+        None, description="label each slot with an accelerator name (testing tiers and normalization locally)"
+    )
+
+
+class FleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str = "experiment.yaml"
+    workload: str = "train"
+    queue_depth: int = Field(2, ge=1, le=16)
+    tiers: dict[str, Tier] = Field(
+        default_factory=lambda: {
+            "screen": Tier(accelerators=["H100"], seeds=1),
+            "validate": Tier(accelerators=["H200"], seeds=3),
+        }
+    )
+    prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    max_gpu_hours: float | None = Field(None, gt=0)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    reference_accelerator: str = "H100"
+
+    def price(self, accelerator: str) -> float | None:
+        return self.prices.get(accelerator)
+
+
+def load_config(root: Path) -> FleetConfig:
+    path = root / CONFIG_FILE
+    if not path.exists():
+        config = FleetConfig()
+    else:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: must be a mapping of settings, got {type(data).__name__}")
+        try:
+            config = FleetConfig.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(format_validation_error(path, exc)) from None
+    # FLEET_LOCAL_ACCELERATORS=H100,H200 labels local slots without a config file (tests, demos).
+    labels = os.environ.get("FLEET_LOCAL_ACCELERATORS")
+    if labels:
+        config.local.accelerators = [x.strip() for x in labels.split(",") if x.strip()]
+    return config
