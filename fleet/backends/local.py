@@ -1,0 +1,204 @@
+"""The local backend: each local GPU (or, with none, each CPU slot) is a "cluster".
+
+It runs the same task file as SkyPilot: `setup` once per machine and code snapshot, `run` once
+per experiment from `.fleet/workdir` with `FLEET_SNAPSHOT` selecting the experiment's snapshot.
+Each slot is a durable FIFO queue (`slot_queue.py`) whose runner and jobs outlive the controller.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleet.backends.base import Backend, BackendError, ClusterLost
+from fleet.backends.slot_queue import SlotQueue
+from fleet.config import FleetConfig
+from fleet.task import TaskSpec, load_task
+from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec, JobState
+from fleet.workspace import Workspace
+
+_STATES = {
+    "pending": JobState.PENDING,
+    "running": JobState.RUNNING,
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "timeout": JobState.TIMEOUT,
+    "cancelled": JobState.CANCELLED,
+}
+SETUP_TIMEOUT_S = 3600
+
+
+def local_gpus() -> list[str]:
+    """Names of local NVIDIA GPUs (via nvidia-smi, so the controller never imports torch)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [_short_gpu_name(line.strip()) for line in out.splitlines() if line.strip()]
+
+
+def _short_gpu_name(name: str) -> str:
+    for short in ("H200", "H100", "A100", "L40S", "L4", "A10G", "T4", "V100"):
+        if short in name:
+            return short
+    return name
+
+
+def default_slots(config: FleetConfig) -> list[str]:
+    """Accelerator label per slot: configured labels, else one per local GPU, else CPU slots."""
+    if config.local.accelerators:
+        return list(config.local.accelerators)
+    gpus = local_gpus()
+    if gpus:
+        return gpus
+    count = config.local.slots or max(1, (os.cpu_count() or 1) // 2)
+    return ["cpu"] * count
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, workspace: Workspace, config: FleetConfig) -> None:
+        self.workspace = workspace
+        self.config = config
+        self.root = workspace.local
+
+    @property
+    def task(self) -> TaskSpec:
+        return load_task(self.workspace.root / self.config.task)
+
+    def _slot_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _meta(self, name: str) -> dict | None:
+        try:
+            return json.loads((self._slot_dir(name) / "slot.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    # --- clusters ----------------------------------------------------------------------------
+    def up(self, names: Sequence[str], accelerators: Sequence[str]) -> list[ClusterInfo]:
+        gpus = local_gpus()
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(names)))
+        for index, (name, accelerator) in enumerate(zip(names, accelerators)):
+            meta = self._meta(name)
+            if meta and meta.get("state") == ClusterState.UP.value:
+                continue
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(index % len(gpus))
+            slot = self._slot_dir(name)
+            slot.mkdir(parents=True, exist_ok=True)
+            (slot / "slot.json").write_text(
+                json.dumps({"accelerator": accelerator, "env": env, "state": ClusterState.UP.value})
+            )
+        return [c for c in self.clusters() if c.name in set(names)]
+
+    def clusters(self) -> list[ClusterInfo]:
+        if not self.root.exists():
+            return []
+        out = []
+        for slot in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            meta = self._meta(slot.name)
+            if meta:
+                out.append(ClusterInfo(slot.name, meta["accelerator"], ClusterState(meta["state"])))
+        return out
+
+    def down(self, clusters: Sequence[str]) -> None:
+        for name in clusters:
+            meta = self._meta(name)
+            if meta is None:
+                continue
+            SlotQueue(self._slot_dir(name)).kill_all()
+            meta["state"] = ClusterState.DOWN.value
+            (self._slot_dir(name) / "slot.json").write_text(json.dumps(meta))
+
+    # --- setup -------------------------------------------------------------------------------
+    def ensure_setup(self, snapshot: str) -> None:
+        """Run the task's setup once per machine and code snapshot (it is idempotent and cached)."""
+        task = self.task
+        if not task.setup.strip():
+            return
+        key = hashlib.sha256(f"{task.setup}\0{snapshot}".encode()).hexdigest()[:16]
+        marker = self.root / f"setup-{key}.done"
+        if marker.exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = self.workspace.logs / f"setup-{key}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as fh:
+            proc = subprocess.run(
+                ["bash", "-c", task.setup], cwd=self.workspace.workdir, env=self._env(task, {"FLEET_SNAPSHOT": snapshot}),
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=SETUP_TIMEOUT_S,
+            )
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise BackendError(f"task setup failed (exit {proc.returncode}); log: {log}\n{tail}")
+        marker.touch()
+
+    def _env(self, task: TaskSpec, job_env: dict[str, str]) -> dict[str, str]:
+        # The task's envs are defaults: a variable already set in the user's shell wins (a local
+        # SKYFLEET_CACHE, say), and the experiment's own knob overrides win over both.
+        env = {**task.envs, **os.environ, **job_env}
+        env["FLEET_BACKEND"] = "local"
+        return {k: os.path.expanduser(v) if v.startswith("~") else v for k, v in env.items()}
+
+    # --- jobs --------------------------------------------------------------------------------
+    def _queue(self, cluster: str) -> SlotQueue:
+        meta = self._meta(cluster)
+        if meta is None or meta.get("state") != ClusterState.UP.value:
+            raise ClusterLost(cluster, "no such local slot" if meta is None else f"slot is {meta.get('state')}")
+        return SlotQueue(self._slot_dir(cluster))
+
+    def submit(self, cluster: str, job: JobSpec) -> int:
+        queue = self._queue(cluster)
+        self.ensure_setup(job.snapshot)
+        task = self.task
+        meta = self._meta(cluster) or {}
+        env = self._env(task, {**meta.get("env", {}), **job.envs,
+                               "FLEET_SNAPSHOT": job.snapshot, "EXPERIMENT_ID": job.experiment_id})
+        log = self.workspace.logs / f"{job.job_name}.log"
+        return queue.submit(job.job_name, task.run, str(self.workspace.workdir), env, job.timeout_s, str(log))
+
+    def queues(self, clusters: Sequence[str]) -> dict[str, list[JobInfo] | ClusterLost]:
+        out: dict[str, list[JobInfo] | ClusterLost] = {}
+        for name in clusters:
+            try:
+                queue = self._queue(name)
+            except ClusterLost as lost:
+                out[name] = lost
+                continue
+            jobs = queue.jobs()
+            if any(j.state in ("pending", "running") for j in jobs):
+                queue.ensure_runner()  # a runner that died (machine reboot, kill) is restarted
+            out[name] = [
+                JobInfo(j.job_id, j.name, _STATES[j.state], j.started_at, j.ended_at, j.exit_code) for j in jobs
+            ]
+        return out
+
+    def logs(self, cluster: str, job_id: int) -> str:
+        for job in SlotQueue(self._slot_dir(cluster)).jobs():
+            if job.job_id == job_id:
+                try:
+                    return Path(job.log).read_text(errors="replace")
+                except FileNotFoundError:
+                    return ""
+        return ""
+
+    def log_path(self, cluster: str, job_id: int) -> Path | None:
+        for job in SlotQueue(self._slot_dir(cluster)).jobs():
+            if job.job_id == job_id:
+                return Path(job.log)
+        return None
+
+    def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
+        if self._meta(cluster) is not None:
+            SlotQueue(self._slot_dir(cluster)).cancel(list(job_ids))

@@ -1,0 +1,292 @@
+"""A durable FIFO job queue for one slot, with `sky exec` semantics, kept in a directory.
+
+The queue is files (one JSON spec and one JSON state per job) plus a detached runner process
+that starts jobs one at a time in submission order. Everything survives the death of the process
+that submitted the jobs: the runner has its own session, each job has its own process group and
+writes its exit status to a file, and a restarted runner re-adopts a job that is still running.
+
+This module imports only the standard library so the runner starts in milliseconds.
+
+    <slot>/jobs/000001.json    spec: name, script, cwd, env, timeout_s, log
+    <slot>/jobs/000001.state   state: pending|running|succeeded|failed|timeout|cancelled, times, pid
+    <slot>/jobs/000001.exit    the job's exit status, written by the job's own shell
+    <slot>/jobs/000001.cancel  a cancel request
+    <slot>/runner.lock         held by the live runner
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TERMINAL = ("succeeded", "failed", "timeout", "cancelled")
+KILL_GRACE_S = 5.0
+IDLE_EXIT_S = float(os.environ.get("FLEET_RUNNER_IDLE_S", "120"))
+POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: int
+    name: str
+    state: str
+    log: str
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as dead.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+class SlotQueue:
+    """The client side: submit, list, cancel, kill. Safe to use from many processes at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.jobs_dir = self.root / "jobs"
+
+    # --- paths -------------------------------------------------------------------------------
+    def _spec(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.json"
+
+    def _state(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.state"
+
+    def _exit(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.exit"
+
+    def _cancel(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.cancel"
+
+    @contextlib.contextmanager
+    def _lock(self, name: str = "queue.lock", blocking: bool = True):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / name, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # --- client API --------------------------------------------------------------------------
+    def job_ids(self) -> list[int]:
+        if not self.jobs_dir.exists():
+            return []
+        return sorted(int(p.stem) for p in self.jobs_dir.glob("*.json"))
+
+    def submit(self, name: str, script: str, cwd: str, env: dict[str, str], timeout_s: float, log: str) -> int:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            ids = self.job_ids()
+            job_id = (ids[-1] + 1) if ids else 1
+            now = time.time()
+            _write_json(self._state(job_id), {"state": "pending"})
+            _write_json(
+                self._spec(job_id),
+                {"name": name, "script": script, "cwd": cwd, "env": env, "timeout_s": timeout_s,
+                 "log": log, "submitted_at": now},
+            )
+        self.ensure_runner()
+        return job_id
+
+    def jobs(self) -> list[QueuedJob]:
+        out = []
+        for job_id in self.job_ids():
+            spec = _read_json(self._spec(job_id))
+            state = _read_json(self._state(job_id)) or {"state": "pending"}
+            if spec is None:
+                continue
+            status = state["state"]
+            if status == "pending" and self._cancel(job_id).exists():
+                status = "cancelled"
+            out.append(
+                QueuedJob(job_id, spec["name"], status, spec["log"], spec["submitted_at"],
+                          state.get("started_at"), state.get("ended_at"), state.get("exit_code"))
+            )
+        return out
+
+    def cancel(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            if self._spec(job_id).exists():
+                self._cancel(job_id).touch()
+        self.ensure_runner()
+
+    def runner_alive(self) -> bool:
+        with self._lock("runner.lock", blocking=False) as got:
+            return not got
+
+    def ensure_runner(self) -> None:
+        """Start the runner if none holds the runner lock and there is work to do."""
+        if self.runner_alive():
+            return
+        if not any(j.state in ("pending", "running") for j in self.jobs()):
+            return
+        log = open(self.root / "runner.log", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "fleet.backends.slot_queue", str(self.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd=str(self.root), env={**os.environ, "PYTHONPATH": _package_parent()},
+        )
+        log.close()
+
+    def kill_all(self) -> None:
+        """Cancel every queued job and kill the running one (tear-down)."""
+        self.cancel([j.job_id for j in self.jobs() if j.state in ("pending", "running")])
+        for job_id in self.job_ids():
+            state = _read_json(self._state(job_id)) or {}
+            if state.get("state") == "running" and state.get("pgid"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state["pgid"], signal.SIGKILL)
+
+
+def _package_parent() -> str:
+    parent = str(Path(__file__).resolve().parents[2])
+    existing = os.environ.get("PYTHONPATH")
+    return parent + (os.pathsep + existing if existing else "")
+
+
+class _Runner(SlotQueue):
+    """The runner: one per slot, started detached; exits after a while with nothing to do."""
+
+    def run_forever(self) -> None:
+        with self._lock("runner.lock", blocking=False) as got:
+            if not got:
+                return  # another runner owns this slot
+            idle_since = time.monotonic()
+            while True:
+                job_id = self._next_job()
+                if job_id is None:
+                    if time.monotonic() - idle_since > IDLE_EXIT_S:
+                        return
+                    time.sleep(POLL_S)
+                    continue
+                self._run(job_id)
+                idle_since = time.monotonic()
+
+    def _next_job(self) -> int | None:
+        """The oldest job that is running (to re-adopt) or pending; cancelled ones are closed."""
+        for job_id in self.job_ids():
+            state = _read_json(self._state(job_id)) or {"state": "pending"}
+            if state["state"] == "running":
+                return job_id
+            if state["state"] == "pending":
+                if self._cancel(job_id).exists():
+                    _write_json(self._state(job_id), {"state": "cancelled", "ended_at": time.time()})
+                    continue
+                return job_id
+        return None
+
+    def _run(self, job_id: int) -> None:
+        spec = _read_json(self._spec(job_id))
+        state = _read_json(self._state(job_id)) or {"state": "pending"}
+        if spec is None:
+            return
+        if state["state"] == "running":
+            pid, started = state.get("pid"), state["started_at"]
+            proc = None
+        else:
+            proc, started = self._start(job_id, spec), time.time()
+            pid = proc.pid
+            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
+        outcome, code = self._wait(job_id, proc, pid, started, float(spec["timeout_s"]))
+        _write_json(
+            self._state(job_id),
+            {"state": outcome, "started_at": started, "ended_at": time.time(), "exit_code": code, "pid": pid},
+        )
+
+    def _start(self, job_id: int, spec: dict) -> subprocess.Popen:
+        script_path = self.jobs_dir / f"{job_id:06d}.sh"
+        script_path.write_text(spec["script"])
+        exit_path = self._exit(job_id)
+        Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
+        log = open(spec["log"], "ab")
+        # The job's own shell records its exit status, so it is known even if this runner dies.
+        wrapper = 'bash "$1"; code=$?; echo $code > "$2.tmp" && mv "$2.tmp" "$2"; exit $code'
+        proc = subprocess.Popen(
+            ["bash", "-c", wrapper, "fleet-job", str(script_path), str(exit_path)],
+            cwd=spec["cwd"], env={**os.environ, **spec["env"]}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        return proc
+
+    def _wait(self, job_id: int, proc, pid: int, started: float, timeout_s: float) -> tuple[str, int | None]:
+        finished = threading.Event()
+        if proc is not None:
+            threading.Thread(target=lambda: (proc.wait(), finished.set()), daemon=True).start()
+        while True:
+            if proc is None and (self._exit(job_id).exists() or not _pid_alive(pid)):
+                finished.set()
+            if finished.is_set():
+                return self._outcome(job_id, proc)
+            if self._cancel(job_id).exists():
+                self._kill(pid, finished)
+                return "cancelled", None
+            if time.time() - started > timeout_s:
+                self._kill(pid, finished)
+                return "timeout", None
+            finished.wait(0.1 if proc is not None else POLL_S * 5)
+
+    def _outcome(self, job_id: int, proc) -> tuple[str, int | None]:
+        code = proc.returncode if proc is not None else None
+        if code is None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                code = int(self._exit(job_id).read_text().strip())
+        if code is None:
+            return "failed", None  # the job vanished without an exit status (machine reboot)
+        return ("succeeded" if code == 0 else "failed"), code
+
+    def _kill(self, pgid: int, finished: threading.Event) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after a grace period."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.time() + KILL_GRACE_S
+        while time.time() < deadline and not finished.is_set() and _pid_alive(pgid):
+            finished.wait(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    _Runner(Path(sys.argv[1])).run_forever()

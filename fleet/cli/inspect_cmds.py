@@ -1,0 +1,184 @@
+"""`fleet status`, `fleet results`, `fleet logs`: reading the ledger (never imports SkyPilot)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fleet.cli.context import Context
+from fleet.cli.results_view import leaderboard_payload, render_leaderboard
+from fleet.cost import cost_summary
+from fleet.daemon import controller_running
+from fleet.errors import InputError
+from fleet.leaderboard import autoresearch_status
+from fleet.types import ClusterState
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="clusters, queues, running experiments, wave progress")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("results", parents=[common], help="the leaderboard (table, tsv or json)")
+    p.add_argument("--wave", help="only this wave (default: every wave)")
+    p.add_argument("--format", choices=("table", "tsv", "json"), default=None, help="output format (default: table)")
+    p.add_argument("--sort", choices=("normalized", "raw"), default="normalized",
+                   help="rank by hardware-normalized val_bpb (default, when there is mixed hardware) or raw")
+    p.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    p.add_argument("--limit", type=int, default=None, help="show only the top N rows (table)")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("logs", parents=[common], help="an experiment's log")
+    p.add_argument("experiment", help="experiment id")
+    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument("--attempt", type=int, default=None, help="which attempt (default: the latest)")
+    p.set_defaults(func=cmd_logs)
+
+
+def status_payload(ctx: Context) -> dict:
+    ledger = ctx.ledger
+    now = time.time()
+    attempts = ledger.attempts(active=True)
+    clusters = []
+    for c in ledger.clusters():
+        if c.state == ClusterState.DOWN:
+            continue
+        mine = [a for a in attempts if a.cluster == c.name]
+        running = next((a for a in mine if a.state == "running"), None)
+        clusters.append({
+            "name": c.name, "accelerator": c.accelerator, "state": c.state.value, "queue_depth": len(mine),
+            "running": None if running is None else {
+                "experiment": running.experiment_id,
+                "elapsed_s": round(now - (running.started_at or running.submitted_at), 1)},
+        })
+    waves = []
+    for w in ledger.waves():
+        counts = ledger.counts(w.id)
+        total = sum(counts.values())
+        finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
+        waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "total": total, "finished": finished,
+                      "counts": counts})
+    board = leaderboard_payload(ctx, None)
+    best = next((r for r in board["rows"] if r["rank"] == 1), None)
+    idle = [c["name"] for c in clusters if c["state"] == "up" and c["queue_depth"] == 0]
+    return {
+        "backend": ledger.get_meta("backend") or "local",
+        "controller": {"running": controller_running(ctx.workspace),
+                       "error": ledger.get_meta("controller_error") or None},
+        "clusters": clusters,
+        "idle_clusters": idle,
+        "waves": waves,
+        "best": None if best is None else {k: best[k] for k in ("experiment", "label", "val_bpb", "normalized",
+                                                                 "accelerator")},
+        "sorted_by": board["sorted_by"],
+        "cost": cost_summary(ledger, ctx.config),
+    }
+
+
+def render_status(console: Console, payload: dict) -> None:
+    ctrl = payload["controller"]
+    console.print(f"backend {payload['backend']} · controller {'running' if ctrl['running'] else 'stopped'}"
+                  + (f" · [red]{ctrl['error']}[/red]" if ctrl["error"] else ""))
+    table = Table(title="clusters", title_justify="left")
+    for col in ("cluster", "accel", "state", "queue", "running", "elapsed"):
+        table.add_column(col)
+    for c in payload["clusters"]:
+        run = c["running"]
+        table.add_row(c["name"], c["accelerator"], c["state"], str(c["queue_depth"]),
+                      run["experiment"] if run else "-", f"{run['elapsed_s']:.0f}s" if run else "-")
+    console.print(table)
+    waves = Table(title="waves", title_justify="left")
+    for col in ("wave", "tier", "progress", "pending", "running", "done", "crash"):
+        waves.add_column(col)
+    for w in payload["waves"]:
+        n = w["counts"]
+        waves.add_row(w["id"], w["tier"], f"{w['finished']}/{w['total']}", str(n.get("pending", 0) + n.get("queued", 0)),
+                      str(n.get("running", 0)), str(n.get("done", 0)), str(n.get("crash", 0) + n.get("timeout", 0)))
+    console.print(waves)
+    if payload["best"]:
+        b = payload["best"]
+        console.print(f"best: {b['experiment']} val_bpb={b['val_bpb']:.4f} ({b['label'] or 'base'}, {b['accelerator']})")
+    cost = payload["cost"]
+    console.print(f"spend: {cost['gpu_hours']:.2f} GPU-hours, ${cost['dollars']:.2f}"
+                  + (f" of a {cost['cap_gpu_hours']:g} GPU-hour cap" if cost.get("cap_gpu_hours") else ""))
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    payload = status_payload(ctx)
+    ctx.sink.data(payload, lambda c: render_status(c, payload))
+    if payload["idle_clusters"] and not any(w["finished"] < w["total"] for w in payload["waves"]):
+        ctx.sink.hint(f"{len(payload['idle_clusters'])} clusters idle — submit another wave or `fleet promote`")
+    return 0
+
+
+def results_tsv(ctx: Context, wave: str | None) -> str:
+    """autoresearch-compatible results.tsv: experiment, val_bpb, memory_gb, status, description."""
+    ledger = ctx.ledger
+    experiments = ledger.experiments(wave=wave)
+    results = ledger.results(wave=wave)
+    status = autoresearch_status(experiments, results)
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["experiment", "val_bpb", "memory_gb", "status", "description"])
+    for exp in experiments:
+        if exp.id not in status:
+            continue
+        res = results.get(exp.id)
+        bpb = f"{res.val_bpb:.6f}" if res and res.val_bpb is not None else "0.000000"
+        mem = f"{res.peak_memory_mb / 1024:.1f}" if res and res.peak_memory_mb is not None else "0.0"
+        description = " ".join(f"{exp.label or exp.description or 'base'} SEED={exp.seed}".split())
+        writer.writerow([exp.id, bpb, mem, status[exp.id], description])
+    return buf.getvalue()
+
+
+def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
+    if args.wave and ctx.ledger.wave(args.wave) is None:
+        raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
+    fmt = args.format or ("json" if ctx.sink.json else "table")
+    if fmt == "tsv":
+        text = results_tsv(ctx, args.wave)
+    else:
+        payload = leaderboard_payload(ctx, args.wave, sort_by=args.sort)
+        if fmt == "json" or args.output:
+            import json
+
+            text = json.dumps(payload, indent=2, default=str) + "\n"
+        else:
+            render_leaderboard(ctx.sink.out, payload, args.limit)
+            return 0
+    if args.output:
+        args.output.write_text(text)
+        ctx.sink.info(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    if ledger.experiment(args.experiment) is None:
+        raise InputError(f"unknown experiment {args.experiment!r}; `fleet results --json` lists experiment ids")
+    attempts = ledger.attempts(args.experiment)
+    if args.attempt is not None:
+        attempts = [a for a in attempts if a.n == args.attempt]
+    if not attempts:
+        raise InputError(f"{args.experiment} has not started yet" if args.attempt is None
+                         else f"--attempt {args.attempt}: {args.experiment} has no such attempt")
+    attempt = attempts[-1]
+    path = Path(attempt.log_path)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if not text and attempt.job_id is not None and attempt.state in ("pending", "running"):
+        text = ctx.backend().logs(attempt.cluster, attempt.job_id)  # live log from a remote cluster
+    lines = text.splitlines()
+    if args.tail is not None:
+        lines = lines[-args.tail:] if args.tail > 0 else []
+    if ctx.sink.json:
+        ctx.sink.data({"experiment": args.experiment, "attempt": attempt.n, "cluster": attempt.cluster,
+                       "state": attempt.state, "log_path": str(path), "lines": lines})
+    else:
+        print("\n".join(lines))
+    return 0

@@ -1,0 +1,68 @@
+"""The `fleet` command: wires the command groups together and turns errors into exit codes.
+
+Exit codes: 0 ok, 1 fleet error (a backend problem, a failed wait), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from fleet import __version__
+from fleet.backends.base import BackendError
+from fleet.cli import cluster_cmds, code_cmds, inspect_cmds, research_cmds, wave_cmds
+from fleet.cli.context import Context
+from fleet.cli.output import Sink
+from fleet.errors import FleetError, InputError
+from fleet.workspace import Workspace
+
+GROUPS = (wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors are bad input: exit 2, one line
+        self.print_usage(sys.stderr)
+        raise InputError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout (for agents)")
+    common.add_argument("-q", "--quiet", action="store_true", help="data only; no progress or hints")
+    common.add_argument("--backend", choices=("local", "sky", "skypilot"), default=None,
+                        help="where experiments run (default: $FLEET_BACKEND, else the workspace's, else local)")
+    parser = _Parser(prog="fleet", description="Run many short training experiments in parallel on a fleet of clusters.")
+    parser.add_argument("--version", action="version", version=f"skyfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for group in GROUPS:
+        group.register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    sink = Sink("human")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        sink = Sink("json" if args.json else "quiet" if args.quiet else "human")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        ctx = Context(Workspace.find(), sink, args.backend)
+        return int(args.func(ctx, args) or 0)
+    except KeyboardInterrupt:
+        sink.error("interrupted; experiments already queued keep running (`fleet status`)")
+        return 130
+    except (FleetError, BackendError) as exc:
+        if os.environ.get("FLEET_DEBUG"):
+            traceback.print_exc()
+        for i, line in enumerate(str(exc).splitlines() or [type(exc).__name__]):
+            sink.error(line) if i == 0 else sink.err.print(line, markup=False, highlight=False)
+        return exc.exit_code if isinstance(exc, FleetError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""`fleet wave`, `fleet wait`, `fleet cancel`, `fleet release`: submitting work and waiting for it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fleet.cli.context import Context
+from fleet.cli.results_view import leaderboard_payload, render_leaderboard
+from fleet.daemon import controller_running, ensure_controller
+from fleet.errors import FleetError, InputError
+from fleet.knobs import check_wave_knobs, load_knob_listing
+from fleet.ledger import NewExperiment
+from fleet.snapshot import take_snapshot
+from fleet.types import ClusterState, ExperimentState
+from fleet.wave import check_size, expand_wave, load_wave
+
+UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("wave", parents=[common], help="submit a wave file (a grid of experiments)")
+    p.add_argument("file", type=Path, help="the wave YAML file")
+    p.add_argument("--wait", action="store_true", help="block until the wave is done, then print the leaderboard")
+    p.add_argument("--yes", "-y", action="store_true", help="allow waves of more than 10,000 experiments")
+    p.add_argument("--timeout", type=float, default=None, help="per-experiment timeout in seconds (default: 2x TIME_BUDGET + 600)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the experiments; submit nothing")
+    p.set_defaults(func=cmd_wave)
+
+    p = sub.add_parser("wait", parents=[common], help="block until a wave (default: all work) is done")
+    p.add_argument("wave", nargs="?", help="wave id (default: every unfinished wave)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel experiments (queued or running)")
+    p.add_argument("experiments", nargs="*", help="experiment ids")
+    p.add_argument("--wave", help="cancel every unfinished experiment of this wave")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("release", parents=[common], help="release experiments held by a budget cap")
+    p.add_argument("--wave", help="only this wave")
+    p.set_defaults(func=cmd_release)
+
+
+def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
+                   parent: str | None = None, max_gpu_hours: float | None = None, source: str = "wave",
+                   snapshot: str | None = None, base: dict | None = None):
+    """Snapshot the workload, check every knob, then record the wave: all or nothing."""
+    workload = ctx.workspace.root / ctx.config.workload
+    if not workload.is_dir():
+        raise InputError(f"workload directory {workload} does not exist; set `workload:` in fleet.yaml")
+    ctx.workspace.ensure()
+    snapshot = snapshot or take_snapshot(workload, ctx.workspace.snapshots)
+    snapshot_root = ctx.workspace.snapshot_dir(snapshot)
+    listing = load_knob_listing(snapshot_root)
+    check_wave_knobs(planned, listing, snapshot_root, source)
+    spec = {**spec, "default_budget": _default_budget(listing)}
+    backend = ctx.backend_name()
+    if backend != "local" and not ctx.ledger.clusters([ClusterState.UP]):
+        raise FleetError(f"no {backend} clusters are up: run `fleet up --backend {backend} --clusters N` first")
+    ctx.ledger.set_meta("backend", backend)
+    news = [NewExperiment(p.config, p.config_key, p.seed, p.description, p.label) for p in planned]
+    wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, news, kind=kind, parent=parent,
+                                            max_gpu_hours=max_gpu_hours, base=base)
+    ensure_controller(ctx.workspace, ctx.ledger)
+    return wave, experiments
+
+
+def _default_budget(listing) -> float | None:
+    knob = listing.knobs.get("TIME_BUDGET") if hasattr(listing, "knobs") else None
+    default = getattr(knob, "default", None) if knob is not None else None
+    if isinstance(default, dict) and default:
+        return max(float(v) for v in default.values())
+    return None
+
+
+def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
+    tiers = ctx.config.tiers
+    spec = load_wave(args.file, tiers.keys())
+    planned = expand_wave(spec, tiers[spec.tier].seeds)
+    check_size(len(planned), yes=args.yes)
+    for warning in spec.warnings:
+        ctx.sink.warn(warning)
+    if args.dry_run:
+        ctx.sink.data({"wave": spec.name, "experiments": [p.__dict__ for p in planned]},
+                      lambda c: [c.print(f"{p.label}  SEED={p.seed}") for p in planned])
+        return 0
+    raw = {k: v for k, v in dataclasses.asdict(spec).items() if k != "warnings"}
+    if args.timeout:
+        raw["timeout_s"] = args.timeout
+    wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),
+                                       max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env))
+    payload = {"wave": wave.id, "experiments": len(experiments), "tier": wave.tier, "snapshot": wave.snapshot,
+               "backend": ctx.backend_name()}
+    ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, code {wave.snapshot})")
+    if args.wait:
+        return wait_for(ctx, wave.id, None)
+    ctx.sink.data(payload, lambda c: c.print(wave.id))
+    ctx.sink.hint(f"`fleet wait {wave.id}` blocks until it is done; `fleet status` shows progress")
+    return 0
+
+
+def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
+    ledger = ctx.ledger
+    if wave is not None and ledger.wave(wave) is None:
+        raise InputError(f"wave {wave!r} does not exist; `fleet status` lists waves")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    total = sum(ledger.counts(wave).values())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
+        bar = progress.add_task(f"wave {wave}" if wave else "all waves", total=total)
+        while True:
+            counts = ledger.counts(wave)
+            unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
+            progress.update(bar, completed=sum(counts.values()) - unfinished - counts.get("held", 0),
+                            total=sum(counts.values()),
+                            description=f"{wave or 'all waves'}: {counts.get('running', 0)} running")
+            if unfinished == 0:
+                break
+            if not controller_running(ctx.workspace) and not ensure_controller(ctx.workspace, ledger):
+                problem = ledger.get_meta("controller_error")
+                if problem:
+                    raise FleetError(f"the controller cannot run: {problem}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished")
+            time.sleep(0.5)
+    payload = leaderboard_payload(ctx, wave)
+    ctx.sink.data(payload, lambda c: render_leaderboard(c, payload))
+    held = ledger.counts(wave).get("held", 0)
+    if held:
+        ctx.sink.hint(f"{held} experiments are held by the budget cap: `fleet release` runs them")
+    else:
+        ctx.sink.hint("`fleet promote WAVE` validates the best configurations; `fleet adopt EXP` keeps a winner's code")
+    return 0
+
+
+def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
+    return wait_for(ctx, args.wave, args.timeout)
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    if not args.experiments and not args.wave:
+        raise InputError("name experiments to cancel, or --wave WAVE (e.g. `fleet cancel lr-wd-003`)")
+    targets = list(args.experiments)
+    if args.wave:
+        if ledger.wave(args.wave) is None:
+            raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
+        targets += [e.id for e in ledger.experiments(wave=args.wave, states=[*UNFINISHED, ExperimentState.HELD])]
+    unknown = [t for t in targets if ledger.experiment(t) is None]
+    if unknown:
+        raise InputError(f"unknown experiment {unknown[0]!r}; `fleet results --json` lists experiment ids")
+    cancelled = [t for t in targets if ledger.set_state(
+        t, ExperimentState.CANCELLED, "cancelled by user", only_from=[*UNFINISHED, ExperimentState.HELD])]
+    ensure_controller(ctx.workspace, ledger)  # it cancels the jobs that already reached a cluster
+    ctx.sink.data({"cancelled": cancelled}, lambda c: c.print(f"cancelled {len(cancelled)} experiments"))
+    return 0
+
+
+def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    held = ledger.experiments(wave=args.wave, states=[ExperimentState.HELD])
+    for exp in held:
+        ledger.set_state(exp.id, ExperimentState.PENDING, "released by user", only_from=[ExperimentState.HELD])
+    ensure_controller(ctx.workspace, ledger)
+    ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
+    if held and ctx.config.max_gpu_hours is not None:
+        ctx.sink.hint("the budget cap still applies: raise max_gpu_hours in fleet.yaml to run past it")
+    return 0

@@ -1,0 +1,257 @@
+"""The controller: keeps every cluster's queue at its target depth until the work is done.
+
+One cycle = read every queue (one concurrent round-trip for remote backends), reconcile the ledger
+with what the backend reports (finished jobs become results, lost clusters give their work back),
+then ask the pure `schedule.assign` what to submit and submit it. The ledger is written *before*
+each backend call, so a controller killed at any point is resumed by the next one without losing
+or duplicating an experiment: job names carry the experiment id and attempt number.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost
+from fleet.config import FleetConfig
+from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
+from fleet.results import parse_run_log
+from fleet.schedule import ClusterSlot, PendingExperiment, assign, within_budget
+from fleet.types import ClusterState, ExperimentState, JobInfo, JobSpec, JobState
+from fleet.workspace import Workspace
+
+log = logging.getLogger("fleet.controller")
+
+MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
+DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
+
+
+@dataclass
+class CycleReport:
+    submitted: int = 0
+    finished: int = 0
+    requeued: int = 0
+    lost_clusters: list[str] = field(default_factory=list)
+    held: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.submitted or self.finished or self.requeued or self.lost_clusters)
+
+
+def experiment_timeout(exp: ExperimentRow, default_budget: float | None) -> float:
+    """2x the experiment's TIME_BUDGET plus set-up margin (compile, data loading, evaluation)."""
+    budget = exp.config.get("TIME_BUDGET")
+    try:
+        seconds = float(budget) if budget is not None else default_budget
+    except ValueError:
+        seconds = default_budget
+    return DEFAULT_TIMEOUT_S if seconds is None else 2 * seconds + 600
+
+
+def job_for(exp: ExperimentRow, attempt: int, accelerator: str, timeout_s: float) -> JobSpec:
+    envs = {**exp.config, "SEED": str(exp.seed)}
+    return JobSpec(exp.id, attempt, exp.snapshot, envs, timeout_s, None if accelerator == "cpu" else accelerator)
+
+
+class Controller:
+    def __init__(
+        self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.workspace = workspace
+        self.ledger = ledger
+        self.backend = backend
+        self.config = config
+        self.clock = clock
+
+    # --- one cycle ---------------------------------------------------------------------------
+    def cycle(self) -> CycleReport:
+        report = CycleReport()
+        clusters = {c.name: c for c in self.ledger.clusters([ClusterState.UP])}
+        queues = self.backend.queues(sorted(clusters)) if clusters else {}
+        active = self.ledger.attempts(active=True)
+        for name, queue in queues.items():
+            if isinstance(queue, ClusterLost):
+                self._lose_cluster(name, queue.reason, [a for a in active if a.cluster == name], report)
+        live = {name: q for name, q in queues.items() if not isinstance(q, ClusterLost)}
+        for attempt in active:
+            if attempt.cluster in live:
+                self._reconcile(attempt, live[attempt.cluster], report)
+            elif attempt.cluster not in clusters:  # its cluster was torn down or lost earlier
+                self._requeue(attempt, f"cluster {attempt.cluster} is gone", report)
+        self._cancel_requested()
+        self._submit_pending(report)
+        return report
+
+    def _lose_cluster(self, name: str, reason: str, attempts: list[AttemptRow], report: CycleReport) -> None:
+        accelerator = next((c.accelerator for c in self.ledger.clusters() if c.name == name), "unknown")
+        self.ledger.upsert_cluster(name, self.backend.name, accelerator, ClusterState.LOST)
+        report.lost_clusters.append(name)
+        log.warning("cluster %s lost (%s); requeueing %d experiments", name, reason, len(attempts))
+        for attempt in attempts:
+            self._requeue(attempt, f"cluster {name} lost: {reason}", report)
+
+    def _requeue(self, attempt: AttemptRow, reason: str, report: CycleReport) -> None:
+        exp = self.ledger.experiment(attempt.experiment_id)
+        if exp is not None and exp.state == ExperimentState.CANCELLED:
+            self.ledger.update_attempt(attempt.id, state=ATTEMPT_LOST, ended_at=self.clock())
+            return
+        self.ledger.requeue(attempt, reason, MAX_ATTEMPTS)
+        report.requeued += 1
+
+    def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> None:
+        job = self._find_job(attempt, queue)
+        if job is None:
+            # Submitted-but-unrecorded jobs are adopted by name above; absent means it never
+            # reached the queue (the controller died mid-submit) or the queue lost it.
+            if attempt.job_id is None and self.clock() - attempt.submitted_at < 30:
+                return  # a submission may still be in flight in another controller's last moments
+            self._requeue(attempt, "job vanished from its cluster queue", report)
+            return
+        if attempt.job_id is None:
+            self.ledger.update_attempt(attempt.id, job_id=job.job_id, state=job.state.value)
+        if job.state == JobState.RUNNING and attempt.state != "running":
+            self.ledger.update_attempt(attempt.id, state="running", started_at=job.started_at or self.clock())
+            self.ledger.set_state(attempt.experiment_id, ExperimentState.RUNNING,
+                                  only_from=(ExperimentState.QUEUED, ExperimentState.PENDING))
+        elif job.state.terminal:
+            self._finish(attempt, job, report)
+
+    @staticmethod
+    def _find_job(attempt: AttemptRow, queue: list[JobInfo]) -> JobInfo | None:
+        name = f"{attempt.experiment_id}.a{attempt.n}"
+        if attempt.job_id is not None:
+            return next((j for j in queue if j.job_id == attempt.job_id), None)
+        return next((j for j in queue if j.name == name), None)
+
+    def _finish(self, attempt: AttemptRow, job: JobInfo, report: CycleReport) -> None:
+        self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
+                                   ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
+        if job.state == JobState.CLUSTER_FAILED:
+            self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report)
+            return
+        text = self._save_log(attempt, job)
+        gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
+        parsed = parse_run_log(text, attempt.experiment_id, job.exit_code)
+        common = dict(metrics=parsed.metrics, tail="\n".join(parsed.tail), accelerator=attempt.accelerator,
+                      gpu_seconds=gpu_seconds)
+        if job.state == JobState.CANCELLED:
+            state, outcome, reason = ExperimentState.CANCELLED, "cancelled", "cancelled"
+        elif job.state == JobState.TIMEOUT:
+            state, outcome, reason = ExperimentState.TIMEOUT, "timeout", "killed after its timeout"
+        elif parsed.outcome == "done" and job.state == JobState.SUCCEEDED:
+            state, outcome, reason = ExperimentState.DONE, "done", ""
+        else:
+            state, outcome, reason = ExperimentState.CRASH, "crash", parsed.reason or f"exit code {job.exit_code}"
+        val_bpb = parsed.val_bpb if state == ExperimentState.DONE else None
+        if self.ledger.record_result(attempt.experiment_id, attempt.id, state, outcome=outcome, val_bpb=val_bpb,
+                                     reason=reason, **common):
+            report.finished += 1
+
+    def _save_log(self, attempt: AttemptRow, job: JobInfo) -> str:
+        """Fetch the job's log and keep it in `.fleet/logs/` (remote clusters may vanish later)."""
+        try:
+            text = self.backend.logs(attempt.cluster, job.job_id)
+        except BackendError as exc:
+            text = f"(could not fetch logs: {exc})"
+        path = self.workspace.logs / f"{attempt.experiment_id}.a{attempt.n}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.stat().st_size < len(text.encode()):
+            path.write_text(text)
+        return text
+
+    def _cancel_requested(self) -> None:
+        """Experiments the user cancelled that still have a job queued or running on a cluster."""
+        cancelled = {e.id for e in self.ledger.experiments(states=[ExperimentState.CANCELLED])}
+        by_cluster: dict[str, list[AttemptRow]] = {}
+        for attempt in self.ledger.attempts(active=True):
+            if attempt.experiment_id in cancelled:
+                by_cluster.setdefault(attempt.cluster, []).append(attempt)
+        for cluster, attempts in by_cluster.items():
+            ids = [a.job_id for a in attempts if a.job_id is not None]
+            try:
+                if ids:
+                    self.backend.cancel(cluster, ids)
+            except BackendError as exc:
+                log.warning("cancel on %s failed: %s", cluster, exc)
+            for attempt in attempts:
+                self.ledger.update_attempt(attempt.id, state=JobState.CANCELLED.value, ended_at=self.clock())
+
+    # --- placing work ------------------------------------------------------------------------
+    def _submit_pending(self, report: CycleReport) -> None:
+        clusters = self.ledger.clusters([ClusterState.UP])
+        if not clusters:
+            return
+        depth: dict[str, int] = {c.name: 0 for c in clusters}
+        for attempt in self.ledger.attempts(active=True):
+            if attempt.cluster in depth:
+                depth[attempt.cluster] += 1
+        slots = [ClusterSlot(c.name, c.accelerator, depth[c.name]) for c in clusters]
+        pending_rows = {e.id: e for e in self.ledger.experiments(states=[ExperimentState.PENDING])}
+        if not pending_rows:
+            return
+        pending = [PendingExperiment(e.id, e.tier, self._expected_gpu_hours(e)) for e in pending_rows.values()]
+        pending = self._apply_budget(pending, report)
+        tiers = {name: tier.accelerators for name, tier in self.config.tiers.items()}
+        accelerator = {c.name: c.accelerator for c in clusters}
+        for decision in assign(slots, pending, self.config.queue_depth, tiers):
+            self._submit(pending_rows[decision.experiment_id], decision.cluster, accelerator[decision.cluster], report)
+
+    def _expected_gpu_hours(self, exp: ExperimentRow) -> float:
+        try:
+            return float(exp.config.get("TIME_BUDGET", 300)) / 3600
+        except ValueError:
+            return 300 / 3600
+
+    def _apply_budget(self, pending: list[PendingExperiment], report: CycleReport) -> list[PendingExperiment]:
+        cap = self.config.max_gpu_hours
+        if cap is None:
+            return pending
+        spent = sum((r.gpu_seconds or 0.0) for r in self.ledger.results().values()) / 3600
+        active_ids = {a.experiment_id for a in self.ledger.attempts(active=True)}
+        committed = sum(self._expected_gpu_hours(e) for e in self.ledger.experiments() if e.id in active_ids)
+        allowed, held = within_budget(pending, spent, committed, cap)
+        for exp in held:
+            self.ledger.set_state(exp.experiment_id, ExperimentState.HELD,
+                                  f"would exceed max_gpu_hours={cap:g}; release with `fleet release`",
+                                  only_from=(ExperimentState.PENDING,))
+        report.held += len(held)
+        return allowed
+
+    def _submit(self, exp: ExperimentRow, cluster: str, accelerator: str, report: CycleReport) -> None:
+        attempt = self.ledger.start_attempt(
+            exp.id, cluster, accelerator, lambda n: self.workspace.logs / f"{exp.id}.a{n}.log"
+        )
+        wave = self.ledger.wave(exp.wave_id)
+        timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
+        job = job_for(exp, attempt.n, accelerator, timeout)
+        try:
+            job_id = self.backend.submit(cluster, job)
+        except ClusterLost as lost:
+            self._lose_cluster(cluster, lost.reason, [attempt], report)
+            return
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            log.warning("submit of %s to %s failed: %s", exp.id, cluster, exc)
+            self._requeue(attempt, f"submit failed: {exc}", report)
+            return
+        self.ledger.update_attempt(attempt.id, job_id=job_id, state=JobState.PENDING.value)
+        report.submitted += 1
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Cycle until there is no unfinished work for `idle_exit_s` seconds."""
+        idle_since: float | None = None
+        while True:
+            self.ledger.set_meta("controller_heartbeat", str(self.clock()))
+            self.cycle()
+            if self.ledger.has_unfinished_work():
+                idle_since = None
+            else:
+                idle_since = idle_since or self.clock()
+                if self.clock() - idle_since >= idle_exit_s:
+                    return
+            sleep(poll_s)

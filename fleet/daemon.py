@@ -1,0 +1,117 @@
+"""Keeps exactly one controller process per workspace alive while there is work.
+
+`fleet wave` and `fleet wait` call `ensure_controller`; the controller holds an flock on
+`.fleet/controller.lock` for its whole life, so a controller killed with -9 frees the lock at
+once and the next `fleet` command starts a new one, which reconciles the ledger with the backend.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fleet.backends import make_backend
+from fleet.backends.local import default_slots
+from fleet.config import FleetConfig, load_config
+from fleet.controller import Controller
+from fleet.ledger import Ledger
+from fleet.types import ClusterState
+from fleet.workspace import Workspace
+
+log = logging.getLogger("fleet.daemon")
+
+
+@contextlib.contextmanager
+def controller_lock(workspace: Workspace) -> Iterator[bool]:
+    workspace.state.mkdir(parents=True, exist_ok=True)
+    with open(workspace.state / "controller.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def controller_running(workspace: Workspace) -> bool:
+    with controller_lock(workspace) as got:
+        return not got
+
+
+def ensure_controller(workspace: Workspace, ledger: Ledger) -> bool:
+    """Start a controller in the background if none is running and work is left; True if started."""
+    if not ledger.has_unfinished_work() or controller_running(workspace):
+        return False
+    workspace.logs.mkdir(parents=True, exist_ok=True)
+    out = open(workspace.logs / "controller.log", "ab")
+    subprocess.Popen(
+        [sys.executable, "-m", "fleet.daemon", str(workspace.root)],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=str(workspace.root),
+    )
+    out.close()
+    return True
+
+
+def backend_name(ledger: Ledger) -> str:
+    return ledger.get_meta("backend") or "local"
+
+
+def bring_up_local(workspace: Workspace, ledger: Ledger, config: FleetConfig, count: int | None = None) -> list[str]:
+    """Register local slots `local-01…` in the ledger (and on disk); returns their names."""
+    backend = make_backend("local", workspace, config)
+    labels = default_slots(config)
+    if count is not None:
+        labels = [labels[i % len(labels)] for i in range(count)]
+    names = [f"local-{i + 1:02d}" for i in range(len(labels))]
+    for info in backend.up(names, labels):
+        ledger.upsert_cluster(info.name, "local", info.accelerator, info.state)
+    return names
+
+
+def run_controller(workspace: Workspace) -> int:
+    config = load_config(workspace.root)
+    ledger = Ledger(workspace.ledger_path)
+    with controller_lock(workspace) as got:
+        if not got:
+            return 0
+        name = backend_name(ledger)
+        backend = make_backend(name, workspace, config)
+        if name == "local" and not ledger.clusters([ClusterState.UP]):
+            bring_up_local(workspace, ledger, config)
+        for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
+            if info.state == ClusterState.UP:
+                ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
+        if not ledger.clusters([ClusterState.UP]):
+            log.error("no clusters are up; run `fleet up --backend %s` first", name)
+            ledger.set_meta("controller_error", f"no clusters are up; run `fleet up --backend {name}`")
+            return 1
+        ledger.set_meta("controller_error", "")
+        ledger.set_meta("controller_pid", str(os.getpid()))
+        Controller(workspace, ledger, backend, config).run()
+    # Work may have arrived between the last check and the lock's release: take it on.
+    if ledger.has_unfinished_work():
+        return run_controller(workspace)
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()
+    started = time.time()
+    try:
+        return run_controller(Workspace(root.resolve()))
+    finally:
+        log.info("controller exiting after %.1fs", time.time() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Hardware-normalized values for the experiments in the ledger (the I/O side of normalize.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.ledger import Ledger
+from fleet.normalize import Calibration, RunRecord, SlopeEstimate, calibrate, estimate_slope, normalize
+from fleet.types import ExperimentState
+
+
+@dataclass(frozen=True)
+class NormView:
+    values: dict[str, float | None]  # experiment id -> normalized val_bpb (None: unknown speed)
+    calibration: Calibration | None
+    slope: SlopeEstimate | None
+    summary: str  # one line for people: the factors and what they rest on
+
+
+def run_records(ledger: Ledger) -> list[RunRecord]:
+    results = ledger.results()
+    out = []
+    for exp in ledger.experiments(states=[ExperimentState.DONE]):
+        res = results.get(exp.id)
+        if res is None:
+            continue
+        out.append(RunRecord(exp.id, exp.config_key, res.accelerator or "unknown", exp.seed, res.val_bpb,
+                             res.num_steps, res.training_seconds))
+    return out
+
+
+def normalized_for(ledger: Ledger, reference: str) -> NormView:
+    records = run_records(ledger)
+    accelerators = {r.accelerator for r in records}
+    if accelerators == {reference}:
+        return NormView({r.experiment_id: r.val_bpb for r in records}, None, None, "")
+    if len(accelerators) <= 1:
+        # One kind of hardware that is not the reference (a CPU-only local fleet): nothing to
+        # normalize across, and no honest way to say what it would score on the reference.
+        return NormView({}, None, None, "")
+    calibration = calibrate(records, reference=reference)
+    slope = estimate_slope(records)
+    values = {n.record.experiment_id: n.normalized for n in normalize(records, calibration, slope)}
+    parts = []
+    for f in calibration.factors:
+        if f.accelerator == reference:
+            continue
+        shown = f"{f.factor:.3f}x" if f.factor is not None else "unknown"
+        parts.append(f"{f.accelerator}={shown} ({f.method}, {f.n_pairs} pairs)")
+    summary = (f"speed vs {reference}: " + ", ".join(parts) +
+               f"; slope {slope.slope:.3f} bpb per e-fold of steps ({slope.method}, {slope.n_pairs} pairs)")
+    return NormView(values, calibration, slope, summary)

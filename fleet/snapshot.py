@@ -1,0 +1,206 @@
+"""Content-addressed snapshots of the workload directory.
+
+A snapshot is `store/<id>/<workload name>/...`, where id = the first 16 hex digits of a sha256 over
+the workload's name and its files' sorted (relative path, executable bit, content). The same code
+always gives the same id and is stored once, so the user can keep editing while experiments queue.
+
+Snapshots are written into a temporary directory inside `store` and renamed into place: rename is
+atomic, so concurrent `fleet` processes snapshotting the same code end up with one complete copy
+(the losers discard theirs), and a reader never sees a half-written snapshot.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.errors import FleetError, InputError
+
+ID_LENGTH = 16
+IGNORED_NAMES = frozenset({"__pycache__", ".DS_Store"})
+IGNORED_SUFFIXES = (".pyc",)
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    path: str  # relative, with "/" separators
+    executable: bool
+    content: bytes
+
+
+def _ignored(name: str, is_dir: bool) -> bool:
+    return name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES) or (is_dir and name.startswith("."))
+
+
+def read_tree(root: Path) -> dict[str, SnapshotFile]:
+    """The files of a directory that belong in a snapshot, keyed by relative path.
+
+    Content is read once and kept, so the id and the copy describe the same bytes even if the user
+    saves a file mid-snapshot. Symlinked files are followed; symlinked directories are not.
+    """
+    files: dict[str, SnapshotFile] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d, True) and not os.path.islink(os.path.join(dirpath, d)))
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if _ignored(name, False) or not full.is_file():
+                continue
+            rel = full.relative_to(root).as_posix()
+            executable = bool(full.stat().st_mode & stat.S_IXUSR)
+            files[rel] = SnapshotFile(rel, executable, full.read_bytes())
+    return files
+
+
+def snapshot_id(name: str, files: dict[str, SnapshotFile]) -> str:
+    digest = hashlib.sha256(f"skyfleet-snapshot-v1\0{name}\0".encode())
+    for rel in sorted(files):
+        f = files[rel]
+        # Length-prefixed fields: no two different trees can serialize to the same byte stream.
+        head = f"{len(rel.encode())}:{rel}\0{'x' if f.executable else '-'}\0{len(f.content)}\0"
+        digest.update(head.encode())
+        digest.update(f.content)
+    return digest.hexdigest()[:ID_LENGTH]
+
+
+def _write_files(root: Path, files: dict[str, SnapshotFile], read_only: bool) -> None:
+    for f in files.values():
+        target = root / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.content)
+        mode = 0o755 if f.executable else 0o644
+        os.chmod(target, mode & ~0o222 if read_only else mode)
+
+
+def take_snapshot(workload_dir: Path, store: Path) -> str:
+    """Snapshot `workload_dir` into `store`; returns its id (existing snapshots are reused)."""
+    workload_dir = Path(workload_dir)
+    if not workload_dir.is_dir():
+        raise InputError(
+            f"workload directory {workload_dir} not found; set `workload:` in fleet.yaml to the directory "
+            "your experiments run (e.g. `workload: train`)"
+        )
+    files = read_tree(workload_dir)
+    sid = snapshot_id(workload_dir.name, files)
+    target = Path(store) / sid
+    if target.is_dir():
+        return sid
+    Path(store).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sid}-", dir=store))
+    try:
+        _write_files(tmp / workload_dir.name, files, read_only=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return sid
+
+
+def snapshot_root(store: Path, sid: str) -> Path:
+    """The workload directory inside a snapshot (`store/<id>/<workload name>`)."""
+    base = Path(store) / sid
+    if not base.is_dir():
+        raise FleetError(f"snapshot {sid} not found in {store}; it may have been deleted (run `fleet status`)")
+    inner = [p for p in base.iterdir() if p.is_dir()]
+    if len(inner) != 1:
+        raise FleetError(f"snapshot {sid} in {store} is damaged: expected one workload directory, found {len(inner)}")
+    return inner[0]
+
+
+def _text_lines(content: bytes) -> list[str] | None:
+    try:
+        return content.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return None
+
+
+def _file_diff(rel: str, old: SnapshotFile | None, new: SnapshotFile | None) -> list[str]:
+    out = [f"diff --git a/{rel} b/{rel}\n"]
+    if old is None:
+        out.append(f"new file mode {'100755' if new.executable else '100644'}\n")
+    elif new is None:
+        out.append(f"deleted file mode {'100755' if old.executable else '100644'}\n")
+    elif old.executable != new.executable:
+        out += [f"old mode {'100755' if old.executable else '100644'}\n", f"new mode {'100755' if new.executable else '100644'}\n"]
+    a_content = old.content if old else b""
+    b_content = new.content if new else b""
+    if a_content == b_content:
+        return out
+    a_lines, b_lines = _text_lines(a_content), _text_lines(b_content)
+    if a_lines is None or b_lines is None:
+        return out + [f"Binary files {'a/' + rel if old else '/dev/null'} and {'b/' + rel if new else '/dev/null'} differ\n"]
+    body = difflib.unified_diff(
+        a_lines, b_lines, fromfile=f"a/{rel}" if old else "/dev/null", tofile=f"b/{rel}" if new else "/dev/null"
+    )
+    for line in body:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return out
+
+
+def diff_trees(a: dict[str, SnapshotFile], b: dict[str, SnapshotFile]) -> str:
+    """A git-style unified diff from tree a to tree b (pure); "" when they are the same."""
+    out: list[str] = []
+    for rel in sorted(set(a) | set(b)):
+        old, new = a.get(rel), b.get(rel)
+        if old != new:
+            out += _file_diff(rel, old, new)
+    return "".join(out)
+
+
+def _prefixed(root: Path) -> dict[str, SnapshotFile]:
+    """A tree keyed by paths that start with the workload name (`train/train.py`)."""
+    return {f"{root.name}/{rel}": SnapshotFile(f"{root.name}/{rel}", f.executable, f.content) for rel, f in read_tree(root).items()}
+
+
+def snapshot_diff(store: Path, a: str, b: str) -> str:
+    """How snapshot b differs from snapshot a, as a unified diff with `a/...` and `b/...` paths."""
+    if a == b:
+        return ""
+    return diff_trees(_prefixed(snapshot_root(store, a)), _prefixed(snapshot_root(store, b)))
+
+
+def adopt_snapshot(store: Path, sid: str, workload_dir: Path, dry_run: bool = False) -> list[str]:
+    """Make the working tree's workload directory equal to a snapshot ("keep the winning change").
+
+    Files that differ are rewritten (writable again), files absent from the snapshot are removed;
+    ignored files (caches, hidden directories) are left alone. Returns the changed paths
+    (`train/train.py`); with dry_run, only says what would change.
+    """
+    workload_dir = Path(workload_dir)
+    wanted = read_tree(snapshot_root(store, sid))
+    current = read_tree(workload_dir) if workload_dir.is_dir() else {}
+    changed = sorted(rel for rel in set(wanted) | set(current) if wanted.get(rel) != current.get(rel))
+    if dry_run:
+        return [f"{workload_dir.name}/{rel}" for rel in changed]
+    for rel in changed:
+        target = workload_dir / rel
+        if rel not in wanted:
+            target.unlink()
+            _remove_empty_parents(target.parent, workload_dir)
+            continue
+        f = wanted[rel]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Replace, not rewrite in place: an editor or a running job holding the old file is not disturbed.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(f.content)
+        os.chmod(tmp, 0o755 if f.executable else 0o644)
+        os.replace(tmp, target)
+    return [f"{workload_dir.name}/{rel}" for rel in changed]
+
+
+def _remove_empty_parents(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        directory = directory.parent

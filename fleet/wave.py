@@ -1,0 +1,518 @@
+"""Wave files: a YAML description of many experiments, validated before anything is submitted.
+
+```yaml
+name: lr-wd               # [a-z0-9][a-z0-9-_]*, at most 40 characters (default: the file name)
+tier: screen              # a tier from fleet.yaml (default: screen)
+seeds: 1                  # runs per configuration, SEED=0..seeds-1 (default: the tier's seeds)
+description: optional text
+max_gpu_hours: 20         # optional budget cap for this wave
+env: {TIME_BUDGET: 300}   # fixed knob overrides for every experiment
+grid:                     # factorial product of knob values
+  MATRIX_LR: [0.03, 0.04, 0.05]
+  WEIGHT_DECAY: [0.0, 0.1]
+experiments:              # explicit override sets on top of `env`; each may carry a description
+  - {description: baseline}
+  - {MATRIX_LR: 0.06, description: hot}
+```
+
+`load_wave` reads and validates a file (I/O at the edge); `expand_wave`, `count_experiments` and
+`check_size` are pure functions over the resulting `WaveSpec`.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from fleet.errors import InputError, field_path
+
+Scalar = Union[bool, int, float, str]
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+NAME_MAX = 40
+KNOB_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+RESERVED_KNOBS = ("SEED",)  # set by the fleet for each run
+
+
+def _scalar(value: object) -> Scalar:
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise PydanticCustomError("finite_scalar", "must be a finite number")
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PydanticCustomError("scalar_nul", "must not contain a NUL character (it cannot be an env value)")
+        return value
+    if isinstance(value, (bool, int)):
+        return value
+    kind = {dict: "a mapping", list: "a list", type(None): "an empty value (null)"}.get(type(value), type(value).__name__)
+    raise PydanticCustomError("scalar_type", "must be a single number, string or boolean, not {kind}", {"kind": kind})
+
+
+def _knob_name(name: str) -> str:
+    if name in RESERVED_KNOBS:
+        raise PydanticCustomError(
+            "reserved_knob",
+            "{name} is set by the fleet for each run ({name}=0..seeds-1) and cannot be a knob here; "
+            "remove it and set `seeds: N` instead",
+            {"name": name},
+        )
+    if not KNOB_NAME.match(name):
+        raise PydanticCustomError(
+            "knob_name",
+            "is not a knob name; knobs are UPPER_CASE environment variable names such as MATRIX_LR",
+        )
+    return name
+
+
+ScalarValue = Annotated[
+    Scalar,
+    PlainValidator(_scalar),
+    WithJsonSchema({"type": ["boolean", "integer", "number", "string"]}),
+]
+KnobName = Annotated[str, AfterValidator(_knob_name)]
+
+
+class ExperimentEntry(BaseModel):
+    """One explicit override set: knob overrides on top of `env`, with an optional description."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$|^description$"}})
+    description: str = Field("", description="what this configuration tries", strict=True)
+    __pydantic_extra__: dict[KnobName, ScalarValue]
+
+
+class WaveFile(BaseModel):
+    """The wave file as the user writes it (the JSON schema of `fleet schema`)."""
+
+    model_config = ConfigDict(extra="forbid", title="skyfleet wave")
+    name: str = Field(
+        ..., pattern=NAME_PATTERN, max_length=NAME_MAX, strict=True, description="wave name (default: the file name)"
+    )
+    tier: str = Field("screen", strict=True, description="tier that runs the wave (tiers come from fleet.yaml)")
+    seeds: int | None = Field(None, ge=1, strict=True, description="runs per configuration (default: the tier's seeds)")
+    description: str = Field("", strict=True)
+    max_gpu_hours: float | None = Field(
+        None, gt=0, strict=True, allow_inf_nan=False, description="budget cap for this wave, in GPU-hours"
+    )
+    env: dict[KnobName, ScalarValue] = Field(default_factory=dict, description="knob overrides for every experiment")
+    grid: dict[KnobName, Annotated[list[ScalarValue], Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="factorial product of knob values"
+    )
+    experiments: list[ExperimentEntry] | None = Field(
+        None, min_length=1, description="explicit override sets, run after the grid's configurations"
+    )
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, tier: str, info: ValidationInfo) -> str:
+        tiers = (info.context or {}).get("tiers")
+        if tiers is not None and tier not in tiers:
+            close = difflib.get_close_matches(tier, list(tiers), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise PydanticCustomError(
+                "unknown_tier",
+                "unknown tier; {hint}configured tiers: {tiers} (define tiers under `tiers:` in fleet.yaml)",
+                {"hint": hint, "tiers": ", ".join(sorted(tiers)) or "(none)"},
+            )
+        return tier
+
+
+TOP_LEVEL_KEYS = tuple(WaveFile.model_fields)
+
+
+@dataclass(frozen=True)
+class ExplicitExperiment:
+    overrides: dict[str, Scalar]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class WaveSpec:
+    """A validated wave, as plain data."""
+
+    name: str
+    tier: str = "screen"
+    seeds: int | None = None  # None: the tier's seeds
+    description: str = ""
+    max_gpu_hours: float | None = None
+    env: dict[str, Scalar] = field(default_factory=dict)
+    grid: dict[str, list[Scalar]] = field(default_factory=dict)
+    experiments: list[ExplicitExperiment] = field(default_factory=list)
+    source: str = ""  # the file it came from, for messages
+    warnings: tuple[str, ...] = ()  # not fatal (duplicate configurations); the CLI prints them on stderr
+
+    def to_json(self) -> dict[str, Any]:
+        """The wave as the user meant it, JSON-ready (for the ledger and `--json` output)."""
+        return {
+            "name": self.name, "tier": self.tier, "seeds": self.seeds, "description": self.description,
+            "max_gpu_hours": self.max_gpu_hours, "env": dict(self.env),
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "experiments": [{**e.overrides, "description": e.description} if e.description else dict(e.overrides)
+                            for e in self.experiments],
+        }
+
+
+def wave_json_schema() -> dict[str, Any]:
+    schema = WaveFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["required"] = []  # `name` defaults to the file name
+    return schema
+
+
+# ---- reading the file -----------------------------------------------------------------------------
+
+HINTS = {
+    "name": "allowed: lowercase letters, digits, '-' and '_', starting with a letter or digit, "
+    f"at most {NAME_MAX} characters (e.g. `name: lr-wd`)",
+    "tier": "allowed: the name of a tier from fleet.yaml (e.g. `tier: screen`)",
+    "seeds": "allowed: a positive integer (e.g. `seeds: 3`), or leave it out for the tier's default",
+    "description": "allowed: text (quote it if it looks like a number)",
+    "max_gpu_hours": "allowed: a positive number of GPU-hours (e.g. `max_gpu_hours: 20`), or leave it out",
+    "env": "allowed: a mapping of knob names to single values (e.g. `env: {TIME_BUDGET: 300}`)",
+    "grid": "allowed: a mapping of knob names to non-empty lists of values (e.g. `grid: {MATRIX_LR: [0.03, 0.04]}`)",
+    "experiments": "allowed: a list of mappings of knob overrides, each may carry `description` "
+    "(e.g. `- {MATRIX_LR: 0.06, description: hot}`)",
+}
+CUSTOM_ERRORS = {"finite_scalar", "scalar_nul", "scalar_type", "reserved_knob", "knob_name", "unknown_tier"}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return "{...}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _describe(err: dict[str, Any]) -> tuple[tuple, str]:
+    """One pydantic error -> (location, message naming the value, what is allowed and how to fix it)."""
+    is_key = bool(err["loc"]) and err["loc"][-1] == "[key]"
+    loc = tuple(p for p in err["loc"] if p != "[key]")
+    where = field_path(loc)
+    kind, root, value = err["type"], (loc[0] if loc else ""), err.get("input")
+    if kind == "extra_forbidden" and len(loc) == 1:
+        close = difflib.get_close_matches(str(loc[0]), TOP_LEVEL_KEYS, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return loc, f"`{where}` is not a known field; {hint}valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+    if kind == "knob_name" and root == "experiments" and difflib.get_close_matches(str(loc[-1]), ["description"]):
+        return loc, f"`{where}` is not a knob name; did you mean `description`?"
+    prefix = f"`{where}`" if is_key else f"`{where}` = {_shown(value)}"
+    if root == "grid" and len(loc) == 1 and kind == "too_short":
+        return loc, f"`grid` is empty; {HINTS['grid']}, or remove `grid`"
+    if root == "grid" and len(loc) == 2 and kind == "list_type":
+        return loc, f"{prefix}: must be a list of values (e.g. `{loc[1]}: [{value!r}]`); put a fixed value in `env` instead"
+    if root == "grid" and len(loc) == 2 and kind == "too_short":
+        return loc, f"`{where}` is an empty list; give at least one value (e.g. `{loc[1]}: [0.03, 0.04]`) or remove it"
+    if root == "experiments" and len(loc) == 1 and kind == "too_short":
+        return loc, f"`experiments` is an empty list; {HINTS['experiments']}, or remove `experiments`"
+    if kind in CUSTOM_ERRORS:
+        return loc, f"{prefix}: {err['msg']}"
+    hint = HINTS["description" if loc[-1:] == ("description",) else str(root)] if root in HINTS else ""
+    if root == "name":
+        return loc, f"{prefix}: not a valid wave name; {hint}"
+    if root == "experiments" and len(loc) == 2 and kind == "model_type":
+        return loc, f"{prefix}: must be a mapping; {hint}"
+    return loc, f"{prefix}: {err['msg']}" + (f"; {hint}" if hint else "")
+
+
+def format_wave_errors(source: str, exc: ValidationError, lines: dict[tuple, int] | None = None) -> str:
+    out = []
+    for err in exc.errors():
+        loc, message = _describe(err)
+        line = _line_of(lines or {}, loc)
+        out.append((line or 0, f"{source}:{line}: {message}" if line else f"{source}: {message}"))
+    return "\n".join(message for _, message in sorted(out, key=lambda item: item[0]))
+
+
+def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str) -> None:
+    """Map each field path to its line, and refuse duplicate keys (YAML would silently keep the last)."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise InputError(
+                    f"{source}:{line}: `{field_path(path + (key,))}` appears twice; YAML would keep only the "
+                    "last one, so merge them into one entry"
+                )
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _node_lines(value_node, path + (key,), lines, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, path + (index,), lines, source)
+
+
+def _parse_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    source = str(path)
+    if not path.exists():
+        raise InputError(f"{source}: wave file not found; check the path (e.g. `fleet wave examples/quickstart.yaml`)")
+    if not path.is_file():
+        raise InputError(f"{source}: is a directory, not a wave file; pass the path of a .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source}: not UTF-8 text (byte {exc.start}); save the wave file as UTF-8") from None
+    lines: dict[tuple, int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        detail = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context:
+            detail += f" ({context}" + (f" started on line {context_mark.line + 1})" if context_mark else ")")
+        raise InputError(
+            f"{where}: not valid YAML: {detail}; check indentation, colons and brackets on that line"
+        ) from None
+    if node is not None:
+        _node_lines(node, (), lines, source)
+    return data, lines
+
+
+def default_wave_name(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-_")[:NAME_MAX]
+    return name or "wave"
+
+
+def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
+    """Read and validate a wave file; every problem is reported, one line each, in one InputError."""
+    path = Path(path)
+    source = str(path)
+    data, lines = _parse_yaml(path)
+    if data is None:
+        raise InputError(f"{source}: the file is empty; a wave needs at least `grid`, `experiments` or `env` "
+                         "(e.g. `grid: {MATRIX_LR: [0.03, 0.04]}`)")
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{source}: must be a mapping of wave settings, got a {type(data).__name__}; "
+            f"valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+        )
+    data = dict(data)
+    data.setdefault("name", default_wave_name(path))
+    try:
+        model = WaveFile.model_validate(data, context={"tiers": list(tiers)})
+    except ValidationError as exc:
+        raise InputError(format_wave_errors(source, exc, lines)) from None
+    spec = WaveSpec(
+        name=model.name,
+        tier=model.tier,
+        seeds=model.seeds,
+        description=model.description,
+        max_gpu_hours=model.max_gpu_hours,
+        env=dict(model.env),
+        grid={k: list(v) for k, v in (model.grid or {}).items()},
+        experiments=[
+            ExplicitExperiment(overrides=dict(e.__pydantic_extra__ or {}), description=e.description)
+            for e in (model.experiments or [])
+        ],
+        source=source,
+    )
+    warnings = duplicate_warnings(spec)
+    if warnings:
+        spec = replace(spec, warnings=tuple(warnings))
+    return spec
+
+
+# ---- expanding a spec into experiments (pure) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedExperiment:
+    """One run to submit: a configuration (knob overrides, SEED excluded) and a seed."""
+
+    config: dict[str, str]
+    seed: int
+    description: str
+    config_key: str  # same knobs => same key, across waves
+    label: str  # short and human: the knobs that vary within the wave, or the description
+    origins: dict[str, str] = field(default_factory=dict, compare=False)  # knob -> its field path in the file
+
+    @property
+    def envs(self) -> dict[str, str]:
+        """The environment the run gets: the configuration plus its SEED."""
+        return {**self.config, "SEED": str(self.seed)}
+
+
+@dataclass(frozen=True)
+class _Config:
+    config: dict[str, str]
+    description: str
+    origins: dict[str, str]
+    where: str  # for messages: "experiments[1]", "grid point MATRIX_LR=0.04"
+
+
+def env_value(value: Scalar) -> str:
+    """A knob value as an environment string: bools are 1/0, floats keep their shortest repr (0.1 -> "0.1")."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def config_key(config: Mapping[str, str]) -> str:
+    """Short stable hash of a configuration's knob overrides (SEED excluded)."""
+    items = sorted((k, v) for k, v in config.items() if k not in RESERVED_KNOBS)
+    return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def _base(spec: WaveSpec) -> tuple[dict[str, str], dict[str, str]]:
+    return {k: env_value(v) for k, v in spec.env.items()}, {k: f"env.{k}" for k in spec.env}
+
+
+def _distinct(values: list[Scalar]) -> list[tuple[int, str]]:
+    seen: dict[str, int] = {}
+    for index, value in enumerate(values):
+        seen.setdefault(env_value(value), index)
+    return [(index, text) for text, index in seen.items()]
+
+
+def _grid_configs(spec: WaveSpec) -> Iterator[_Config]:
+    base, base_origins = _base(spec)
+    keys = list(spec.grid)
+    for combo in itertools.product(*(_distinct(spec.grid[k]) for k in keys)):
+        config, origins = dict(base), dict(base_origins)
+        for key, (index, text) in zip(keys, combo):
+            config[key], origins[key] = text, f"grid.{key}[{index}]"
+        yield _Config(config, "", origins, "grid point " + " ".join(f"{k}={config[k]}" for k in keys))
+
+
+def _explicit_configs(spec: WaveSpec) -> list[_Config]:
+    base, base_origins = _base(spec)
+    return [
+        _Config(
+            {**base, **{k: env_value(v) for k, v in exp.overrides.items()}},
+            exp.description,
+            {**base_origins, **{k: f"experiments[{i}].{k}" for k in exp.overrides}},
+            f"experiments[{i}]",
+        )
+        for i, exp in enumerate(spec.experiments)
+    ]
+
+
+def _in_grid(spec: WaveSpec, config: dict[str, str]) -> bool:
+    base, _ = _base(spec)
+    if not spec.grid or set(config) != set(base) | set(spec.grid):
+        return False
+    return all(config[k] in {env_value(v) for v in spec.grid[k]} for k in spec.grid) and all(
+        config[k] == v for k, v in base.items() if k not in spec.grid
+    )
+
+
+def _explicit_duplicates(spec: WaveSpec) -> dict[int, str]:
+    """Explicit experiments that repeat an earlier configuration -> what they repeat (no grid expansion)."""
+    repeats: dict[int, str] = {}
+    first: dict[str, str] = {}
+    for index, cfg in enumerate(_explicit_configs(spec)):
+        key = config_key(cfg.config)
+        if _in_grid(spec, cfg.config):
+            repeats[index] = "a grid point (" + " ".join(f"{k}={cfg.config[k]}" for k in spec.grid) + ")"
+        elif key in first:
+            repeats[index] = f"`{first[key]}`"
+        else:
+            first[key] = cfg.where
+    return repeats
+
+
+def duplicate_warnings(spec: WaveSpec) -> list[str]:
+    """Configurations that appear twice run once; say so (a warning, not an error)."""
+    out = []
+    for knob, values in spec.grid.items():
+        kept = {index for index, _ in _distinct(values)}
+        for index, value in enumerate(values):
+            if index not in kept:
+                out.append(f"{spec.source}: `grid.{knob}[{index}]` = {value!r} repeats an earlier value; it runs once")
+    for index, what in _explicit_duplicates(spec).items():
+        out.append(f"{spec.source}: `experiments[{index}]` repeats the configuration of {what}; it runs once")
+    return out
+
+
+def count_experiments(spec: WaveSpec, default_seeds: int) -> int:
+    """How many experiments `expand_wave` would return, without expanding (check size before expanding)."""
+    grid = math.prod(len(_distinct(v)) for v in spec.grid.values()) if spec.grid else 0
+    configs = grid + len(spec.experiments) - len(_explicit_duplicates(spec))
+    return max(configs, 1) * (spec.seeds or default_seeds)
+
+
+def check_size(n: int, limit: int = 10_000, yes: bool = False) -> None:
+    if n > limit and not yes:
+        raise InputError(
+            f"wave has {n:,} experiments (limit {limit:,} without --yes); shrink the grid or `seeds`, "
+            "split it into several waves, or pass --yes if you mean it"
+        )
+
+
+def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
+    """Configurations (grid product, then explicit experiments) x seeds, duplicates dropped."""
+    seeds = spec.seeds or default_seeds
+    if seeds < 1:
+        raise InputError(f"{spec.source}: `seeds` is {seeds}, but must be a positive integer (e.g. `seeds: 3`)")
+    base, base_origins = _base(spec)
+    candidates = list(_grid_configs(spec)) if spec.grid else []
+    candidates += _explicit_configs(spec)
+    if not candidates:
+        candidates = [_Config(base, "", base_origins, "env")]
+    configs: dict[str, _Config] = {}
+    for cfg in candidates:
+        key = config_key(cfg.config)
+        kept = configs.get(key)
+        if kept is None:
+            configs[key] = cfg
+        elif not kept.description and cfg.description:
+            configs[key] = _Config(kept.config, cfg.description, kept.origins, kept.where)
+    knobs = list(dict.fromkeys(k for cfg in configs.values() for k in cfg.config))
+    varying = [k for k in knobs if len({cfg.config.get(k) for cfg in configs.values()}) > 1]
+    planned = []
+    for key, cfg in configs.items():
+        label = cfg.description or " ".join(f"{k}={cfg.config[k]}" for k in varying if k in cfg.config) or "base"
+        for seed in range(seeds):
+            planned.append(PlannedExperiment(cfg.config, seed, cfg.description, key, label, cfg.origins))
+    return planned
+
+
+__all__ = [
+    "ExplicitExperiment",
+    "PlannedExperiment",
+    "WaveFile",
+    "WaveSpec",
+    "check_size",
+    "config_key",
+    "count_experiments",
+    "duplicate_warnings",
+    "env_value",
+    "expand_wave",
+    "load_wave",
+    "wave_json_schema",
+]
