@@ -117,7 +117,10 @@ def _val_bpb_problem(value: float | str | None) -> str | None:
     return f"val_bpb is not a number: {value[:40]!r}"
 
 
-def _wrapper_lines(lines: list[str], trusted: list[bool], experiment_id: str) -> tuple[set[str], dict[str, float | str]]:
+def _wrapper_lines(
+    lines: list[str], trusted: list[bool], experiment_id: str
+) -> tuple[set[str], dict[str, float | str]]:
+    """The wrapper's statuses seen, and the last EXPERIMENT_RESULT line for this experiment."""
     statuses: set[str] = set()
     result: dict[str, float | str] = {}
     for line, ok in zip(lines, trusted):

@@ -45,7 +45,9 @@ def read_tree(root: Path) -> dict[str, SnapshotFile]:
     """
     files: dict[str, SnapshotFile] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _ignored(d, True) and not os.path.islink(os.path.join(dirpath, d)))
+        dirnames[:] = sorted(
+            d for d in dirnames if not _ignored(d, True) and not os.path.islink(os.path.join(dirpath, d))
+        )
         for name in sorted(filenames):
             full = Path(dirpath) / name
             if _ignored(name, False) or not full.is_file():
@@ -122,24 +124,27 @@ def _text_lines(content: bytes) -> list[str] | None:
         return None
 
 
+def _mode(f: SnapshotFile) -> str:
+    return "100755" if f.executable else "100644"
+
+
 def _file_diff(rel: str, old: SnapshotFile | None, new: SnapshotFile | None) -> list[str]:
     out = [f"diff --git a/{rel} b/{rel}\n"]
     if old is None:
-        out.append(f"new file mode {'100755' if new.executable else '100644'}\n")
+        out.append(f"new file mode {_mode(new)}\n")
     elif new is None:
-        out.append(f"deleted file mode {'100755' if old.executable else '100644'}\n")
+        out.append(f"deleted file mode {_mode(old)}\n")
     elif old.executable != new.executable:
-        out += [f"old mode {'100755' if old.executable else '100644'}\n", f"new mode {'100755' if new.executable else '100644'}\n"]
+        out += [f"old mode {_mode(old)}\n", f"new mode {_mode(new)}\n"]
     a_content = old.content if old else b""
     b_content = new.content if new else b""
     if a_content == b_content:
         return out
+    a_name, b_name = f"a/{rel}" if old else "/dev/null", f"b/{rel}" if new else "/dev/null"
     a_lines, b_lines = _text_lines(a_content), _text_lines(b_content)
     if a_lines is None or b_lines is None:
-        return out + [f"Binary files {'a/' + rel if old else '/dev/null'} and {'b/' + rel if new else '/dev/null'} differ\n"]
-    body = difflib.unified_diff(
-        a_lines, b_lines, fromfile=f"a/{rel}" if old else "/dev/null", tofile=f"b/{rel}" if new else "/dev/null"
-    )
+        return out + [f"Binary files {a_name} and {b_name} differ\n"]
+    body = difflib.unified_diff(a_lines, b_lines, fromfile=a_name, tofile=b_name)
     for line in body:
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return out
@@ -157,7 +162,10 @@ def diff_trees(a: dict[str, SnapshotFile], b: dict[str, SnapshotFile]) -> str:
 
 def _prefixed(root: Path) -> dict[str, SnapshotFile]:
     """A tree keyed by paths that start with the workload name (`train/train.py`)."""
-    return {f"{root.name}/{rel}": SnapshotFile(f"{root.name}/{rel}", f.executable, f.content) for rel, f in read_tree(root).items()}
+    return {
+        f"{root.name}/{rel}": SnapshotFile(f"{root.name}/{rel}", f.executable, f.content)
+        for rel, f in read_tree(root).items()
+    }
 
 
 def snapshot_diff(store: Path, a: str, b: str) -> str:

@@ -32,17 +32,8 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    ValidationError,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo
+from pydantic import WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from fleet.errors import InputError, field_path
@@ -66,7 +57,8 @@ def _scalar(value: object) -> Scalar:
         return value
     if isinstance(value, (bool, int)):
         return value
-    kind = {dict: "a mapping", list: "a list", type(None): "an empty value (null)"}.get(type(value), type(value).__name__)
+    kinds = {dict: "a mapping", list: "a list", type(None): "an empty value (null)"}
+    kind = kinds.get(type(value), type(value).__name__)
     raise PydanticCustomError("scalar_type", "must be a single number, string or boolean, not {kind}", {"kind": kind})
 
 
@@ -79,25 +71,22 @@ def _knob_name(name: str) -> str:
             {"name": name},
         )
     if not KNOB_NAME.match(name):
-        raise PydanticCustomError(
-            "knob_name",
-            "is not a knob name; knobs are UPPER_CASE environment variable names such as MATRIX_LR",
-        )
+        message = "is not a knob name; knobs are UPPER_CASE environment variable names such as MATRIX_LR"
+        raise PydanticCustomError("knob_name", message)
     return name
 
 
-ScalarValue = Annotated[
-    Scalar,
-    PlainValidator(_scalar),
-    WithJsonSchema({"type": ["boolean", "integer", "number", "string"]}),
-]
+SCALAR_SCHEMA = {"type": ["boolean", "integer", "number", "string"]}
+ScalarValue = Annotated[Scalar, PlainValidator(_scalar), WithJsonSchema(SCALAR_SCHEMA)]
 KnobName = Annotated[str, AfterValidator(_knob_name)]
 
 
 class ExperimentEntry(BaseModel):
     """One explicit override set: knob overrides on top of `env`, with an optional description."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$|^description$"}})
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$|^description$"}}
+    )
     description: str = Field("", description="what this configuration tries", strict=True)
     __pydantic_extra__: dict[KnobName, ScalarValue]
 
@@ -227,7 +216,8 @@ def _describe(err: dict[str, Any]) -> tuple[tuple, str]:
     if root == "grid" and len(loc) == 1 and kind == "too_short":
         return loc, f"`grid` is empty; {HINTS['grid']}, or remove `grid`"
     if root == "grid" and len(loc) == 2 and kind == "list_type":
-        return loc, f"{prefix}: must be a list of values (e.g. `{loc[1]}: [{value!r}]`); put a fixed value in `env` instead"
+        example = f"`{loc[1]}: [{value!r}]`"
+        return loc, f"{prefix}: must be a list of values (e.g. {example}); put a fixed value in `env` instead"
     if root == "grid" and len(loc) == 2 and kind == "too_short":
         return loc, f"`{where}` is an empty list; give at least one value (e.g. `{loc[1]}: [0.03, 0.04]`) or remove it"
     if root == "experiments" and len(loc) == 1 and kind == "too_short":
@@ -251,8 +241,12 @@ def format_wave_errors(source: str, exc: ValidationError, lines: dict[tuple, int
     return "\n".join(message for _, message in sorted(out, key=lambda item: item[0]))
 
 
-def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str) -> None:
+def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str, seen: set | None = None) -> None:
     """Map each field path to its line, and refuse duplicate keys (YAML would silently keep the last)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: walked once (a "billion laughs" file must not explode here)
+        return
+    seen.add(id(node))
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -266,10 +260,10 @@ def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: s
                 )
             seen.add(key)
             lines[path + (key,)] = key_node.start_mark.line + 1
-            _node_lines(value_node, path + (key,), lines, source)
+            _node_lines(value_node, path + (key,), lines, source, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _node_lines(item, path + (index,), lines, source)
+            _node_lines(item, path + (index,), lines, source, seen)
 
 
 def _parse_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:

@@ -294,3 +294,10 @@ def test_schema_describes_the_file():
     assert set(schema["properties"]) == set(WaveFile.model_fields)
     assert schema["properties"]["name"]["maxLength"] == 40
     assert schema["required"] == []
+
+
+def test_yaml_aliases_are_not_expanded_exponentially(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    message = rejection(tmp_path, "\n".join(levels) + "\n")  # 10**9 leaves if walked naively
+    assert "`a0` is not a known field" in message

@@ -1,14 +1,18 @@
-"""Backends: where experiments run. `local` (default) runs them on this machine; `sky` on SkyPilot clusters."""
+"""Backends: where experiments run. `local` (default) runs them on this machine; `sky` on SkyPilot clusters.
+
+Kept import-free: the local slot runner starts as `python -m fleet.backends.slot_queue` for every
+slot, and `fleet status` must never import SkyPilot.
+"""
 from __future__ import annotations
 
-from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
-from fleet.config import FleetConfig
-from fleet.errors import InputError
-from fleet.workspace import Workspace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet.backends.base import Backend
+    from fleet.config import FleetConfig
+    from fleet.workspace import Workspace
 
 BACKENDS = ("local", "sky")
-
-__all__ = ["Backend", "BackendError", "BackendUnavailable", "ClusterLost", "ProvisionFailed", "make_backend", "BACKENDS"]
 
 
 def make_backend(name: str, workspace: Workspace, config: FleetConfig) -> Backend:
@@ -20,4 +24,6 @@ def make_backend(name: str, workspace: Workspace, config: FleetConfig) -> Backen
         from fleet.backends.skypilot import SkyPilotBackend  # imports `sky` lazily, on first SDK call
 
         return SkyPilotBackend(workspace, config)
+    from fleet.errors import InputError
+
     raise InputError(f"--backend is {name!r}, but must be one of {', '.join(BACKENDS)} (e.g. --backend local)")

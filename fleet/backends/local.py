@@ -59,7 +59,8 @@ def default_slots(config: FleetConfig) -> list[str]:
     gpus = local_gpus()
     if gpus:
         return gpus
-    count = config.local.slots or max(1, (os.cpu_count() or 1) // 2)
+    # Two slots at least, so even a 2-core laptop shows the fleet pipelining; threads are split fairly.
+    count = config.local.slots or max(2, (os.cpu_count() or 1) // 4)
     return ["cpu"] * count
 
 

@@ -5,7 +5,8 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
-from fleet.backends import Backend, make_backend
+from fleet.backends import make_backend
+from fleet.backends.base import Backend
 from fleet.cli.output import Sink
 from fleet.config import FleetConfig, load_config
 from fleet.errors import InputError

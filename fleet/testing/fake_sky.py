@@ -241,9 +241,9 @@ def _meta(name: str) -> dict | None:
     return _read(_cluster_dir(name) / "meta.json")
 
 
-def _set_meta(name: str, **changes: Any) -> dict:
-    meta = {**(_meta(name) or {}), **changes}
-    _write(_cluster_dir(name) / "meta.json", meta)
+def _set_meta(cluster_name: str, **changes: Any) -> dict:
+    meta = {**(_meta(cluster_name) or {}), **changes}
+    _write(_cluster_dir(cluster_name) / "meta.json", meta)
     return meta
 
 

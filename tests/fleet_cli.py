@@ -1,0 +1,58 @@
+"""Helpers for tests that drive the `fleet` CLI against a tiny workload on the local backend."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from fleet.cli.main import main
+from fleet.ledger import Ledger
+
+TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
+
+
+class FleetRunner:
+    def __init__(self, root: Path, capsys) -> None:
+        self.root = root
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *args: str):
+        code, out, err = self(*args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.root / ".fleet" / "ledger.db")
+
+    def wait_until(self, predicate, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            time.sleep(0.1)
+
+
+def make_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu") -> FleetRunner:
+    root = tmp_path / "project"
+    shutil.copytree(TINYWORK, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FLEET_ROOT", str(root))
+    monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", slots)
+    monkeypatch.delenv("FLEET_BACKEND", raising=False)
+    return FleetRunner(root, capsys)
+
+
+def teardown(fleet: FleetRunner) -> None:
+    fleet("down", "--all", "-y")

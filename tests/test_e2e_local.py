@@ -1,0 +1,137 @@
+"""End to end on the local backend with a tiny workload: waves, crashes, timeouts, a killed controller."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fleet_cli import make_project, teardown
+from fleet.types import ExperimentState
+
+GRID = """\
+name: grid
+env: {TIME_BUDGET: 0.1}
+grid:
+  MATRIX_LR: [0.02, 0.04, 0.06]
+  WEIGHT_DECAY: [0.0, 0.1]
+experiments:
+  - {description: crashes, CRASH: 1}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch, capsys):
+    runner = make_project(tmp_path, monkeypatch, capsys)
+    yield runner
+    teardown(runner)
+
+
+def test_wave_wait_leaderboard_and_exports(fleet):
+    fleet.write("grid.yaml", GRID)
+    board = fleet.json("wave", "grid.yaml", "--wait")
+    rows = {r["experiment"]: r for r in board["rows"]}
+    assert len(rows) == 7
+    done = [r for r in board["rows"] if r["state"] == "done"]
+    assert len(done) == 6 and all(r["val_bpb"] is not None for r in done)
+    assert done[0]["label"] == "MATRIX_LR=0.04 WEIGHT_DECAY=0.0"  # the known optimum ranks first
+    assert [r["rank"] for r in done] == list(range(1, 7))
+    crash = rows["grid-007"]
+    assert crash["state"] == "crash" and "exit code 1" in crash["reason"]
+    # the ledger keeps the crash's last log lines
+    assert "RuntimeError: boom" in fleet.ledger.result("grid-007").tail
+
+    code, tsv, _ = fleet("results", "--format", "tsv")
+    lines = tsv.splitlines()
+    assert code == 0 and lines[0].split("\t") == ["experiment", "val_bpb", "memory_gb", "status", "description"]
+    statuses = {line.split("\t")[0]: line.split("\t")[3] for line in lines[1:]}
+    assert statuses["grid-007"] == "crash" and "keep" in statuses.values()
+
+    code, out, _ = fleet("logs", "grid-003", "--tail", "20")
+    assert code == 0 and "val_bpb:" in out and "EXPERIMENT_STATUS: done" in out
+
+    status = fleet.json("status")
+    assert status["best"]["experiment"] == done[0]["experiment"]
+    assert status["waves"][0]["finished"] == 7
+    assert {c["name"] for c in status["clusters"]} == {"local-01", "local-02"}
+
+
+def test_bad_wave_is_rejected_and_nothing_submitted(fleet):
+    fleet.write("typo.yaml", "name: t\ngrid:\n  MATRIX_LRR: [0.1]\n")
+    code, _, err = fleet("wave", "typo.yaml")
+    assert code == 2 and "MATRIX_LRR" in err and "MATRIX_LR" in err
+    fleet.write("bad.yaml", "name: t\ngrid:\n  MATRIX_LR: [abc]\n")
+    code, _, err = fleet("wave", "bad.yaml")
+    assert code == 2 and "MATRIX_LR" in err and "abc" in err
+    assert fleet.ledger.waves() == []
+
+
+def test_timeout_kills_a_hung_experiment(fleet):
+    fleet.write("hang.yaml", "name: hang\nexperiments:\n  - {HANG: 1}\n  - {HANG: 0}\n")
+    board = fleet.json("wave", "hang.yaml", "--wait", "--timeout", "2")
+    states = {r["experiment"]: r["state"] for r in board["rows"]}
+    assert states == {"hang-001": "timeout", "hang-002": "done"}
+
+
+def test_cancel_a_wave(fleet):
+    fleet.write("slow.yaml", "name: slow\nenv: {TIME_BUDGET: 20}\ngrid:\n  DEPTH: [1, 2, 3, 4, 5, 6]\n")
+    fleet.json("wave", "slow.yaml")
+    fleet.wait_until(lambda: fleet.ledger.counts("slow").get("running", 0) >= 1)
+    cancelled = fleet.json("cancel", "--wave", "slow")["cancelled"]
+    assert len(cancelled) == 6
+    fleet.json("wait", "slow", "--timeout", "30")
+    assert fleet.ledger.counts("slow") == {"cancelled": 6}
+
+
+def test_controller_killed_mid_wave_resumes_exactly_once(fleet):
+    fleet.write("many.yaml", "name: many\nenv: {TIME_BUDGET: 0.4}\ngrid:\n  SEED_OFFSET_DUMMY: [1]\n"
+                .replace("  SEED_OFFSET_DUMMY: [1]\n", "  MATRIX_LR: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]\n  DEPTH: [1, 2]\n"))
+    fleet.json("wave", "many.yaml")
+    ledger = fleet.ledger
+    fleet.wait_until(lambda: ledger.counts("many").get("done", 0) >= 2)
+    pid = int(ledger.get_meta("controller_pid"))
+    os.kill(pid, signal.SIGKILL)
+    counts = ledger.counts("many")
+    assert counts.get("done", 0) < 12, "the kill must land mid-wave"
+    board = fleet.json("wait", "many", "--timeout", "120")
+    assert len(board["rows"]) == 12 and all(r["state"] == "done" for r in board["rows"])
+    # exactly once: one successful attempt per experiment, and no job ran twice on any slot
+    for exp in ledger.experiments(wave="many"):
+        succeeded = [a for a in ledger.attempts(exp.id) if a.state == "succeeded"]
+        assert len(succeeded) == 1, (exp.id, ledger.attempts(exp.id))
+    queues = fleet.root / ".fleet" / "local"
+    names = [p.read_text() for p in queues.glob("*/jobs/*.json")]
+    import json as _json
+    job_names = [_json.loads(n)["name"] for n in names]
+    assert len(job_names) == len(set(job_names))
+
+
+def test_budget_cap_holds_work_until_released(fleet):
+    fleet.write("fleet.yaml", "max_gpu_hours: 0.0005\n")  # 1.8 GPU-seconds
+    fleet.write("cap.yaml", "name: cap\nenv: {TIME_BUDGET: 1}\ngrid:\n  DEPTH: [1, 2, 3, 4]\n")
+    fleet.json("wave", "cap.yaml", "--wait")
+    counts = fleet.ledger.counts("cap")
+    assert counts.get("held", 0) >= 2 and counts.get("done", 0) >= 1
+    held = fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
+    assert "max_gpu_hours" in held[0].reason
+    released = fleet.json("release")["released"]
+    assert set(released) == {e.id for e in held}
+
+
+def test_status_and_results_never_import_skypilot(fleet):
+    fleet.write("grid.yaml", "name: g\nexperiments:\n  - {DEPTH: 1}\n")
+    fleet.json("wave", "grid.yaml", "--wait")
+    code = (
+        "import sys; from fleet.cli.main import main\n"
+        "assert main(['status', '--json']) == 0\n"
+        "assert main(['results', '--json']) == 0\n"
+        "assert main(['results', '--format', 'tsv']) == 0\n"
+        "bad = [m for m in sys.modules if m == 'sky' or m.startswith('sky.')]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=fleet.root, capture_output=True, text=True,
+                          env={**os.environ, "FLEET_ROOT": str(fleet.root)})
+    assert proc.returncode == 0, proc.stderr

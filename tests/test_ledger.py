@@ -1,0 +1,98 @@
+"""The ledger: all-or-nothing waves, exactly-once results, and many writers at once."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from fleet.ledger import Ledger, NewExperiment
+from fleet.types import ClusterState, ExperimentState
+
+
+def exps(n):
+    return [NewExperiment({"LR": str(i)}, f"k{i}", 0, "", f"LR={i}") for i in range(n)]
+
+
+def test_wave_ids_unique_and_experiments_ordered(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    wave, rows = ledger.add_wave("lr", "screen", {}, "snap", exps(3))
+    again, _ = ledger.add_wave("lr", "screen", {}, "snap", exps(1))
+    assert (wave.id, again.id) == ("lr", "lr-2")
+    assert [r.id for r in rows] == ["lr-001", "lr-002", "lr-003"]
+    assert all(r.state == ExperimentState.PENDING for r in rows)
+    assert ledger.counts() == {"pending": 4}
+
+
+def test_a_failed_wave_insert_leaves_nothing(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    bad = exps(2) + [NewExperiment({"LR": object()}, "k", 0, "", "")]  # not JSON-serializable
+    with pytest.raises(TypeError):
+        ledger.add_wave("lr", "screen", {}, "snap", bad)
+    assert ledger.waves() == [] and ledger.experiments() == []
+
+
+def test_result_recorded_exactly_once(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _, rows = ledger.add_wave("w", "screen", {}, "s", exps(1))
+    attempt = ledger.start_attempt(rows[0].id, "c1", "H100", lambda n: f"/logs/{n}")
+    assert ledger.experiment(rows[0].id).state == ExperimentState.QUEUED
+    assert ledger.record_result(rows[0].id, attempt.id, ExperimentState.DONE, outcome="done", val_bpb=1.5,
+                                metrics={"num_steps": 10, "training_seconds": 5.0, "device": "cpu"})
+    assert not ledger.record_result(rows[0].id, attempt.id, ExperimentState.CRASH, outcome="crash")
+    result = ledger.result(rows[0].id)
+    assert (result.val_bpb, result.num_steps, result.device) == (1.5, 10.0, "cpu")
+    assert ledger.experiment(rows[0].id).state == ExperimentState.DONE
+
+
+def test_requeue_keeps_attempt_count_and_gives_up(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _, rows = ledger.add_wave("w", "screen", {}, "s", exps(1))
+    eid = rows[0].id
+    for n in range(1, 3):
+        attempt = ledger.start_attempt(eid, f"c{n}", "H100", lambda k: f"/logs/{k}")
+        assert attempt.n == n
+        assert ledger.requeue(attempt, "cluster lost", max_attempts=2) == (
+            ExperimentState.PENDING if n < 2 else ExperimentState.CRASH)
+    assert ledger.experiment(eid).attempts == 2
+    assert [a.state for a in ledger.attempts(eid)] == ["lost", "lost"]
+    assert "gave up after 2 attempts" in ledger.result(eid).reason
+
+
+def test_set_state_only_from(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _, rows = ledger.add_wave("w", "screen", {}, "s", exps(1))
+    assert not ledger.set_state(rows[0].id, ExperimentState.CANCELLED, only_from=[ExperimentState.RUNNING])
+    assert ledger.set_state(rows[0].id, ExperimentState.CANCELLED, only_from=[ExperimentState.PENDING])
+    assert ledger.experiment(rows[0].id).finished_at is not None
+
+
+def test_wal_mode(tmp_path):
+    Ledger(tmp_path / "l.db")
+    mode = sqlite3.connect(tmp_path / "l.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def _writer(path, worker, n):
+    ledger = Ledger(path)
+    for i in range(n):
+        _, rows = ledger.add_wave(f"w{worker}", "screen", {}, "s", exps(2))
+        attempt = ledger.start_attempt(rows[0].id, f"c{worker}", "H100", lambda k: "/x")
+        ledger.record_result(rows[0].id, attempt.id, ExperimentState.DONE, outcome="done", val_bpb=float(i))
+        ledger.upsert_cluster(f"c{worker}", "local", "cpu", ClusterState.UP)
+        ledger.counts()
+
+
+def test_many_processes_write_at_once(tmp_path):
+    path = tmp_path / "l.db"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 25)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    ledger = Ledger(path)
+    assert len(ledger.waves()) == 6 * 25
+    assert ledger.counts() == {"done": 150, "pending": 150}
+    assert len({w.id for w in ledger.waves()}) == 150

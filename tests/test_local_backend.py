@@ -1,0 +1,71 @@
+"""The local backend: the shared contract, plus what only a local machine can show."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from backend_contract import BackendContract, snapshot, wait_terminal, write_contract_project
+from fleet.backends.local import LocalBackend
+from fleet.config import FleetConfig, LocalConfig
+from fleet.types import JobSpec, JobState
+from fleet.workspace import Workspace
+
+
+def make_local(tmp_path, slots=2):
+    write_contract_project(tmp_path)
+    workspace = Workspace(tmp_path).ensure()
+    backend = LocalBackend(workspace, FleetConfig(local=LocalConfig(slots=slots)))
+    names = [f"local-{i + 1:02d}" for i in range(slots)]
+    backend.up(names, ["cpu"] * slots)
+    return backend, workspace, names
+
+
+class TestLocalContract(BackendContract):
+    def backend_setup(self, tmp_path):
+        return make_local(tmp_path)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (containers' PID 1 may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    backend, workspace, names = make_local(tmp_path, slots=1)
+    # The job starts a grandchild that would outlive a naive kill of the job's shell.
+    (tmp_path / "work" / "job.sh").write_text("sleep 300 &\necho child $!\nwait\n")
+    snap = snapshot(workspace, "v1")
+    job_id = backend.submit(names[0], JobSpec("exp-t", 1, snap, {}, timeout_s=1.0))
+    job = wait_terminal(backend, names[0], [job_id], timeout=20)[job_id]
+    assert job.state == JobState.TIMEOUT
+    child = int(backend.logs(names[0], job_id).split("child ")[1].split()[0])
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_jobs_survive_the_runner_being_killed(tmp_path):
+    backend, workspace, names = make_local(tmp_path, slots=1)
+    snap = snapshot(workspace, "v1")
+    first = backend.submit(names[0], JobSpec("exp-1", 1, snap, {"SLEEP": "1.0"}, timeout_s=60))
+    second = backend.submit(names[0], JobSpec("exp-2", 1, snap, {}, timeout_s=60))
+    runner_lock = workspace.local / names[0] / "runner.lock"
+    deadline = time.monotonic() + 10
+    while not any(j.state == JobState.RUNNING for j in backend.queues(names)[names[0]]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # Kill the runner (not the job): the job keeps going, a new runner re-adopts it and goes on.
+    out = os.popen(f"fuser {runner_lock} 2>/dev/null").read().split()
+    runner_pids = [int(p) for p in out if p.strip().isdigit()]
+    for pid in runner_pids:
+        os.kill(pid, signal.SIGKILL)
+    jobs = wait_terminal(backend, names[0], [first, second], timeout=30)
+    assert jobs[first].state == JobState.SUCCEEDED
+    assert jobs[second].state == JobState.SUCCEEDED
+    assert "code v1" in backend.logs(names[0], first)

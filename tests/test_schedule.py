@@ -1,0 +1,79 @@
+"""The assignment decision, as tables of (clusters, pending, depth) → assignments."""
+from __future__ import annotations
+
+import pytest
+
+from fleet.schedule import Assignment, ClusterSlot, PendingExperiment, assign, eligible_clusters, within_budget
+
+TIERS = {"screen": ["H100"], "validate": ["H200"], "any": []}
+
+
+def C(name, acc="H100", depth=0):
+    return ClusterSlot(name, acc, depth)
+
+
+def P(eid, tier="screen", hours=0.0):
+    return PendingExperiment(eid, tier, hours)
+
+
+@pytest.mark.parametrize(
+    "clusters, pending, depth, expected",
+    [
+        # empty fleet or no work: nothing to do
+        ([], [P("e1")], 2, []),
+        ([C("a")], [], 2, []),
+        # fill to depth, least-loaded first, ties by name
+        ([C("a"), C("b")], [P("e1"), P("e2"), P("e3"), P("e4"), P("e5")], 2,
+         [("e1", "a"), ("e2", "b"), ("e3", "a"), ("e4", "b")]),
+        # a cluster already at depth gets nothing
+        ([C("a", depth=2), C("b", depth=1)], [P("e1"), P("e2")], 2, [("e1", "b")]),
+        # depth 1: one job per cluster
+        ([C("a"), C("b")], [P("e1"), P("e2"), P("e3")], 1, [("e1", "a"), ("e2", "b")]),
+        # tiers go to their accelerator; a full tier does not block the other tier
+        ([C("h1", "H100", 2), C("h2", "H200")], [P("s1"), P("v1", "validate")], 2, [("v1", "h2")]),
+        ([C("h1", "H100"), C("h2", "H200")], [P("v1", "validate"), P("s1"), P("v2", "validate")], 2,
+         [("v1", "h2"), ("s1", "h1"), ("v2", "h2")]),
+        # a tier whose accelerators the fleet lacks runs anywhere (a CPU-only local fleet)
+        ([C("c1", "cpu"), C("c2", "cpu")], [P("v1", "validate"), P("s1")], 2, [("v1", "c1"), ("s1", "c2")]),
+        # an unknown tier or a tier with no accelerators runs anywhere
+        ([C("a", "H200")], [P("x", "nope"), P("y", "any")], 2, [("x", "a"), ("y", "a")]),
+    ],
+)
+def test_assign_table(clusters, pending, depth, expected):
+    assert assign(clusters, pending, depth, TIERS) == [Assignment(e, c) for e, c in expected]
+
+
+def test_assign_is_deterministic_and_never_exceeds_depth():
+    clusters = [C(f"c{i}", "H100" if i % 2 else "H200", depth=i % 3) for i in range(8)]
+    pending = [P(f"e{i}", "screen" if i % 3 else "validate") for i in range(50)]
+    first = assign(clusters, pending, 3, TIERS)
+    assert first == assign(clusters, pending, 3, TIERS)
+    load = {c.name: c.depth for c in clusters}
+    for a in first:
+        load[a.cluster] += 1
+    assert max(load.values()) <= 3
+    assert len({a.experiment_id for a in first}) == len(first)
+
+
+def test_eligible_prefers_matching_accelerator():
+    fleet = [C("a", "H100"), C("b", "H200")]
+    assert [c.name for c in eligible_clusters("validate", fleet, TIERS)] == ["b"]
+    assert [c.name for c in eligible_clusters("screen", fleet, TIERS)] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "hours, spent, committed, cap, allowed, held",
+    [
+        ([0.1, 0.1, 0.1], 0.0, 0.0, None, 3, 0),
+        ([0.1, 0.1, 0.1], 0.0, 0.0, 0.25, 2, 1),  # the experiment that would cross the cap is held
+        ([0.1, 0.1, 0.1], 0.2, 0.0, 0.3, 1, 2),
+        ([0.1, 0.1], 0.1, 0.15, 0.3, 0, 2),  # queued work counts as committed
+        ([0.1, 0.1], 0.0, 0.0, 0.2, 2, 0),  # exactly at the cap is allowed
+        ([], 5.0, 0.0, 1.0, 0, 0),
+    ],
+)
+def test_budget_cap(hours, spent, committed, cap, allowed, held):
+    pending = [P(f"e{i}", hours=h) for i, h in enumerate(hours)]
+    ok, hold = within_budget(pending, spent, committed, cap)
+    assert (len(ok), len(hold)) == (allowed, held)
+    assert ok + hold == pending  # order kept

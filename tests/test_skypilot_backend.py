@@ -1,0 +1,427 @@
+"""The SkyPilot backend, driven through the fake SDK (`fleet.testing.fake_sky`), which runs real processes."""
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from backend_contract import BackendContract, snapshot, wait_terminal, write_contract_project
+from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
+from fleet.backends.skypilot import (
+    JOB_STATES,
+    SkyPilotBackend,
+    _is_connection_error,
+    build_launch_config,
+    build_task_config,
+    job_info,
+)
+from fleet.config import FleetConfig
+from fleet.testing import fake_sky
+from fleet.types import ClusterState, JobSpec, JobState
+from fleet.workspace import Workspace
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+
+# The shape of the repo's experiment.yaml (a fixture copy, so these tests do not depend on it).
+FIXTURE_TASK = """\
+name: experiment
+resources:
+  infra: k8s
+  accelerators: {H100: 1, H200: 1}
+  image_id: docker:nvcr.io/nvidia/pytorch:25.01-py3
+workdir: .fleet/workdir
+envs:
+  EXPERIMENT_ID: ""
+  FLEET_SNAPSHOT: ""
+  TIME_BUDGET: "300"
+setup: |
+  echo "setup $SKYPILOT_CLUSTER_NAME" >> setup.count
+run: |
+  cd "snapshots/$FLEET_SNAPSHOT" && bash run.sh
+"""
+RUN_SH = 'echo "id=$EXPERIMENT_ID snap=$FLEET_SNAPSHOT budget=$TIME_BUDGET lr=$LR code=$(cat version)"\n' \
+         'echo "shared=$(cat ../../shared.txt 2>/dev/null)"\nsleep "${SLEEP:-0}"\nexit "${EXIT:-0}"\n'
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_HOME", str(tmp_path / "fake-sky"))
+    monkeypatch.setenv("FAKE_SKY_LATENCY_S", "0")
+    yield fake_sky
+    fake_sky.reset()
+
+
+def make_snapshot(workspace: Workspace, snap: str, version: str) -> str:
+    d = workspace.snapshot_dir(snap)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "run.sh").write_text(RUN_SH)
+    (d / "version").write_text(version)
+    return snap
+
+
+@pytest.fixture
+def project(tmp_path, fake):
+    (tmp_path / "experiment.yaml").write_text(FIXTURE_TASK)
+    workspace = Workspace(tmp_path).ensure()
+    make_snapshot(workspace, "s1", "v1")
+    return workspace
+
+
+def make_backend(workspace: Workspace, **kwargs) -> tuple[SkyPilotBackend, list[float]]:
+    sleeps: list[float] = []
+    backend = SkyPilotBackend(workspace, FleetConfig(), sdk=kwargs.pop("sdk", fake_sky), sleep=sleeps.append, **kwargs)
+    return backend, sleeps
+
+
+def job(exp: str, snap: str = "s1", attempt: int = 1, accelerator: str | None = "H100", timeout_s: float = 60,
+        **envs: str) -> JobSpec:
+    return JobSpec(exp, attempt, snap, {k: str(v) for k, v in envs.items()}, timeout_s, accelerator)
+
+
+def setup_count(fake_home: Path, cluster: str) -> int:
+    path = fake_home / "clusters" / cluster / "sky_workdir" / "setup.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_running(backend, cluster: str, job_id: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(j.job_id == job_id and j.state == JobState.RUNNING for j in backend.queues([cluster])[cluster]):
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.03)
+
+
+# --- the shared backend contract --------------------------------------------------------------
+class TestSkyPilotContract(BackendContract):
+    @pytest.fixture(autouse=True)
+    def _fake_home(self, fake):
+        yield
+
+    def backend_setup(self, tmp_path):
+        write_contract_project(tmp_path)
+        workspace = Workspace(tmp_path).ensure()
+        backend = SkyPilotBackend(workspace, FleetConfig(), sdk=fake_sky, sleep=lambda s: None)
+        names = ["gpu-01", "gpu-02"]
+        backend.up(names, ["H100", "H100"])
+        return backend, workspace, names
+
+
+# --- choosing the SDK -------------------------------------------------------------------------
+def test_sdk_comes_from_env_and_sky_is_not_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from fleet.backends.skypilot import SkyPilotBackend\n"
+        "from fleet.config import FleetConfig\nfrom fleet.workspace import Workspace\n"
+        "b = SkyPilotBackend(Workspace(Path('.')), FleetConfig())\n"
+        "assert 'sky' not in sys.modules, 'constructing the backend imported sky'\n"
+        "print(b.sdk.__name__, b.clusters(), 'sky' in sys.modules)\n"
+    )
+    env = {**os.environ, "FLEET_SKY_SDK": "fleet.testing.fake_sky", "FAKE_SKY_HOME": str(tmp_path / "fs"),
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fleet.testing.fake_sky", "[]", "False"]
+
+
+# --- up: parallel, re-adopting, recording the real accelerator, retrying ----------------------
+def test_up_launches_in_parallel_runs_setup_once_and_readopts(project, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_LATENCY_S", "0.3")
+    backend, _ = make_backend(project)
+    names = ["gpu-01", "gpu-02", "gpu-03", "gpu-04"]
+    started = time.monotonic()
+    infos = backend.up(names, ["H100", "H200", "H100", "H200"])
+    assert time.monotonic() - started < 1.5  # 4 sequential launches would take > 2.4 s
+    assert [(c.name, c.accelerator, c.state) for c in infos] == [
+        ("gpu-01", "H100", ClusterState.UP), ("gpu-02", "H200", ClusterState.UP),
+        ("gpu-03", "H100", ClusterState.UP), ("gpu-04", "H200", ClusterState.UP)]
+    home = fake.home()
+    assert [setup_count(home, n) for n in names] == [1, 1, 1, 1]
+    # A restarted `fleet up` (a new backend object) re-adopts them: no second setup, real accelerator kept.
+    again, _ = make_backend(project)
+    infos = again.up(["gpu-02", "gpu-05"], ["H100", "H100"])
+    assert [(c.name, c.accelerator) for c in infos] == [("gpu-02", "H200"), ("gpu-05", "H100")]
+    assert setup_count(home, "gpu-02") == 1
+    assert {c.name: c.accelerator for c in again.clusters()} == {
+        "gpu-01": "H100", "gpu-02": "H200", "gpu-03": "H100", "gpu-04": "H200", "gpu-05": "H100"}
+
+
+def test_launch_task_sets_autodown_and_one_accelerator(project, fake):
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(fake, name)
+
+        def launch(self, task, **kwargs):
+            calls.append((task, kwargs))
+            return fake.launch(task, **kwargs)
+
+    backend, _ = make_backend(project, sdk=Recording(), idle_minutes_to_autodown=15, infra="k8s/ctx-a")
+    backend.up(["gpu-01"], ["H200"])
+    task, kwargs = calls[0]
+    assert kwargs == {"cluster_name": "gpu-01", "idle_minutes_to_autostop": 15, "down": True, "retry_until_up": False}
+    assert task.run is None and "setup" in task.setup
+    assert [(r.accelerators, r.infra) for r in task.resources] == [({"H200": 1}, "k8s/ctx-a")]
+
+
+def test_no_capacity_retries_with_backoff_on_the_other_accelerator(project, fake):
+    fake.set_capacity("H100", 0)
+    backend, sleeps = make_backend(project)
+    infos = backend.up(["gpu-01"], ["H100"])
+    assert [(c.name, c.accelerator) for c in infos] == [("gpu-01", "H200")]  # recorded as what it really got
+    assert sleeps == [30.0]
+
+
+def test_no_capacity_anywhere_raises_provision_failed_after_the_others_are_up(project, fake):
+    fake.set_capacity("H100", 1)
+    backend, sleeps = make_backend(project, fallback_accelerator=False)
+    with pytest.raises(ProvisionFailed) as err:
+        backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])
+    assert sleeps == [30.0, 60.0, 120.0]  # 4 attempts, exponential backoff between them
+    assert "gpu-02" in str(err.value) and "fleet gpus" in str(err.value)
+    assert [c.name for c in err.value.clusters] == ["gpu-01"]
+    assert [c.name for c in backend.clusters()] == ["gpu-01"]
+
+
+def test_setup_failure_is_not_retried(project, fake):
+    (project.root / "experiment.yaml").write_text(FIXTURE_TASK.replace('echo "setup', 'false; echo "setup'))
+    backend, sleeps = make_backend(project)
+    with pytest.raises(ProvisionFailed, match="setup"):
+        backend.up(["gpu-01"], ["H100"])
+    assert sleeps == []
+
+
+# --- jobs -------------------------------------------------------------------------------------
+def test_submit_queue_logs_round_trip(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01", "gpu-02"], ["H100", "H200"])
+    ids = [backend.submit("gpu-01", job(f"exp-{i}", LR="0.02")) for i in range(2)]
+    other = backend.submit("gpu-02", job("exp-9", attempt=2, accelerator=None))  # accelerator from the cluster
+    assert ids == [1, 2] and other == 1
+    jobs = wait_terminal(backend, "gpu-01", ids)
+    assert [(j.name, j.state) for j in jobs.values()] == [("exp-0.a1", JobState.SUCCEEDED),
+                                                          ("exp-1.a1", JobState.SUCCEEDED)]
+    assert jobs[1].started_at and jobs[1].ended_at >= jobs[1].started_at
+    text = backend.logs("gpu-01", ids[1])
+    assert "id=exp-1 snap=s1 budget=300 lr=0.02 code=v1" in text  # task envs + job envs + fleet envs
+    assert wait_terminal(backend, "gpu-02", [other])[other].name == "exp-9.a2"
+
+
+def test_jobs_declare_the_accelerator_and_a_mismatch_is_an_error(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    config = backend.job_config("gpu-01", job("exp-1", accelerator=None))
+    assert config["resources"]["accelerators"] == {"H100": 1}
+    with pytest.raises(BackendError) as err:
+        backend.submit("gpu-01", job("exp-2", accelerator="H200"))
+    assert not isinstance(err.value, ClusterLost)
+
+
+def test_submit_many_and_queues_cost_one_round_trip(project, fake, monkeypatch):
+    backend, _ = make_backend(project)
+    names = [f"gpu-{i:02d}" for i in range(1, 17)]
+    backend.up(names, ["H100"] * 16)
+    monkeypatch.setenv("FAKE_SKY_LATENCY_S", "0.3")
+    started = time.monotonic()
+    ids = backend.submit_many([(n, job(f"exp-{n}")) for n in names])
+    queues = backend.queues(names)
+    elapsed = time.monotonic() - started
+    assert ids == [1] * 16 and sorted(queues) == names
+    assert elapsed < 2.0, f"{elapsed:.2f}s: calls are not concurrent (sequential would be ~9.6 s)"
+
+
+def test_shared_workdir_hazard_queued_job_runs_its_own_snapshot(project, fake):
+    """Every job runs from one shared sky_workdir, re-synced at each exec; only the snapshot dir protects it."""
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    (project.workdir / "shared.txt").write_text("synced-with-A")
+    blocker = backend.submit("gpu-01", job("exp-blocker", SLEEP="0.6"))
+    job_a = backend.submit("gpu-01", job("exp-a", snap="s1"))  # queued behind the blocker
+    wait_running(backend, "gpu-01", blocker)
+    # Before A starts: B's code is synced into the same workdir, with a new version of the shared file.
+    make_snapshot(project, "s2", "v2")
+    (project.workdir / "shared.txt").write_text("synced-with-B")
+    job_b = backend.submit("gpu-01", job("exp-b", snap="s2"))
+    jobs = wait_terminal(backend, "gpu-01", [blocker, job_a, job_b])
+    assert jobs[blocker].ended_at <= jobs[job_a].started_at  # A really was queued when B was synced
+    log_a = backend.logs("gpu-01", job_a)
+    assert "shared=synced-with-B" in log_a  # the hazard is real: A sees files synced for B...
+    assert "snap=s1" in log_a and "code=v1" in log_a  # ...but runs its own immutable snapshot
+    assert "code=v2" in backend.logs("gpu-01", job_b)
+
+
+def test_logs_fall_back_to_download_and_strip_colour(project, fake):
+    class NoStreaming:
+        def __getattr__(self, name):
+            return getattr(fake, name)
+
+        def tail_logs(self, *args, **kwargs):
+            raise fake.exceptions.NotSupportedError("streaming is not supported here")
+
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    job_id = backend.submit("gpu-01", job("exp-1"))
+    wait_terminal(backend, "gpu-01", [job_id])
+    (fake.home() / "clusters" / "gpu-01" / "logs" / f"{job_id}.log").write_text("\x1b[32mval_bpb: 1.5\x1b[0m\n")
+    downloading, _ = make_backend(project, sdk=NoStreaming())
+    assert downloading.logs("gpu-01", job_id) == "val_bpb: 1.5\n"
+    assert backend.logs("gpu-01", job_id) == "val_bpb: 1.5\n"
+
+
+def test_overdue_job_is_cancelled_and_reported_as_timeout(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    slow = backend.submit("gpu-01", job("exp-slow", timeout_s=0.3, SLEEP="30"))
+    after = backend.submit("gpu-01", job("exp-next"))
+    jobs = wait_terminal(backend, "gpu-01", [slow, after], timeout=20)
+    assert jobs[slow].state == JobState.TIMEOUT
+    assert jobs[after].state == JobState.SUCCEEDED  # the queue moved on
+    restarted, _ = make_backend(project)  # a new controller still knows why it was cancelled
+    assert {j.job_id: j.state for j in restarted.queues(["gpu-01"])["gpu-01"]}[slow] == JobState.TIMEOUT
+
+
+def test_cancel_ignores_empty_lists_and_lost_clusters(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    job_id = backend.submit("gpu-01", job("exp-1", SLEEP="0.3"))
+    backend.cancel("gpu-01", [])  # must not cancel "the latest job", as an empty SkyPilot request would
+    assert wait_terminal(backend, "gpu-01", [job_id])[job_id].state == JobState.SUCCEEDED
+    fake.kill_cluster("gpu-01")
+    backend.cancel("gpu-01", [job_id])
+
+
+# --- failures, each mapped to the fleet's words ----------------------------------------------
+@pytest.mark.parametrize("status, expected", [
+    ("FAILED_SETUP", JobState.CLUSTER_FAILED),
+    ("FAILED_DRIVER", JobState.CLUSTER_FAILED),
+])
+def test_setup_and_driver_failures_are_cluster_failures(project, fake, status, expected):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    fake.fail_next_jobs("gpu-01", status)
+    broken = backend.submit("gpu-01", job("exp-1"))
+    fine = backend.submit("gpu-01", job("exp-2"))
+    jobs = wait_terminal(backend, "gpu-01", [broken, fine])
+    assert (jobs[broken].state, jobs[fine].state) == (expected, JobState.SUCCEEDED)
+
+
+def test_experiment_crash_is_failed_not_cluster_failed(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    job_id = backend.submit("gpu-01", job("exp-1", EXIT="3"))
+    assert wait_terminal(backend, "gpu-01", [job_id])[job_id].state == JobState.FAILED
+
+
+def test_vanished_cluster_is_lost_everywhere(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01", "gpu-02"], ["H100", "H200"])
+    running = backend.submit("gpu-01", job("exp-1", SLEEP="30"))
+    wait_running(backend, "gpu-01", running)
+    fake.kill_cluster("gpu-01")  # ClusterDoesNotExist from now on
+    queues = backend.queues(["gpu-01", "gpu-02"])
+    assert isinstance(queues["gpu-01"], ClusterLost) and queues["gpu-02"] == []
+    assert "no longer exists" in queues["gpu-01"].reason
+    with pytest.raises(ClusterLost):
+        backend.submit("gpu-01", job("exp-2"))
+    with pytest.raises(ClusterLost):
+        backend.logs("gpu-01", running)
+    assert {c.name: c.state for c in backend.clusters()} == {"gpu-01": ClusterState.LOST, "gpu-02": ClusterState.UP}
+
+
+def test_preempted_cluster_is_lost(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    running = backend.submit("gpu-01", job("exp-1", SLEEP="30"))
+    wait_running(backend, "gpu-01", running)
+    fake.preempt_cluster("gpu-01")  # evicted pod: ClusterNotUpError from now on
+    lost = backend.queues(["gpu-01"])["gpu-01"]
+    assert isinstance(lost, ClusterLost) and "not UP" in lost.reason
+    assert backend.clusters()[0].state == ClusterState.PROVISIONING
+    assert backend.up(["gpu-01"], ["H100"])[0].state == ClusterState.UP  # `fleet up` relaunches it
+
+
+def test_unreachable_cluster_keeps_its_last_queue_then_is_lost(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    job_id = backend.submit("gpu-01", job("exp-1"))
+    last = wait_terminal(backend, "gpu-01", [job_id])
+    fake.make_unreachable("gpu-01")
+    assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
+    assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
+    lost = backend.queues(["gpu-01"])["gpu-01"]
+    assert isinstance(lost, ClusterLost) and "unreachable for 3 polls" in lost.reason
+
+
+def test_api_server_down_says_how_to_fix_it(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    fake.stop_api_server()
+    for call in (backend.clusters, lambda: backend.queues(["gpu-01"]), lambda: backend.submit("gpu-01", job("e")),
+                 lambda: backend.logs("gpu-01", 1), lambda: backend.up(["gpu-02"], ["H100"]), backend.health,
+                 lambda: backend.down(["gpu-01"]), backend.gpu_availability):
+        with pytest.raises(BackendUnavailable) as err:
+            call()
+        assert "sky api start" in str(err.value) and "sky api info" in str(err.value)
+    fake.start_api_server()
+    assert "healthy" in backend.health()
+
+
+def test_connection_errors_from_requests_count_as_unreachable():
+    requests_error = type("ConnectionError", (OSError,), {"__module__": "requests.exceptions"})
+    assert _is_connection_error(requests_error("refused"))
+    assert _is_connection_error(ConnectionRefusedError())
+    assert not _is_connection_error(ValueError("bad"))
+
+
+def test_gpu_availability_per_context(project, fake):
+    fake.set_capacity("H100", 4)
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    rows = {(g.context, g.accelerator): (g.capacity, g.available) for g in backend.gpu_availability("k8s")}
+    assert rows[("fake-k8s", "H100")] == (4, 3)
+    with pytest.raises(BackendError, match="sky check kubernetes"):
+        backend.gpu_availability("k8s/no-such-context")
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+@pytest.mark.parametrize("status, expected", sorted(JOB_STATES.items()))
+def test_job_status_table(status, expected):
+    record = {"job_id": 7, "job_name": "exp-1.a2", "status": SimpleNamespace(value=status), "start_at": 1.0,
+              "end_at": None}
+    assert job_info(record).state == expected
+    assert job_info(SimpleNamespace(**record)).name == "exp-1.a2"
+
+
+def check_golden(name: str, data: dict) -> None:
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    path = GOLDEN / name
+    if os.environ.get("FLEET_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    expected = path.read_text() if path.exists() else ""
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                            f"{path} (golden)", f"{name} (generated)"))
+        pytest.fail(f"generated task differs from its golden file; if intended, rerun with "
+                    f"FLEET_UPDATE_GOLDEN=1\n{diff}")
+
+
+def test_job_task_golden():
+    config = build_task_config(yaml.safe_load(FIXTURE_TASK), name="exp-0007.a2",
+                               envs={"LR": "0.02", "FLEET_SNAPSHOT": "0123456789abcdef", "EXPERIMENT_ID": "exp-0007"},
+                               workdir="/project/.fleet/workdir", accelerator="H200", infra="k8s/gpu-pool")
+    check_golden("skypilot_job_task.yaml", config)
+
+
+def test_launch_task_golden():
+    config = build_launch_config(yaml.safe_load(FIXTURE_TASK), name="fleet-setup", workdir="/project/.fleet/workdir",
+                                 accelerator="H100")
+    check_golden("skypilot_launch_task.yaml", config)
