@@ -67,7 +67,9 @@ def find_changes(baseline: Mapping[str, str], stacked: Mapping[str, str]) -> lis
     return [Change(k, baseline.get(k), stacked.get(k)) for k in knobs if baseline.get(k) != stacked.get(k)]
 
 
-def leave_one_out(baseline: Mapping[str, str], stacked: Mapping[str, str], seeds: int, first_seed: int = 0) -> list[AblationArm]:
+def leave_one_out(
+    baseline: Mapping[str, str], stacked: Mapping[str, str], seeds: int, first_seed: int = 0
+) -> list[AblationArm]:
     """The ablation wave: baseline, full stack, and the stack without each change in turn."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"`seeds` is {seeds!r}, but must be a positive integer (e.g. `seeds: 3`)")
@@ -101,7 +103,8 @@ def contributions(
     """Each change's contribution, from (arm, {seed: val_bpb}) pairs of a ``leave_one_out`` wave."""
     by_name = {arm.name: (arm, results) for arm, results in arms_results}
     if "stacked" not in by_name:
-        raise InputError(f"no results for the `stacked` arm (have: {sorted(by_name)}); it is the reference of every contribution")
+        have = sorted(by_name)
+        raise InputError(f"no results for the `stacked` arm (have: {have}); every contribution is measured against it")
     stacked_arm, stacked_results = by_name["stacked"]
     out = []
     for ch in stacked_arm.changes:
@@ -114,13 +117,17 @@ def contributions(
     return out
 
 
-def _contribution(ch: Change, without: Mapping[int, float | None], stacked: Mapping[int, float | None], alpha: float) -> Contribution:
+def _contribution(
+    ch: Change, without: Mapping[int, float | None], stacked: Mapping[int, float | None], alpha: float
+) -> Contribution:
     common = sorted(s for s in set(without) & set(stacked) if finite([without[s]]) and finite([stacked[s]]))
     w, s = [float(without[x]) for x in common], [float(stacked[x]) for x in common]
 
     def result(verdict: ContributionVerdict, note: str, value=None, std=None, ci=None, p=None) -> Contribution:
         low, high = ci if ci is not None else (None, None)
-        return Contribution(ch.knob, ch.baseline_value, ch.stacked_value, len(common), value, std, low, high, p, verdict, note)
+        return Contribution(
+            ch.knob, ch.baseline_value, ch.stacked_value, len(common), value, std, low, high, p, verdict, note
+        )
 
     if not common:
         return result("inconclusive", "no seed finished on both this arm and the full stack")

@@ -136,7 +136,9 @@ class NormalizedRecord:
         return self.record.val_bpb
 
 
-def calibrate(records: Iterable[RunRecord], reference: str = REFERENCE_ACCELERATOR, baseline: str | None = None) -> Calibration:
+def calibrate(
+    records: Iterable[RunRecord], reference: str = REFERENCE_ACCELERATOR, baseline: str | None = None
+) -> Calibration:
     """Each accelerator's step-rate factor relative to ``reference`` (see the module docstring)."""
     rates = _log_rates_by_accelerator(records)
     seen = sorted(rates, key=lambda a: (a != reference, a))
@@ -156,7 +158,8 @@ def calibrate(records: Iterable[RunRecord], reference: str = REFERENCE_ACCELERAT
             factors.append(_unknown(acc, n_runs, f"nothing usable ran on the reference {reference} to compare with"))
         else:
             factors.append(_factor_from_runs(acc, runs, ref_runs, n_runs, baseline))
-    needs = [f.accelerator for f in factors if f.method in ("pooled", "unknown") and f.accelerator != UNKNOWN_ACCELERATOR]
+    uncalibrated = ("pooled", "unknown")
+    needs = [f.accelerator for f in factors if f.method in uncalibrated and f.accelerator != UNKNOWN_ACCELERATOR]
     if needs and baseline not in ref_runs:
         needs.insert(0, reference)
     return Calibration(reference, tuple(factors), tuple(needs))
@@ -238,7 +241,7 @@ def estimate_slope(
         note = f"{n} same-config pair(s) (< {min_pairs}): precision-weighted mean, error from seed scatter"
     else:
         seen = f"; the pairs alone say {slopes[0]:.3f}" if n else ""
-        note = f"{n} same-config pair(s) at different step counts and too few seeds to judge them: using the prior{seen}"
+        note = f"{n} same-config pair(s) at different step counts, too few seeds to judge them: using the prior{seen}"
         return SlopeEstimate(prior, None, n, "prior", note)
     if slope < 0:
         # More steps never make a configuration worse on average; a negative estimate is noise.
@@ -268,7 +271,8 @@ def _slope_pairs(records: Iterable[RunRecord]) -> _SlopePairs:
                 vals = np.array([r.val_bpb for r in group], dtype=float)
                 ss += float(np.square(vals - vals.mean()).sum())
                 df += vals.size - 1
-                summaries.append((float(np.mean([math.log(r.num_steps) for r in group])), float(vals.mean()), vals.size))
+                log_steps = float(np.mean([math.log(r.num_steps) for r in group]))
+                summaries.append((log_steps, float(vals.mean()), vals.size))
         for i in range(len(summaries)):
             for j in range(i + 1, len(summaries)):
                 (s1, v1, n1), (s2, v2, n2) = summaries[i], summaries[j]

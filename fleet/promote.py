@@ -127,7 +127,10 @@ def verdict(
     delta = test.mean_delta
     if len(common) < 2:
         verb = "is worse" if delta >= 0 else "looks better"
-        why = f"only 1 paired seed: the candidate {verb} by {abs(delta):.4f}, but one seed cannot separate a change from noise; run more seeds"
+        why = (
+            f"only 1 paired seed: the candidate {verb} by {abs(delta):.4f}, but one seed cannot separate"
+            " a change from noise; run more seeds"
+        )
         return result("inconclusive", why, delta)
     floor = floor_multiple * b_stat.std
     p = test.p_value
@@ -139,11 +142,13 @@ def verdict(
         why = "no seed-to-seed variation on either side (deterministic runs?): the noise cannot be estimated"
         return result("inconclusive", why, delta, p, floor)
     if p is None or p >= alpha:
-        return result("inconclusive", f"better by {-delta:.4f} but not significant (p={p:.3g} ≥ alpha={alpha})", delta, p, floor)
-    if -delta <= floor:
-        why = f"significant (p={p:.3g}) but the gain {-delta:.4f} is within the noise floor {floor:.4f} ({floor_multiple:g} × baseline seed std)"
+        why = f"better by {-delta:.4f} but not significant (p={p:.3g} ≥ alpha={alpha})"
         return result("inconclusive", why, delta, p, floor)
-    why = f"better by {-delta:.4f} (p={p:.3g} < {alpha}), above the noise floor {floor:.4f} ({floor_multiple:g} × baseline seed std)"
+    floor_text = f"noise floor {floor:.4f} ({floor_multiple:g} × baseline seed std)"
+    if -delta <= floor:
+        why = f"significant (p={p:.3g}) but the gain {-delta:.4f} is within the {floor_text}"
+        return result("inconclusive", why, delta, p, floor)
+    why = f"better by {-delta:.4f} (p={p:.3g} < {alpha}), above the {floor_text}"
     if b_stat.std == 0.0:
         why += "; note: the baseline showed no seed variation, so the floor is 0"
     return result("keep", why, delta, p, floor)

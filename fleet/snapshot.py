@@ -188,13 +188,14 @@ def adopt_snapshot(store: Path, sid: str, workload_dir: Path, dry_run: bool = Fa
     changed = sorted(rel for rel in set(wanted) | set(current) if wanted.get(rel) != current.get(rel))
     if dry_run:
         return [f"{workload_dir.name}/{rel}" for rel in changed]
-    for rel in changed:
-        target = workload_dir / rel
+    for rel in changed:  # removals first: a directory may have to become a file, or the reverse
         if rel not in wanted:
-            target.unlink()
-            _remove_empty_parents(target.parent, workload_dir)
-            continue
-        f = wanted[rel]
+            (workload_dir / rel).unlink()
+            _remove_empty_parents((workload_dir / rel).parent, workload_dir)
+    for rel in (rel for rel in changed if rel in wanted):
+        target, f = workload_dir / rel, wanted[rel]
+        if target.parent.is_file():
+            target.parent.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         # Replace, not rewrite in place: an editor or a running job holding the old file is not disturbed.
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

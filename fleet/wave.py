@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import re
+import reprlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,11 +187,12 @@ HINTS = {
 CUSTOM_ERRORS = {"finite_scalar", "scalar_nul", "scalar_type", "reserved_knob", "knob_name", "unknown_tier"}
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 2, 4, 50, 50
+
+
 def _shown(value: object) -> str:
-    if isinstance(value, dict):
-        return "{...}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return "{...}" if isinstance(value, dict) else _SHORT.repr(value)
 
 
 def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -241,7 +243,9 @@ def format_wave_errors(source: str, exc: ValidationError, lines: dict[tuple, int
     return "\n".join(message for _, message in sorted(out, key=lambda item: item[0]))
 
 
-def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str, seen: set | None = None) -> None:
+def _node_lines(
+    node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str, seen: set[int] | None = None
+) -> None:
     """Map each field path to its line, and refuse duplicate keys (YAML would silently keep the last)."""
     seen = set() if seen is None else seen
     if id(node) in seen:  # an alias: walked once (a "billion laughs" file must not explode here)
@@ -249,16 +253,16 @@ def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: s
     seen.add(id(node))
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        keys: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
-            if key in seen:
+            if key in keys:
                 line = key_node.start_mark.line + 1
                 raise InputError(
                     f"{source}:{line}: `{field_path(path + (key,))}` appears twice; YAML would keep only the "
                     "last one, so merge them into one entry"
                 )
-            seen.add(key)
+            keys.add(key)
             lines[path + (key,)] = key_node.start_mark.line + 1
             _node_lines(value_node, path + (key,), lines, source, seen)
     elif isinstance(node, yaml.SequenceNode):

@@ -37,13 +37,13 @@ resources:
   infra: k8s
   accelerators: {H100: 1, H200: 1}
   image_id: docker:nvcr.io/nvidia/pytorch:25.01-py3
-workdir: .fleet/workdir
+workdir: .
 envs:
   EXPERIMENT_ID: ""
   FLEET_SNAPSHOT: ""
   TIME_BUDGET: "300"
 setup: |
-  echo "setup $SKYPILOT_CLUSTER_NAME" >> setup.count
+  echo "setup $SKYPILOT_CLUSTER_NAME $(cat project.txt) $FLEET_BACKEND" >> setup.count
 run: |
   cd "snapshots/$FLEET_SNAPSHOT" && bash run.sh
 """
@@ -52,8 +52,8 @@ RUN_SH = 'echo "id=$EXPERIMENT_ID snap=$FLEET_SNAPSHOT budget=$TIME_BUDGET lr=$L
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_SKY_HOME", str(tmp_path / "fake-sky"))
+def fake(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_HOME", str(tmp_path_factory.mktemp("fake-sky")))
     monkeypatch.setenv("FAKE_SKY_LATENCY_S", "0")
     yield fake_sky
     fake_sky.reset()
@@ -70,6 +70,8 @@ def make_snapshot(workspace: Workspace, snap: str, version: str) -> str:
 @pytest.fixture
 def project(tmp_path, fake):
     (tmp_path / "experiment.yaml").write_text(FIXTURE_TASK)
+    (tmp_path / "project.txt").write_text("project-file")
+    (tmp_path / ".gitignore").write_text(".fleet/\n")
     workspace = Workspace(tmp_path).ensure()
     make_snapshot(workspace, "s1", "v1")
     return workspace
@@ -144,6 +146,9 @@ def test_up_launches_in_parallel_runs_setup_once_and_readopts(project, fake, mon
         ("gpu-03", "H100", ClusterState.UP), ("gpu-04", "H200", ClusterState.UP)]
     home = fake.home()
     assert [setup_count(home, n) for n in names] == [1, 1, 1, 1]
+    # setup ran in the project's own workdir (its files, not the snapshots), knowing the backend
+    assert (home / "clusters/gpu-01/sky_workdir/setup.count").read_text() == "setup gpu-01 project-file sky\n"
+    assert not (home / "clusters/gpu-01/sky_workdir/.fleet").exists()  # git-ignored, as SkyPilot skips it
     # A restarted `fleet up` (a new backend object) re-adopts them: no second setup, real accelerator kept.
     again, _ = make_backend(project)
     infos = again.up(["gpu-02", "gpu-05"], ["H100", "H100"])
@@ -192,7 +197,7 @@ def test_no_capacity_anywhere_raises_provision_failed_after_the_others_are_up(pr
 
 
 def test_setup_failure_is_not_retried(project, fake):
-    (project.root / "experiment.yaml").write_text(FIXTURE_TASK.replace('echo "setup', 'false; echo "setup'))
+    (project.root / "experiment.yaml").write_text(FIXTURE_TASK.replace("setup: |\n", "setup: |\n  exit 3\n"))
     backend, sleeps = make_backend(project)
     with pytest.raises(ProvisionFailed, match="setup"):
         backend.up(["gpu-01"], ["H100"])
@@ -400,8 +405,16 @@ def test_job_status_table(status, expected):
     assert job_info(SimpleNamespace(**record)).name == "exp-1.a2"
 
 
+class _GoldenDumper(yaml.SafeDumper):
+    """Multi-line scripts as `|` blocks, so a golden file reads like the task file it came from."""
+
+
+_GoldenDumper.add_representer(str, lambda d, s: d.represent_scalar(
+    "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
 def check_golden(name: str, data: dict) -> None:
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    text = yaml.dump(data, Dumper=_GoldenDumper, sort_keys=False, default_flow_style=False)
     path = GOLDEN / name
     if os.environ.get("FLEET_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,6 +435,57 @@ def test_job_task_golden():
 
 
 def test_launch_task_golden():
-    config = build_launch_config(yaml.safe_load(FIXTURE_TASK), name="fleet-setup", workdir="/project/.fleet/workdir",
-                                 accelerator="H100")
+    config = build_launch_config(yaml.safe_load(FIXTURE_TASK), name="fleet-setup", workdir="/project",
+                                 accelerator="H100", envs={"FLEET_BACKEND": "sky"})
     check_golden("skypilot_launch_task.yaml", config)
+
+
+# --- end to end: the real controller over the fake SDK ----------------------------------------
+def test_wave_survives_two_clusters_dying(project, fake):
+    """40 experiments on 8 clusters (H100 + H200); 2 clusters vanish mid-wave; each experiment finishes once."""
+    from fleet.config import Tier
+    from fleet.controller import Controller
+    from fleet.ledger import ATTEMPT_LOST, Ledger, NewExperiment
+    from fleet.types import ExperimentState
+
+    snap_dir = project.snapshot_dir("s1")
+    (snap_dir / "run.sh").write_text('sleep 0.1\nprintf -- "---\\nval_bpb: 1.0\\nnum_steps: 1\\n"\n')
+    config = FleetConfig(tiers={"any": Tier(accelerators=[], seeds=1)})
+    backend = SkyPilotBackend(project, config, sdk=fake_sky, sleep=lambda s: None)
+    names = [f"gpu-{i:02d}" for i in range(1, 9)]
+    infos = backend.up(names, ["H100", "H200"] * 4)
+    ledger = Ledger(project.ledger_path)
+    for info in infos:
+        ledger.upsert_cluster(info.name, backend.name, info.accelerator, info.state)
+    ledger.add_wave("w", "any", {"timeout_s": 120}, "s1",
+                    [NewExperiment({"K": str(i)}, f"k{i}", 0, "", "") for i in range(40)])
+    controller = Controller(project, ledger, backend, config)
+    killed = False
+    deadline = time.monotonic() + 60
+    while ledger.has_unfinished_work():
+        assert time.monotonic() < deadline, ledger.counts()
+        report = controller.cycle()
+        if not killed and report.submitted == 0 and sum(1 for a in ledger.attempts() if a.state == "succeeded") >= 4:
+            fake.kill_cluster("gpu-02")
+            fake.kill_cluster("gpu-07")
+            killed = True
+        time.sleep(0.05)
+    assert killed
+    experiments = ledger.experiments()
+    bad = [e.id for e in experiments if e.state != ExperimentState.DONE]
+    if bad and os.environ.get("DEBUG_WAVE"):
+        for a in ledger.attempts():
+            if a.experiment_id in bad:
+                print("ATTEMPT", a)
+                print("LOG", repr(Path(a.log_path).read_text() if Path(a.log_path).exists() else None))
+                for p in (fake.home() / "clusters" / a.cluster / "logs").glob("*"):
+                    print(p.name, repr(p.read_text()[:80]))
+    assert len(experiments) == 40 and all(e.state == ExperimentState.DONE for e in experiments), [
+        (e.id, e.state, e.reason, ledger.result(e.id)) for e in experiments if e.state != ExperimentState.DONE]
+    assert len(ledger.results()) == 40
+    assert {c.name for c in ledger.clusters([ClusterState.LOST])} == {"gpu-02", "gpu-07"}
+    per_experiment = {}
+    for attempt in ledger.attempts():
+        per_experiment.setdefault(attempt.experiment_id, []).append(attempt.state)
+    assert all(states.count("succeeded") == 1 for states in per_experiment.values()), per_experiment
+    assert any(ATTEMPT_LOST in states for states in per_experiment.values())  # work really was requeued

@@ -207,3 +207,20 @@ def test_adopt_into_a_missing_workload_dir(tmp_path, work, store):
     target = tmp_path / "fresh" / "train"
     assert adopt_snapshot(store, sid, target) == ["train/lib/model.py", "train/run.sh", "train/train.py"]
     assert (target / "lib" / "model.py").read_text() == "DEPTH = 8\n"
+
+
+def test_adopt_swaps_files_and_directories(tmp_path, store):
+    work = tmp_path / "train"
+    (work / "x").mkdir(parents=True)
+    (work / "x" / "a.py").write_text("a\n")
+    (work / "y").write_text("y\n")
+    sid = take_snapshot(work, store)
+    (work / "x" / "a.py").unlink()
+    (work / "x").rmdir()
+    (work / "x").write_text("now a file\n")
+    (work / "y").unlink()
+    (work / "y").mkdir()
+    (work / "y" / "b.py").write_text("b\n")
+    assert adopt_snapshot(store, sid, work) == ["train/x", "train/x/a.py", "train/y", "train/y/b.py"]
+    assert (work / "x" / "a.py").read_text() == "a\n" and (work / "y").read_text() == "y\n"
+    assert take_snapshot(work, store) == sid

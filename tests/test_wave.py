@@ -301,3 +301,13 @@ def test_yaml_aliases_are_not_expanded_exponentially(tmp_path):
     levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     message = rejection(tmp_path, "\n".join(levels) + "\n")  # 10**9 leaves if walked naively
     assert "`a0` is not a known field" in message
+
+
+def test_a_huge_aliased_value_is_shown_short(tmp_path):
+    levels = ["x0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = "\n".join(levels) + "\nenv: *a8\ngrid: {A: *a8}\n"
+    message = rejection(tmp_path, text)
+    assert f"{tmp_path / 'wave.yaml'}:10: `env` = [[[...], [...], [...], [...], ...], " in message
+    assert f"{tmp_path / 'wave.yaml'}:11: `grid.A[0]` = [[[...]," in message
+    assert len(message) < 5000

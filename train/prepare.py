@@ -47,6 +47,7 @@ DEFAULT_SHARDS = 8
 TOKENIZER_SHARDS = 2  # the real tokenizer always trains on shards 0..1, whatever the shard count
 TOKENIZER_MAX_CHARS = 1_000_000_000
 OFFLINE_VAL_EVERY = 20
+RETRY_BACKOFF_S = 2.0  # first retry delay; doubles each attempt
 TOKEN_DTYPE = np.uint16  # VOCAB_SIZE is capped at 65536
 
 Log = Callable[[str], None]
@@ -157,13 +158,14 @@ def val_shard_index() -> int:
     return int(os.environ.get("SKYFLEET_VAL_SHARD") or DEFAULT_VAL_SHARD)
 
 
-def download(url: str, dest: Path, *, retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
+def download(url: str, dest: Path, *, retries: int = 5, backoff: float | None = None, timeout: float = 60.0,
              sleep: Callable[[float], None] = time.sleep, log: Log = _stderr) -> None:
     """Fetch `url` into `dest`, resuming from `dest.partial` with a Range request; retry with backoff."""
     import requests
 
     if dest.exists():
         return
+    backoff = RETRY_BACKOFF_S if backoff is None else backoff
     partial = dest.with_name(dest.name + ".partial")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
@@ -181,7 +183,7 @@ def download(url: str, dest: Path, *, retries: int = 5, backoff: float = 2.0, ti
                 length = int(response.headers.get("Content-Length", -1))
                 expected = have + length if resumed else length
                 with open(partial, "ab" if resumed else "wb") as handle:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
+                    for chunk in response.iter_content(chunk_size=1 << 15):
                         handle.write(chunk)
             size = partial.stat().st_size
             if expected >= 0 and size != expected:

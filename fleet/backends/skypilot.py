@@ -47,7 +47,8 @@ SDK_CALLS: dict[str, tuple[str, ...]] = {
     "status": ("cluster_names", "refresh"),
     "get": ("request_id",),
     "api_info": (),
-    "realtime_kubernetes_gpu_availability": ("context", "name_filter"),
+    # not re-exported by `sky/__init__.py` in 0.14; the CLI's `sky show-gpus` reaches it the same way
+    "client.sdk.realtime_kubernetes_gpu_availability": ("context", "name_filter"),
     "Task.from_yaml_config": ("config",),
 }
 SDK_EXCEPTIONS = (
@@ -111,11 +112,18 @@ def build_task_config(task_yaml: dict, *, name: str, envs: dict[str, str], workd
     return config
 
 
-def build_launch_config(task_yaml: dict, *, name: str, workdir: str, accelerator: str,
-                        infra: str | None = None) -> dict:
-    """The `sky launch` task of one cluster: provision one accelerator and run `setup`; no job."""
-    config = {k: v for k, v in build_task_config(task_yaml, name=name, envs={}, workdir=workdir,
-                                                 accelerator=accelerator, infra=infra).items() if k != "run"}
+def build_launch_config(task_yaml: dict, *, name: str, workdir: str | None, accelerator: str,
+                        infra: str | None = None, envs: dict[str, str] | None = None) -> dict:
+    """The `sky launch` task of one cluster: provision one accelerator and run `setup`; no job.
+
+    `workdir` is the task's own (the project, so `setup` finds e.g. `train/requirements.txt`);
+    later `sky exec`s sync the fleet's snapshots into the same `~/sky_workdir`, add-only.
+    """
+    config = build_task_config(task_yaml, name=name, envs=envs or {}, workdir=workdir or "",
+                               accelerator=accelerator, infra=infra)
+    config.pop("run")
+    if not workdir:
+        config.pop("workdir")
     if task_yaml.get("setup"):
         config["setup"] = task_yaml["setup"]
     return config
@@ -257,6 +265,10 @@ class SkyPilotBackend(Backend):
             self._task_cache = (mtime, data)
         return self._task_cache[1]
 
+    def _project_workdir(self, task_yaml: dict) -> str | None:
+        workdir = task_yaml.get("workdir")
+        return str((self.workspace.root / workdir).resolve()) if isinstance(workdir, str) and workdir else None
+
     def _sky_task(self, config: dict) -> Any:
         return self._call("Task.from_yaml_config", config=config)
 
@@ -326,8 +338,8 @@ class SkyPilotBackend(Backend):
             chosen = {name: cands[attempt % len(cands)] for name, cands in todo.items()}
             requests = {name: self._call(
                 "launch", name, task=self._sky_task(build_launch_config(
-                    task_yaml, name="fleet-setup", workdir=str(self.workspace.workdir), accelerator=acc,
-                    infra=self.infra)),
+                    task_yaml, name="fleet-setup", workdir=self._project_workdir(task_yaml), accelerator=acc,
+                    infra=self.infra, envs={"FLEET_BACKEND": self.name})),
                 cluster_name=name, idle_minutes_to_autostop=self.idle_minutes_to_autodown, down=True,
                 retry_until_up=False) for name, acc in chosen.items()}
             retry: dict[str, list[str]] = {}
@@ -369,7 +381,7 @@ class SkyPilotBackend(Backend):
 
     def down(self, clusters: Sequence[str]) -> None:
         requests = {name: self._call("down", name, cluster_name=name) for name in clusters}
-        errors = []
+        failed: dict[str, str] = {}
         for name, request_id in requests.items():
             try:
                 self._get(request_id, name)
@@ -378,14 +390,14 @@ class SkyPilotBackend(Backend):
             except BackendUnavailable:
                 raise
             except BackendError as exc:
-                errors.append(str(exc))
-        gone = [n for n in clusters if not any(n in e for e in errors)]
+                failed[name] = str(exc)
+        gone = [n for n in clusters if n not in failed]
         self._remember(forget=gone)
         timeouts = self._timeouts()
         if timeouts:
             self._save_timeouts({k: v for k, v in timeouts.items() if k.rpartition("/")[0] not in gone})
-        if errors:
-            raise BackendError("; ".join(errors))
+        if failed:
+            raise BackendError("; ".join(failed.values()) + ". Run `fleet down` again, or `sky down <name>`.")
 
     # --- job timeouts: SkyPilot has none, so the backend cancels overdue jobs when it polls ------
     @property
@@ -438,7 +450,8 @@ class SkyPilotBackend(Backend):
         return accelerator
 
     def job_config(self, cluster: str, job: JobSpec) -> dict:
-        envs = {**job.envs, "FLEET_SNAPSHOT": job.snapshot, "EXPERIMENT_ID": job.experiment_id}
+        envs = {**job.envs, "FLEET_BACKEND": self.name, "FLEET_SNAPSHOT": job.snapshot,
+                "EXPERIMENT_ID": job.experiment_id}
         return build_task_config(self._task_yaml(), name=job.job_name, envs=envs, workdir=str(self.workspace.workdir),
                                  accelerator=self._accelerator_for(cluster, job), infra=self.infra)
 
@@ -490,11 +503,15 @@ class SkyPilotBackend(Backend):
             try:
                 requests[cluster] = self._call("queue", cluster, cluster_name=cluster, skip_finished=False,
                                                all_users=False)
-            except ClusterLost as lost:
-                out[cluster] = lost
-        for cluster, request_id in requests.items():
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                requests[cluster] = exc
+        for cluster, request in requests.items():
             try:
-                records = self._get(request_id, cluster)
+                if isinstance(request, BackendError):
+                    raise request
+                records = self._get(request, cluster)
             except BackendUnavailable:
                 raise
             except ClusterLost as lost:
@@ -552,7 +569,7 @@ class SkyPilotBackend(Backend):
 
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        with ThreadPoolExecutor(max_workers=min(64, len(items))) as pool:
             return list(pool.map(fetch, items))
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
@@ -567,7 +584,7 @@ class SkyPilotBackend(Backend):
     def gpu_availability(self, infra: str | None = None) -> list[GpuAvailability]:
         """GPUs per Kubernetes context (capacity and free now), to size the fleet before `fleet up`."""
         try:
-            per_context = self._get(self._call("realtime_kubernetes_gpu_availability",
+            per_context = self._get(self._call("client.sdk.realtime_kubernetes_gpu_availability",
                                                context=context_of(infra or self.infra), name_filter=None))
         except BackendUnavailable:
             raise

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from fleet.knobs import check_wave_knobs, load_knob_listing
 from fleet.ledger import NewExperiment
 from fleet.snapshot import take_snapshot
 from fleet.types import ClusterState, ExperimentState
-from fleet.wave import check_size, expand_wave, load_wave
+from fleet.wave import check_size, count_experiments, expand_wave, load_wave
 
 UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
 
@@ -80,15 +79,15 @@ def _default_budget(listing) -> float | None:
 def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     tiers = ctx.config.tiers
     spec = load_wave(args.file, tiers.keys())
+    check_size(count_experiments(spec, tiers[spec.tier].seeds), yes=args.yes)  # before building a huge grid
     planned = expand_wave(spec, tiers[spec.tier].seeds)
-    check_size(len(planned), yes=args.yes)
     for warning in spec.warnings:
         ctx.sink.warn(warning)
     if args.dry_run:
         ctx.sink.data({"wave": spec.name, "experiments": [p.__dict__ for p in planned]},
                       lambda c: [c.print(f"{p.label}  SEED={p.seed}") for p in planned])
         return 0
-    raw = {k: v for k, v in dataclasses.asdict(spec).items() if k != "warnings"}
+    raw = spec.to_json()
     if args.timeout:
         raw["timeout_s"] = args.timeout
     wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),

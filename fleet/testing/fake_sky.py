@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import uuid
 from collections import namedtuple
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 from fleet.backends.slot_queue import SlotQueue
@@ -325,12 +327,37 @@ def _task_accelerator(task: Task) -> str | None:
     return choices[0] if choices else None
 
 
+def _ignore_rules(src: Path):
+    """Like SkyPilot's workdir sync: `.skyignore` if present, else `.gitignore` (simple patterns), never `.git`."""
+    patterns = [".git"]
+    for name in (".skyignore", ".gitignore"):
+        if (src / name).exists():
+            patterns += [line.strip() for line in (src / name).read_text().splitlines()
+                         if line.strip() and not line.startswith(("#", "!"))]
+            break
+    own_home = home().resolve()
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel_dir = Path(directory).resolve().relative_to(src.resolve())
+        skipped = set()
+        for entry in names:
+            rel = (rel_dir / entry).as_posix()
+            if (Path(directory) / entry).resolve() == own_home:
+                skipped.add(entry)  # never copy the fake's own state into a cluster
+            elif any(fnmatch.fnmatch(entry, p.strip("/")) or fnmatch.fnmatch(rel, p.strip("/")) for p in patterns):
+                skipped.add(entry)
+        return skipped
+
+    return ignore
+
+
 def _sync_workdir(name: str, task: Task) -> None:
     """rsync without --delete: new and changed files land, nothing already there is removed."""
     target = _workdir(name)
     target.mkdir(parents=True, exist_ok=True)
     if task.workdir:
-        shutil.copytree(Path(task.workdir).expanduser(), target, dirs_exist_ok=True, symlinks=True)
+        src = Path(task.workdir).expanduser()
+        shutil.copytree(src, target, dirs_exist_ok=True, symlinks=True, ignore=_ignore_rules(src))
 
 
 def _capacity(accelerator: str) -> int:
@@ -576,6 +603,11 @@ def realtime_kubernetes_gpu_availability(context: str | None = None, name_filter
         return [(FAKE_CONTEXT, rows)]
 
     return _submit("realtime_kubernetes_gpu_availability", run)
+
+
+# `sky.client.sdk` for the functions `sky/__init__.py` does not re-export.
+client = SimpleNamespace(sdk=SimpleNamespace(
+    realtime_kubernetes_gpu_availability=realtime_kubernetes_gpu_availability))
 
 
 # --- test helpers: the things that happen to real clusters ----------------------------------------

@@ -1,0 +1,146 @@
+"""Real runs of train/train.py on CPU: the summary, seeds, the failure path, and experiment.yaml."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, TRAIN_PY, clean_env, evaluate, parse_summary, prepare, run_train
+
+REQUIRED_KEYS = {"val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
+                 "num_steps", "steps_per_sec", "tokens_per_sec", "num_params_M", "device", "seed",
+                 "evaluator_sha", "data_sha", "preset"}
+
+
+def first_step_loss(stdout: str) -> float:
+    match = re.search(r"^step 00000 loss (\S+)", stdout, re.MULTILINE)
+    assert match, stdout
+    return float(match.group(1))
+
+
+def tiny(cache, **knobs) -> dict[str, str]:
+    return clean_env(SKYFLEET_CACHE=str(cache), PRESET="tiny", **knobs)
+
+
+def test_tiny_run_prints_a_parseable_summary(offline_cache):
+    result = run_train(env=tiny(offline_cache, TIME_BUDGET="2"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = parse_summary(result.stdout)
+    assert REQUIRED_KEYS <= set(summary)
+    for key in REQUIRED_KEYS - {"device", "evaluator_sha", "data_sha", "preset", "mfu_percent"}:
+        assert isinstance(summary[key], (int, float)), (key, summary[key])
+    assert summary["device"] == "cpu" and summary["mfu_percent"] == "unknown"  # CPU peak is never guessed
+    assert summary["preset"] == "tiny" and summary["seed"] == 42 and summary["vocab_size"] == 512
+    assert summary["evaluator_sha"] == evaluate.evaluator_sha()
+    meta = prepare.ensure_prepared("offline", 512, log=lambda m: None)
+    assert summary["data_sha"] == meta["data_sha"]
+    assert 2.0 <= summary["training_seconds"] < 5.0
+    assert summary["total_seconds"] >= summary["training_seconds"]
+    assert summary["num_steps"] >= 2 and summary["peak_memory_mb"] > 0
+    assert summary["total_tokens_M"] == pytest.approx(summary["num_steps"] * 1024 / 1e6, abs=1e-3)
+    assert 0 < summary["val_bpb"] < summary["val_bpb_uniform"]
+
+
+def test_same_seed_same_first_loss_different_seed_differs(offline_cache):
+    runs = [subprocess.Popen([sys.executable, str(TRAIN_PY)], env=tiny(offline_cache, SEED=seed, MAX_STEPS="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in ("7", "7", "8")]
+    losses = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=180)
+        assert run.returncode == 0, stderr
+        assert parse_summary(stdout)["num_steps"] == 1
+        losses.append(first_step_loss(stdout))
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_exploding_loss_ends_the_run_with_training_failed(offline_cache):
+    result = run_train(env=tiny(offline_cache, UNEMBEDDING_LR="1e6", MAX_STEPS="20"))
+    assert result.returncode == 3
+    failed = [line for line in result.stdout.splitlines() if line.startswith("TRAINING_FAILED: ")]
+    assert len(failed) == 1 and "loss" in failed[0]
+    assert "---" not in result.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_cpu_preset_learns(offline_cache):
+    result = run_train(env=clean_env(SKYFLEET_CACHE=str(offline_cache), PRESET="cpu", TIME_BUDGET="8"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = parse_summary(result.stdout)
+    assert summary["preset"] == "cpu" and summary["vocab_size"] == 2048
+    assert summary["val_bpb"] < 0.8 * summary["val_bpb_uniform"], summary
+
+
+# ---------------------------------------------------------------------------- experiment.yaml
+
+@pytest.fixture(scope="module")
+def task():
+    return yaml.safe_load((REPO / "experiment.yaml").read_text())
+
+
+def test_task_declares_resources_and_envs(task):
+    assert task["resources"]["infra"] == "k8s"
+    assert task["resources"]["accelerators"] == {"H100": 1, "H200": 1}
+    assert task["resources"]["image_id"].startswith("docker:nvcr.io/nvidia/pytorch:")
+    assert task["workdir"] == "."
+    assert task["envs"]["EXPERIMENT_ID"] == "manual"
+    assert all(str(value) != "" for value in task["envs"].values())
+
+
+def run_script(script: str, cwd, env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def task_env(cache, **extra) -> dict[str, str]:
+    """As the fleet's local backend runs a task: `python` on PATH is this environment's interpreter."""
+    env = clean_env(FLEET_BACKEND="local", SKYFLEET_CACHE=str(cache), PRESET="tiny", TIME_BUDGET="1",
+                    EXPERIMENT_ID="exp-test", **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def result_line(stdout: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith("EXPERIMENT_")]
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_task_setup_and_run_locally(task, tmp_path):
+    cache = tmp_path / "cache"
+    setup = run_script(task["setup"], REPO, task_env(cache))
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert (cache / "offline" / "v512" / "meta.json").exists()
+    run = run_script(task["run"], REPO, task_env(cache))
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = result_line(run.stdout).splitlines()
+    assert lines[0] == "EXPERIMENT_STATUS: done"
+    assert re.fullmatch(r"EXPERIMENT_RESULT: exp-test val_bpb=[0-9.]+ num_steps=\d+ device=cpu", lines[1])
+
+
+@pytest.mark.slow
+def test_task_runs_from_a_snapshot(task, tmp_path, offline_cache):
+    workdir = tmp_path / "work"
+    snapshot_train = workdir / "snapshots" / "snap-1" / "train"
+    shutil.copytree(REPO / "train", snapshot_train, ignore=shutil.ignore_patterns("__pycache__"))
+    # the snapshot's code is what runs: mark it so the output proves it
+    path = snapshot_train / "train.py"
+    path.write_text(path.read_text().replace('print(f"preset {PRESET}', 'print("SNAPSHOT CODE"); print(f"preset {PRESET}'))
+    run = run_script(task["run"], workdir, task_env(offline_cache, FLEET_SNAPSHOT="snap-1"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SNAPSHOT CODE" in run.stdout
+    assert "EXPERIMENT_STATUS: done" in run.stdout
+    assert "EXPERIMENT_RESULT: exp-test val_bpb=" in run.stdout
+
+
+def test_task_reports_a_crash_with_the_exit_code(task, offline_cache):
+    run = run_script(task["run"], REPO, task_env(offline_cache, DEPTH="-1"))
+    assert run.returncode == 2
+    assert result_line(run.stdout) == "EXPERIMENT_STATUS: crash"
+    assert "knob DEPTH='-1' is below the minimum 1" in run.stdout  # stderr is teed into the log too
