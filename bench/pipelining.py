@@ -26,7 +26,7 @@ name: sleeper
 workdir: .
 run: |
   cd "snapshots/$FLEET_SNAPSHOT" && sleep "$SLEEP_S"
-  printf -- '---\nval_bpb: 1.0\nnum_steps: 1\n'
+  echo ---; echo "val_bpb: 1.0"; echo "num_steps: 1"
 """
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost
 from fleet.config import FleetConfig
+from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
 from fleet.results import parse_run_log
 from fleet.schedule import ClusterSlot, PendingExperiment, assign, within_budget
@@ -242,16 +243,39 @@ class Controller:
         report.submitted += 1
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Cycle until there is no unfinished work for `idle_exit_s` seconds."""
+    def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:
+        """Cycle until there is no unfinished work for `idle_exit_s` seconds; returns why it stopped.
+
+        A problem the user must fix (a broken task file, no clusters) stops the controller and is
+        recorded for `fleet wait`/`fleet status` to show; a passing backend failure (an API server
+        restarting) is retried with backoff.
+        """
         idle_since: float | None = None
+        backoff = poll_s
         while True:
             self.ledger.set_meta("controller_heartbeat", str(self.clock()))
-            self.cycle()
+            if not self.ledger.clusters([ClusterState.UP]):
+                return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
+            try:
+                self.cycle()
+                backoff = poll_s
+            except InputError as exc:
+                return self._stop(str(exc))
+            except BackendError as exc:
+                log.warning("backend problem, retrying in %.0fs: %s", backoff, exc)
+                self.ledger.set_meta("controller_error", f"retrying: {exc}")
+                sleep(backoff)
+                backoff = min(30.0, backoff * 2 + 1)
+                continue
             if self.ledger.has_unfinished_work():
                 idle_since = None
             else:
                 idle_since = idle_since or self.clock()
                 if self.clock() - idle_since >= idle_exit_s:
-                    return
+                    return "idle"
             sleep(poll_s)
+
+    def _stop(self, problem: str) -> str:
+        log.error("controller stopping: %s", problem)
+        self.ledger.set_meta("controller_error", problem)
+        return problem

@@ -90,13 +90,11 @@ def run_controller(workspace: Workspace) -> int:
         for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
             if info.state == ClusterState.UP:
                 ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
-        if not ledger.clusters([ClusterState.UP]):
-            log.error("no clusters are up; run `fleet up --backend %s` first", name)
-            ledger.set_meta("controller_error", f"no clusters are up; run `fleet up --backend {name}`")
-            return 1
         ledger.set_meta("controller_error", "")
         ledger.set_meta("controller_pid", str(os.getpid()))
-        Controller(workspace, ledger, backend, config).run()
+        stopped = Controller(workspace, ledger, backend, config).run()
+    if stopped != "idle":
+        return 1
     # Work may have arrived between the last check and the lock's release: take it on.
     if ledger.has_unfinished_work():
         return run_controller(workspace)

@@ -49,7 +49,7 @@ WARMDOWN_RATIO = Knob(0.5, min=0.0, max=1.0, help="fraction of the budget at the
 FINAL_LR_FRAC = Knob(0.0, min=0.0, max=1.0, help="learning rate at the end of warmdown, as a fraction of the peak")
 LOGIT_SOFTCAP = Knob(15.0, min=0.0, help="logits = c * tanh(logits / c); 0 turns the cap off")
 SEED = Knob(42, min=0, max=2**32 - 1, help="initialisation and data order; same seed, same first-step loss")
-COMPILE = Knob(True, False, False, help="torch.compile the model (CUDA only; ignored on CPU)")
+COMPILE = Knob(True, False, False, help="torch.compile the model and the Muon orthogonalization (slow to start on CPU)")
 LOG_EVERY = Knob(10, 20, 20, min=1, help="print the training loss every this many steps")
 
 apply_knobs(globals())  # handles --knobs/--check-knobs, validates env values, then resolves the preset
@@ -87,6 +87,7 @@ def norm(x):
 def rotate(x, cos, sin):
     """Rotary position embedding on (B, T, H, D): rotate each (first half, second half) pair."""
     x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # bf16 under autocast
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
@@ -158,9 +159,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         T = idx.size(1)
-        cos, sin = self.cos[:, :T].to(self.embed.weight.dtype), self.sin[:, :T].to(self.embed.weight.dtype)
-        if torch.is_autocast_enabled():
-            cos, sin = cos.bfloat16(), sin.bfloat16()
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = x0 = norm(self.embed(idx))
         for i, block in enumerate(self.blocks):
             x = self.resid_scale[i] * x + self.x0_scale[i] * x0
@@ -247,7 +246,7 @@ if ON_CUDA:
     torch.set_float32_matmul_precision("high")
 device = torch.device(DEVICE)
 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ON_CUDA else nullcontext()
-use_compile = COMPILE and ON_CUDA
+use_compile = COMPILE
 
 meta = prepare.ensure_prepared(DATA, VOCAB_SIZE, DATA_SHARDS)
 encoding = prepare.load_tokenizer(prepare.dataset_dir(DATA, VOCAB_SIZE, DATA_SHARDS).parent / meta["tokenizer"])

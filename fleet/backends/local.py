@@ -93,7 +93,8 @@ class LocalBackend(Backend):
             meta = self._meta(name)
             if meta and meta.get("state") == ClusterState.UP.value:
                 continue
-            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            # FLEET_ACCELERATOR tells the job which label its slot carries (tests and demos of tiers).
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "FLEET_ACCELERATOR": accelerator}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(index % len(gpus))
             slot = self._slot_dir(name)

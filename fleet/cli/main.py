@@ -12,13 +12,13 @@ import traceback
 
 from fleet import __version__
 from fleet.backends.base import BackendError
-from fleet.cli import cluster_cmds, code_cmds, inspect_cmds, research_cmds, wave_cmds
+from fleet.cli import cluster_cmds, code_cmds, inspect_cmds, observe_cmds, research_cmds, wave_cmds
 from fleet.cli.context import Context
 from fleet.cli.output import Sink
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds)
+GROUPS = (wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,6 +14,7 @@ from fleet.errors import FleetError, InputError
 from fleet.knobs import check_wave_knobs, load_knob_listing
 from fleet.ledger import NewExperiment
 from fleet.snapshot import take_snapshot
+from fleet.task import load_task
 from fleet.types import ClusterState, ExperimentState
 from fleet.wave import check_size, count_experiments, expand_wave, load_wave
 
@@ -52,6 +53,7 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     if not workload.is_dir():
         raise InputError(f"workload directory {workload} does not exist; set `workload:` in fleet.yaml")
     ctx.workspace.ensure()
+    load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
     snapshot = snapshot or take_snapshot(workload, ctx.workspace.snapshots)
     snapshot_root = ctx.workspace.snapshot_dir(snapshot)
     listing = load_knob_listing(snapshot_root)
@@ -119,10 +121,11 @@ def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
                             description=f"{wave or 'all waves'}: {counts.get('running', 0)} running")
             if unfinished == 0:
                 break
-            if not controller_running(ctx.workspace) and not ensure_controller(ctx.workspace, ledger):
+            if not controller_running(ctx.workspace):
                 problem = ledger.get_meta("controller_error")
-                if problem:
-                    raise FleetError(f"the controller cannot run: {problem}")
+                if problem and not problem.startswith("retrying"):
+                    raise FleetError(f"the controller stopped: {problem}")
+                ensure_controller(ctx.workspace, ledger)
             if deadline is not None and time.monotonic() > deadline:
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished")
             time.sleep(0.5)

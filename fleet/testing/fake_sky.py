@@ -351,13 +351,38 @@ def _ignore_rules(src: Path):
     return ignore
 
 
+def _rsync(src: Path, dest: Path, ignore) -> None:
+    """`rsync -a` without --delete: skip files with the same size and mtime; others land atomically.
+
+    Like rsync, a changed file is written beside the old one and renamed over it, so a script a job
+    is executing right now keeps reading its old inode instead of a half-written file.
+    """
+    for directory, dirnames, filenames in os.walk(src):
+        skipped = ignore(directory, dirnames + filenames)
+        dirnames[:] = [d for d in dirnames if d not in skipped]
+        out_dir = dest / Path(directory).relative_to(src)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            if name in skipped:
+                continue
+            source, target = Path(directory) / name, out_dir / name
+            st = source.stat()
+            with contextlib.suppress(FileNotFoundError):
+                old = target.stat()
+                if old.st_size == st.st_size and old.st_mtime_ns == st.st_mtime_ns:
+                    continue
+            tmp = out_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.sync"
+            shutil.copy2(source, tmp)
+            os.replace(tmp, target)
+
+
 def _sync_workdir(name: str, task: Task) -> None:
-    """rsync without --delete: new and changed files land, nothing already there is removed."""
+    """Sync task.workdir into the cluster's one shared sky_workdir, add-only, like SkyPilot does."""
     target = _workdir(name)
     target.mkdir(parents=True, exist_ok=True)
     if task.workdir:
         src = Path(task.workdir).expanduser()
-        shutil.copytree(src, target, dirs_exist_ok=True, symlinks=True, ignore=_ignore_rules(src))
+        _rsync(src, target, _ignore_rules(src))
 
 
 def _capacity(accelerator: str) -> int:
