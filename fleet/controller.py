@@ -24,6 +24,7 @@ from fleet.workspace import Workspace
 
 log = logging.getLogger("fleet.controller")
 
+RELEASED = "released by user"  # the reason `fleet release` records; exempts from budget caps
 MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
 DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
 
@@ -195,6 +196,8 @@ class Controller:
             return
         pending = [PendingExperiment(e.id, e.tier, self._expected_gpu_hours(e)) for e in pending_rows.values()]
         pending = self._apply_budget(pending, report)
+        if not pending:
+            return
         tiers = {name: tier.accelerators for name, tier in self.config.tiers.items()}
         accelerator = {c.name: c.accelerator for c in clusters}
         for decision in assign(slots, pending, self.config.queue_depth, tiers):
@@ -207,19 +210,39 @@ class Controller:
             return 300 / 3600
 
     def _apply_budget(self, pending: list[PendingExperiment], report: CycleReport) -> list[PendingExperiment]:
-        cap = self.config.max_gpu_hours
-        if cap is None:
-            return pending
-        spent = sum((r.gpu_seconds or 0.0) for r in self.ledger.results().values()) / 3600
-        active_ids = {a.experiment_id for a in self.ledger.attempts(active=True)}
-        committed = sum(self._expected_gpu_hours(e) for e in self.ledger.experiments() if e.id in active_ids)
-        allowed, held = within_budget(pending, spent, committed, cap)
-        for exp in held:
-            self.ledger.set_state(exp.experiment_id, ExperimentState.HELD,
-                                  f"would exceed max_gpu_hours={cap:g}; release with `fleet release`",
-                                  only_from=(ExperimentState.PENDING,))
+        """Hold experiments that would cross the fleet's or their wave's GPU-hour cap.
+
+        Experiments the user released with `fleet release` are exempt: releasing is the user
+        saying "run these anyway".
+        """
+        rows = {e.id: e for e in self.ledger.experiments()}
+        released = [p for p in pending if rows[p.experiment_id].reason.startswith(RELEASED)]
+        capped = [p for p in pending if not rows[p.experiment_id].reason.startswith(RELEASED)]
+        results = self.ledger.results()
+        active = {a.experiment_id for a in self.ledger.attempts(active=True)}
+        caps: list[tuple[float, set[str] | None, str]] = []
+        if self.config.max_gpu_hours is not None:
+            caps.append((self.config.max_gpu_hours, None, "max_gpu_hours in fleet.yaml"))
+        for wave in self.ledger.waves():
+            if wave.max_gpu_hours is not None:
+                members = {e.id for e in rows.values() if e.wave_id == wave.id}
+                caps.append((wave.max_gpu_hours, members, f"max_gpu_hours of wave {wave.id}"))
+        held: list[PendingExperiment] = []
+        for cap, members, source in caps:
+            scope = (lambda eid: True) if members is None else (lambda eid, m=members: eid in m)
+            spent = sum((r.gpu_seconds or 0.0) for eid, r in results.items() if scope(eid)) / 3600
+            committed = sum(self._expected_gpu_hours(rows[eid]) for eid in active if eid in rows and scope(eid))
+            in_scope = [p for p in capped if scope(p.experiment_id)]
+            _, over = within_budget(in_scope, spent, committed, cap)
+            for exp in over:
+                self.ledger.set_state(exp.experiment_id, ExperimentState.HELD,
+                                      f"would exceed {source} ({cap:g} GPU-hours); `fleet release` runs it anyway",
+                                      only_from=(ExperimentState.PENDING,))
+            held += over
+            over_ids = {p.experiment_id for p in over}
+            capped = [p for p in capped if p.experiment_id not in over_ids]
         report.held += len(held)
-        return allowed
+        return [p for p in pending if p in capped or p in released]
 
     def _submit(self, exp: ExperimentRow, cluster: str, accelerator: str, report: CycleReport) -> None:
         attempt = self.ledger.start_attempt(

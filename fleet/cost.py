@@ -43,3 +43,38 @@ def cost_summary(ledger: Ledger, config: FleetConfig, wave: str | None = None) -
     summary = spend(ledger_usages(ledger, wave), config.prices)
     summary["cap_gpu_hours"] = config.max_gpu_hours
     return summary
+
+
+def dollars_for(accelerator: str | None, gpu_seconds: float | None, prices: Mapping[str, float]) -> float | None:
+    """What one experiment cost; None when its GPU time is unknown or its accelerator unpriced."""
+    if gpu_seconds is None or accelerator not in prices:
+        return None
+    return max(0.0, gpu_seconds) / 3600 * prices[accelerator]
+
+
+def spend_by_wave(usages: Mapping[str, Iterable[Usage]], prices: Mapping[str, float]) -> dict[str, dict]:
+    """`spend` for each wave (or any other grouping) of usages."""
+    return {key: spend(group, prices) for key, group in usages.items()}
+
+
+def ledger_usages_by_wave(ledger: Ledger) -> dict[str, list[Usage]]:
+    wave_of = {e.id: e.wave_id for e in ledger.experiments()}
+    out: dict[str, list[Usage]] = {w.id: [] for w in ledger.waves()}
+    for r in ledger.results().values():
+        if r.gpu_seconds is not None and r.experiment_id in wave_of:
+            out[wave_of[r.experiment_id]].append(Usage(r.accelerator or "unknown", r.gpu_seconds))
+    return out
+
+
+def describe_spend(summary: Mapping) -> str:
+    """One line for people: total, per accelerator, and the cap when there is one."""
+    parts = [f"{summary['gpu_hours']:.2f} GPU-hours, ${summary['dollars']:.2f}"]
+    by_acc = summary.get("by_accelerator") or {}
+    if len(by_acc) > 1:
+        parts.append("(" + ", ".join(f"{acc} {v['gpu_hours']:.2f} h ${v['dollars']:.2f}" for acc, v in by_acc.items()) + ")")
+    cap = summary.get("cap_gpu_hours")
+    if cap:
+        parts.append(f"of a {cap:g} GPU-hour cap ({100 * summary['gpu_hours'] / cap:.0f}% used)")
+    if summary.get("unpriced"):
+        parts.append(f"— no price for {', '.join(summary['unpriced'])} (set `prices:` in fleet.yaml)")
+    return " ".join(parts)

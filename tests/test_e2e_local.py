@@ -119,6 +119,17 @@ def test_budget_cap_holds_work_until_released(fleet):
     assert "max_gpu_hours" in held[0].reason
     released = fleet.json("release")["released"]
     assert set(released) == {e.id for e in held}
+    fleet.json("wait", "cap", "--timeout", "60")  # released work runs past the cap
+    assert fleet.ledger.counts("cap") == {"done": 4}
+
+
+def test_wave_budget_cap(fleet):
+    fleet.write("cap.yaml", "name: cap\nmax_gpu_hours: 0.0005\nenv: {TIME_BUDGET: 1}\ngrid:\n  DEPTH: [1, 2, 3, 4]\n")
+    fleet.json("wave", "cap.yaml", "--wait")
+    counts = fleet.ledger.counts("cap")
+    assert counts.get("held", 0) >= 2 and counts.get("done", 0) >= 1
+    held = fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
+    assert "wave cap" in held[0].reason
 
 
 def test_status_and_results_never_import_skypilot(fleet):

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
+from fleet.controller import RELEASED
 from fleet.daemon import controller_running, ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.knobs import check_wave_knobs, load_knob_listing
@@ -166,9 +167,7 @@ def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
     ledger = ctx.ledger
     held = ledger.experiments(wave=args.wave, states=[ExperimentState.HELD])
     for exp in held:
-        ledger.set_state(exp.id, ExperimentState.PENDING, "released by user", only_from=[ExperimentState.HELD])
+        ledger.set_state(exp.id, ExperimentState.PENDING, RELEASED, only_from=[ExperimentState.HELD])
     ensure_controller(ctx.workspace, ledger)
     ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
-    if held and ctx.config.max_gpu_hours is not None:
-        ctx.sink.hint("the budget cap still applies: raise max_gpu_hours in fleet.yaml to run past it")
     return 0
