@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost
+from fleet.backends.base import Backend, BackendError, ClusterLost
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
@@ -78,11 +78,15 @@ class Controller:
             if isinstance(queue, ClusterLost):
                 self._lose_cluster(name, queue.reason, [a for a in active if a.cluster == name], report)
         live = {name: q for name, q in queues.items() if not isinstance(q, ClusterLost)}
+        finished: list[tuple[AttemptRow, JobInfo]] = []
         for attempt in active:
             if attempt.cluster in live:
-                self._reconcile(attempt, live[attempt.cluster], report)
+                job = self._reconcile(attempt, live[attempt.cluster], report)
+                if job is not None:
+                    finished.append((attempt, job))
             elif attempt.cluster not in clusters:  # its cluster was torn down or lost earlier
                 self._requeue(attempt, f"cluster {attempt.cluster} is gone", report)
+        self._finish_all(finished, report)
         self._cancel_requested()
         self._submit_pending(report)
         return report
@@ -103,15 +107,16 @@ class Controller:
         self.ledger.requeue(attempt, reason, MAX_ATTEMPTS)
         report.requeued += 1
 
-    def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> None:
+    def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> JobInfo | None:
+        """Bring the attempt up to date with its job; returns the job if it has just finished."""
         job = self._find_job(attempt, queue)
         if job is None:
             # Submitted-but-unrecorded jobs are adopted by name above; absent means it never
             # reached the queue (the controller died mid-submit) or the queue lost it.
             if attempt.job_id is None and self.clock() - attempt.submitted_at < 30:
-                return  # a submission may still be in flight in another controller's last moments
+                return None  # a submission may still be in flight in another controller's last moments
             self._requeue(attempt, "job vanished from its cluster queue", report)
-            return
+            return None
         if attempt.job_id is None:
             self.ledger.update_attempt(attempt.id, job_id=job.job_id, state=job.state.value)
         if job.state == JobState.RUNNING and attempt.state != "running":
@@ -119,7 +124,8 @@ class Controller:
             self.ledger.set_state(attempt.experiment_id, ExperimentState.RUNNING,
                                   only_from=(ExperimentState.QUEUED, ExperimentState.PENDING))
         elif job.state.terminal:
-            self._finish(attempt, job, report)
+            return job
+        return None
 
     @staticmethod
     def _find_job(attempt: AttemptRow, queue: list[JobInfo]) -> JobInfo | None:
@@ -128,13 +134,21 @@ class Controller:
             return next((j for j in queue if j.job_id == attempt.job_id), None)
         return next((j for j in queue if j.name == name), None)
 
-    def _finish(self, attempt: AttemptRow, job: JobInfo, report: CycleReport) -> None:
-        self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
-                                   ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
-        if job.state == JobState.CLUSTER_FAILED:
-            self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report)
-            return
-        text = self._save_log(attempt, job)
+    def _finish_all(self, finished: list[tuple[AttemptRow, JobInfo]], report: CycleReport) -> None:
+        for attempt, job in finished:
+            self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
+                                       ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
+        for attempt, job in finished:
+            if job.state == JobState.CLUSTER_FAILED:
+                self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report)
+        done = [(a, j) for a, j in finished if j.state != JobState.CLUSTER_FAILED]
+        texts = self.backend.logs_many([(a.cluster, j.job_id) for a, j in done]) if done else []
+        for (attempt, job), text in zip(done, texts):
+            if isinstance(text, BackendError):
+                text = f"(could not fetch logs: {text})"
+            self._finish(attempt, job, self._save_log(attempt, text), report)
+
+    def _finish(self, attempt: AttemptRow, job: JobInfo, text: str, report: CycleReport) -> None:
         gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
         parsed = parse_run_log(text, attempt.experiment_id, job.exit_code)
         common = dict(metrics=parsed.metrics, tail="\n".join(parsed.tail), accelerator=attempt.accelerator,
@@ -152,12 +166,8 @@ class Controller:
                                      reason=reason, **common):
             report.finished += 1
 
-    def _save_log(self, attempt: AttemptRow, job: JobInfo) -> str:
-        """Fetch the job's log and keep it in `.fleet/logs/` (remote clusters may vanish later)."""
-        try:
-            text = self.backend.logs(attempt.cluster, job.job_id)
-        except BackendError as exc:
-            text = f"(could not fetch logs: {exc})"
+    def _save_log(self, attempt: AttemptRow, text: str) -> str:
+        """Keep the job's log in `.fleet/logs/` (remote clusters may vanish later)."""
         path = self.workspace.logs / f"{attempt.experiment_id}.a{attempt.n}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.stat().st_size < len(text.encode()):
@@ -200,8 +210,8 @@ class Controller:
             return
         tiers = {name: tier.accelerators for name, tier in self.config.tiers.items()}
         accelerator = {c.name: c.accelerator for c in clusters}
-        for decision in assign(slots, pending, self.config.queue_depth, tiers):
-            self._submit(pending_rows[decision.experiment_id], decision.cluster, accelerator[decision.cluster], report)
+        decisions = assign(slots, pending, self.config.queue_depth, tiers)
+        self._submit_all([(pending_rows[d.experiment_id], d.cluster, accelerator[d.cluster]) for d in decisions], report)
 
     def _expected_gpu_hours(self, exp: ExperimentRow) -> float:
         try:
@@ -244,26 +254,36 @@ class Controller:
         report.held += len(held)
         return [p for p in pending if p in capped or p in released]
 
-    def _submit(self, exp: ExperimentRow, cluster: str, accelerator: str, report: CycleReport) -> None:
-        attempt = self.ledger.start_attempt(
-            exp.id, cluster, accelerator, lambda n: self.workspace.logs / f"{exp.id}.a{n}.log"
-        )
-        wave = self.ledger.wave(exp.wave_id)
-        timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
-        job = job_for(exp, attempt.n, accelerator, timeout)
-        try:
-            job_id = self.backend.submit(cluster, job)
-        except ClusterLost as lost:
-            self._lose_cluster(cluster, lost.reason, [attempt], report)
+    def _submit_all(self, decisions: list[tuple[ExperimentRow, str, str]], report: CycleReport) -> None:
+        """Record every attempt, then submit them all in one batch, then record the job ids.
+
+        The ledger row comes first: if the controller dies mid-batch, the next one finds the
+        attempt still `submitting` and adopts the job by its name, or requeues it if it never
+        reached the cluster.
+        """
+        items: list[tuple[AttemptRow, str, JobSpec]] = []
+        for exp, cluster, accelerator in decisions:
+            attempt = self.ledger.start_attempt(
+                exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.logs / f"{e}.a{n}.log")
+            wave = self.ledger.wave(exp.wave_id)
+            timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
+            items.append((attempt, cluster, job_for(exp, attempt.n, accelerator, timeout)))
+        if not items:
             return
-        except BackendUnavailable:
-            raise
-        except BackendError as exc:
-            log.warning("submit of %s to %s failed: %s", exp.id, cluster, exc)
-            self._requeue(attempt, f"submit failed: {exc}", report)
-            return
-        self.ledger.update_attempt(attempt.id, job_id=job_id, state=JobState.PENDING.value)
-        report.submitted += 1
+        outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
+        lost: set[str] = set()
+        for (attempt, cluster, _), outcome in zip(items, outcomes):
+            if isinstance(outcome, ClusterLost):
+                if cluster not in lost:
+                    lost.add(cluster)
+                    self._lose_cluster(cluster, outcome.reason, [], report)
+                self._requeue(attempt, f"cluster {cluster} lost: {outcome.reason}", report)
+            elif isinstance(outcome, BackendError):
+                log.warning("submit of %s to %s failed: %s", attempt.experiment_id, cluster, outcome)
+                self._requeue(attempt, f"submit failed: {outcome}", report)
+            else:
+                self.ledger.update_attempt(attempt.id, job_id=outcome, state=JobState.PENDING.value)
+                report.submitted += 1
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:

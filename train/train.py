@@ -39,7 +39,7 @@ DEVICE_BATCH_SIZE = Knob(64, 32, 16, min=1, help="sequences per forward/backward
 MATRIX_LR = Knob(0.04, 0.04, 0.04, min=0.0, help="Muon learning rate for the 2-D weights inside blocks")
 EMBEDDING_LR = Knob(0.6, 0.3, 0.3, min=0.0, help="AdamW learning rate for the token embedding")
 UNEMBEDDING_LR = Knob(0.004, 0.008, 0.008, min=0.0, help="AdamW learning rate for the output projection (lm_head)")
-SCALAR_LR = Knob(0.5, 0.1, 0.1, min=0.0, help="AdamW learning rate for per-layer residual scalars")
+SCALAR_LR = Knob(0.1, min=0.0, help="AdamW learning rate for per-layer residual scalars")
 WEIGHT_DECAY = Knob(0.1, 0.0, 0.0, min=0.0, help="decoupled weight decay on Muon matrices (multiplied by the lr)")
 ADAM_BETA1 = Knob(0.8, min=0.0, max=0.9999, help="AdamW beta1")
 ADAM_BETA2 = Knob(0.95, min=0.0, max=0.9999, help="AdamW beta2")
@@ -310,7 +310,7 @@ def report(step, loss):
     value = loss.item()
     check_loss(step, value)
     if step % LOG_EVERY == 0:
-        print(f"step {step:05d} loss {value:.6f} progress {100 * min(1.0, training_seconds / TIME_BUDGET):5.1f}%",
+        print(f"step {step:05d} loss {value:.9f} progress {100 * min(1.0, training_seconds / TIME_BUDGET):5.1f}%",
               flush=True)
 
 

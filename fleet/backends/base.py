@@ -75,3 +75,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def down(self, clusters: Sequence[str]) -> None:
         """Tear clusters down, killing whatever runs on them."""
+
+    # Batched forms: the controller calls these once per cycle. A backend with a remote control
+    # plane overrides them to send every request first and then collect, so a cycle over 64
+    # clusters costs about one round-trip; these defaults simply loop.
+    def submit_many(self, items: Sequence[tuple[str, JobSpec]]) -> list[int | BackendError]:
+        out: list[int | BackendError] = []
+        for cluster, job in items:
+            try:
+                out.append(self.submit(cluster, job))
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                out.append(exc)
+        return out
+
+    def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
+        out: list[str | BackendError] = []
+        for cluster, job_id in items:
+            try:
+                out.append(self.logs(cluster, job_id))
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                out.append(exc)
+        return out

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+from rich.table import Table
 
 from fleet.cli.context import Context
 from fleet.daemon import bring_up_local, ensure_controller
@@ -57,8 +60,7 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
         names = [f"{args.prefix}-{i + 1:02d}" for i in range(count)]
         wanted = [accelerators[i % len(accelerators)] for i in range(count)]
         backend = ctx.backend(name)
-        if hasattr(backend, "infra"):
-            backend.infra = args.infra
+        backend.infra = args.infra  # the SkyPilot backend launches on this infra
         ctx.sink.info(f"launching {count} clusters on {args.infra} (setup runs once per cluster)…")
         try:
             infos = backend.up(names, wanted)
@@ -103,7 +105,18 @@ def cmd_down(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_gpus(ctx: Context, args: argparse.Namespace) -> int:
-    backend = ctx.backend("sky")
-    rows = backend.gpu_availability(args.infra)
-    ctx.sink.data({"gpus": rows}, lambda c: [c.print(str(r)) for r in rows])
+    rows = [dataclasses.asdict(r) for r in ctx.backend("sky").gpu_availability(args.infra)]
+
+    def render(console) -> None:
+        table = Table(title=f"GPUs on {args.infra}", title_justify="left")
+        for col in ("context", "accelerator", "capacity", "free"):
+            table.add_column(col)
+        for r in rows:
+            free = "?" if r["available"] < 0 else str(r["available"])
+            table.add_row(r["context"], r["accelerator"], str(r["capacity"]), free)
+        console.print(table)
+
+    ctx.sink.data({"infra": args.infra, "gpus": rows}, render)
+    total_free = sum(max(0, r["available"]) for r in rows if r["accelerator"] in ("H100", "H200"))
+    ctx.sink.hint(f"{total_free} H100/H200 free — e.g. `fleet up --backend sky --clusters {max(1, total_free)}`")
     return 0

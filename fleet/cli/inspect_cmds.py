@@ -12,7 +12,7 @@ from rich.table import Table
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
-from fleet.cost import cost_summary
+from fleet.cost import cost_summary, describe_spend, dollars_for
 from fleet.daemon import controller_running
 from fleet.errors import InputError
 from fleet.leaderboard import autoresearch_status
@@ -102,9 +102,7 @@ def render_status(console: Console, payload: dict) -> None:
     if payload["best"]:
         b = payload["best"]
         console.print(f"best: {b['experiment']} val_bpb={b['val_bpb']:.4f} ({b['label'] or 'base'}, {b['accelerator']})")
-    cost = payload["cost"]
-    console.print(f"spend: {cost['gpu_hours']:.2f} GPU-hours, ${cost['dollars']:.2f}"
-                  + (f" of a {cost['cap_gpu_hours']:g} GPU-hour cap" if cost.get("cap_gpu_hours") else ""))
+    console.print(f"spend: {describe_spend(payload['cost'])}", markup=False)
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -135,6 +133,13 @@ def results_tsv(ctx: Context, wave: str | None) -> str:
     return buf.getvalue()
 
 
+def with_costs(ctx: Context, payload: dict, wave: str | None) -> dict:
+    """Each row's dollars (its GPU-seconds at its accelerator's price) and the spend of the rows' scope."""
+    prices = ctx.config.prices
+    rows = [{**r, "dollars": dollars_for(r["accelerator"], r["gpu_seconds"], prices)} for r in payload["rows"]]
+    return {**payload, "rows": rows, "cost": cost_summary(ctx.ledger, ctx.config, wave)}
+
+
 def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if args.wave and ctx.ledger.wave(args.wave) is None:
         raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
@@ -142,13 +147,15 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if fmt == "tsv":
         text = results_tsv(ctx, args.wave)
     else:
-        payload = leaderboard_payload(ctx, args.wave, sort_by=args.sort)
+        payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort), args.wave)
         if fmt == "json" or args.output:
             import json
 
             text = json.dumps(payload, indent=2, default=str) + "\n"
         else:
             render_leaderboard(ctx.sink.out, payload, args.limit)
+            ctx.sink.out.print(f"spend{' of ' + args.wave if args.wave else ''}: {describe_spend(payload['cost'])}",
+                               markup=False)
             return 0
     if args.output:
         args.output.write_text(text)

@@ -1,8 +1,216 @@
-"""`fleet watch`, `fleet plot`, `fleet report`: seeing what the fleet does and found."""
+"""`fleet watch`, `fleet plot`, `fleet report`: seeing what the fleet does and found.
+
+All three read the ledger only: they never call a backend (so never import SkyPilot) and are
+safe to run in a loop next to the controller.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from fleet.cli.context import Context
+from fleet.cli.inspect_cmds import status_payload
+from fleet.cli.results_view import leaderboard_payload
+from fleet.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
+from fleet.dashboard import ClusterLine, CrashLine, FleetSnapshot, WaveLine, render_dashboard, utilization
+from fleet.errors import FleetError, InputError
+from fleet.leaderboard import Row
+from fleet.ledger import Ledger
+from fleet.normalize_view import normalized_for
+from fleet.plot import PlotData, plot_data, render_png
+from fleet.report import PROMOTE_KIND, ConfigVerdict, render_report, verdicts_from_reports
+from fleet.types import ClusterState, ExperimentState
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Registers the observability commands (being written)."""
+    p = sub.add_parser("watch", parents=[common], help="live dashboard: clusters, waves, leaderboard, crashes, spend")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes from the ledger (default 2)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("plot", parents=[common], help="plot val_bpb of every experiment and the running best (PNG)")
+    p.add_argument("-o", "--output", type=Path, default=Path("progress.png"), help="PNG to write (default progress.png)")
+    p.add_argument("--wave", help="only this wave (default: every wave)")
+    p.add_argument("--normalized", action="store_true", help="plot val_bpb normalized across hardware")
+    p.add_argument("--x", choices=("order", "time"), default="order",
+                   help="x axis: experiments in the order they finished (default) or wall-clock minutes")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", parents=[common], help="a shareable Markdown summary (waves, best, plot, spend)")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.md"), help="Markdown file (default report.md)")
+    p.add_argument("--wave", help="only this wave (default: every wave)")
+    p.set_defaults(func=cmd_report)
+
+
+def _check_wave(ledger: Ledger, wave: str | None) -> None:
+    if wave is not None and ledger.wave(wave) is None:
+        raise InputError(f"--wave {wave!r} does not exist; `fleet status` lists waves")
+
+
+# --- reading the ledger ----------------------------------------------------------------------------
+def wave_lines(ctx: Context, waves_payload: list[dict], wave: str | None = None) -> tuple[WaveLine, ...]:
+    """`fleet status`'s waves with each wave's GPU time, dollars and cap."""
+    ledger = ctx.ledger
+    costs = spend_by_wave(ledger_usages_by_wave(ledger), ctx.config.prices)
+    caps = {w.id: w.max_gpu_hours for w in ledger.waves()}
+    out = []
+    for w in waves_payload:
+        if wave is not None and w["id"] != wave:
+            continue
+        c = costs.get(w["id"], {"gpu_hours": 0.0, "dollars": 0.0})
+        out.append(WaveLine(w["id"], w["kind"], w["tier"], w["total"], w["finished"], w["counts"],
+                            c["gpu_hours"], c["dollars"], caps.get(w["id"])))
+    return tuple(out)
+
+
+def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
+    """Everything the dashboard shows, read from the ledger in one go."""
+    now = time.time() if now is None else now
+    ledger = ctx.ledger
+    status = status_payload(ctx)
+    board = leaderboard_payload(ctx, None)
+    experiments = {e.id: e for e in ledger.experiments()}
+    waves = {w.id: w for w in ledger.waves()}
+    attempts = ledger.attempts()
+    running = {a.cluster: a for a in attempts if a.state == "running"}
+    clusters = []
+    for c in status["clusters"]:
+        run, elapsed, budget = running.get(c["name"]), None, None
+        if run is not None and run.experiment_id in experiments:
+            exp = experiments[run.experiment_id]
+            elapsed = now - (run.started_at or run.submitted_at)
+            budget = _budget_s(exp.config.get("TIME_BUDGET"), waves[exp.wave_id].spec.get("default_budget"))
+        clusters.append(ClusterLine(c["name"], c["accelerator"], c["state"], c["queue_depth"],
+                                    run.experiment_id if run else None, elapsed, budget))
+    results = ledger.results()
+    crashed = sorted((e for e in experiments.values() if e.state in (ExperimentState.CRASH, ExperimentState.TIMEOUT)),
+                     key=lambda e: (e.finished_at or 0.0, e.id), reverse=True)
+    crashes = tuple(CrashLine(e.id, e.state.value, results[e.id].accelerator if e.id in results else None,
+                              e.reason, e.finished_at) for e in crashed[:10])
+    busy, available = [], []
+    for a in attempts:
+        if a.started_at is not None:  # a job that held its GPU (or local CPU slot), queue time excluded
+            busy.append((a.started_at, a.ended_at if a.ended_at is not None else now))
+    for c in ledger.clusters():
+        end = now if c.state in (ClusterState.UP, ClusterState.PROVISIONING) else c.updated_at
+        available.append((c.created_at, end))
+    return FleetSnapshot(
+        taken_at=now, backend=status["backend"], controller_running=status["controller"]["running"],
+        controller_error=status["controller"]["error"], clusters=tuple(clusters),
+        waves=wave_lines(ctx, status["waves"]),
+        leaderboard=tuple(Row(**r) for r in board["rows"]), sorted_by=board["sorted_by"],
+        reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
+        crashes=crashes, utilization=utilization(busy, available, now), cost=status["cost"],
+    )
+
+
+def _budget_s(value: object, default: object) -> float | None:
+    for v in (value, default):
+        try:
+            if v is not None:
+                return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def promote_verdicts(ctx: Context) -> list[ConfigVerdict]:
+    """The verdicts `fleet verdict` gives, for every promote wave (none where fleet.research is absent)."""
+    try:
+        from fleet.research import promotion_report
+    except ImportError:
+        return []
+    ledger = ctx.ledger
+    waves = [w for w in ledger.waves() if w.kind == PROMOTE_KIND and "baseline" in w.spec and "candidates" in w.spec]
+    if not waves:
+        return []
+    experiments, results = ledger.experiments(), ledger.results()
+    norm = normalized_for(ledger, ctx.config.reference_accelerator).values
+    return verdicts_from_reports(promotion_report(w, experiments, results, norm) for w in waves)
+
+
+# --- fleet watch -----------------------------------------------------------------------------------
+_sleep = time.sleep  # the one clock seam: tests replace it to end the loop without waiting
+
+
+def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise InputError(f"--interval is {args.interval:g}, but must be a positive number of seconds (e.g. 2)")
+    console = ctx.sink.out
+    try:
+        if ctx.sink.json:
+            ctx.sink.data(dataclasses.asdict(collect_snapshot(ctx)))
+            return 0
+        if args.once or not console.is_terminal:
+            while True:  # plain text: one render per interval, for logs and pipes
+                console.print(render_dashboard(collect_snapshot(ctx)))
+                if args.once:
+                    return 0
+                _sleep(args.interval)
+                console.rule()
+        from rich.live import Live
+
+        with Live(render_dashboard(collect_snapshot(ctx)), console=console, auto_refresh=False,
+                  screen=False, redirect_stderr=False) as live:
+            while True:
+                _sleep(args.interval)
+                live.update(render_dashboard(collect_snapshot(ctx)), refresh=True)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a dashboard is closed, not an error
+
+
+# --- fleet plot ------------------------------------------------------------------------------------
+def build_plot(ctx: Context, wave: str | None, normalized: bool, x: str) -> PlotData:
+    ledger = ctx.ledger
+    experiments = ledger.experiments(wave=wave)
+    results = ledger.results(wave=wave)
+    waves = ledger.waves()
+    promoted = frozenset(e.id for e in experiments if e.wave_id in {w.id for w in waves if w.kind == PROMOTE_KIND})
+    verdicts = {exp: v.verdict for v in promote_verdicts(ctx) for exp in v.experiments}
+    norm = normalized_for(ledger, ctx.config.reference_accelerator).values if normalized else None
+    if normalized and not any(v is not None for v in norm.values()):
+        raise FleetError("no experiment has a normalized val_bpb yet (normalization needs runs on more than one "
+                         "kind of accelerator); plot raw values without --normalized")
+    origin = min((w.created_at for w in waves if wave is None or w.id == wave), default=None)
+    return plot_data(experiments, results, normalized=norm, promoted=promoted, verdicts=verdicts, x=x, origin=origin)
+
+
+def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
+    _check_wave(ctx.ledger, args.wave)
+    data = build_plot(ctx, args.wave, args.normalized, args.x)
+    render_png(data, args.output)
+    ctx.sink.data({"plot": str(args.output), "points": len(data.points), "crashes": len(data.crashes),
+                   "best": data.best[-1][1] if data.best else None},
+                  lambda c: c.print(str(args.output)))
+    if not data.points:
+        ctx.sink.hint("no finished experiments to plot yet: `fleet wave FILE` then `fleet wait`")
+    return 0
+
+
+# --- fleet report ----------------------------------------------------------------------------------
+def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    _check_wave(ledger, args.wave)
+    board = leaderboard_payload(ctx, args.wave)
+    verdicts = [v for v in promote_verdicts(ctx) if args.wave is None or v.wave == args.wave]
+    png = args.output.with_suffix(".png")
+    plot_file, plot_note = None, ""
+    try:
+        render_png(build_plot(ctx, args.wave, False, "order"), png)
+        plot_file = png.name if png.parent == args.output.parent else str(png)
+    except FleetError as exc:
+        plot_note = f"No plot: {exc}."
+        ctx.sink.warn(str(exc))
+    text = render_report(
+        generated=time.strftime("%Y-%m-%d %H:%M"), scope=f"wave `{args.wave}`" if args.wave else "all waves",
+        waves=wave_lines(ctx, status_payload(ctx)["waves"], args.wave), rows=[Row(**r) for r in board["rows"]], sorted_by=board["sorted_by"],
+        calibration=board["calibration"], verdicts=verdicts, cost=cost_summary(ledger, ctx.config, args.wave),
+        plot_file=plot_file, plot_note=plot_note,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    ctx.sink.data({"report": str(args.output), "plot": str(png) if plot_file else None},
+                  lambda c: c.print(str(args.output)))
+    return 0

@@ -1,8 +1,267 @@
-"""`fleet promote` and `fleet ablate`: validating winners and measuring what each change is worth."""
+"""`fleet promote`, `fleet verdict`, `fleet ablate`, `fleet ablation`: validating winners and measuring
+what each change is worth. The rules and JSON shapes are documented in `fleet/research.py`."""
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleet.cli.context import Context
+from fleet.cli.wave_cmds import UNFINISHED, submit_planned
+from fleet.daemon import controller_running, ensure_controller
+from fleet.errors import FleetError, InputError
+from fleet.ledger import WaveRow
+from fleet.normalize_view import normalized_for
+from fleet.research import (
+    Baseline, WavePlan, ablation_report, plan_ablation, plan_promotion, promotion_report, resolve_baseline,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Filled in with promote/ablate once their statistics land."""
+    p = sub.add_parser("promote", parents=[common],
+                       help="validate a wave's best configurations with several seeds against a paired baseline")
+    p.add_argument("wave", help="the (screen) wave to promote from")
+    p.add_argument("--top", type=int, default=3, help="how many configurations to promote (default: 3)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the tier's seeds)")
+    p.add_argument("--tier", default="validate", help="tier that runs the validation (default: validate)")
+    p.add_argument("--baseline", metavar="EXP",
+                   help="experiment whose configuration is the baseline (default: the wave's experiment "
+                        "described `baseline`, else its base env)")
+    p.add_argument("--wait", action="store_true", help="block until it is done, then print the verdicts")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("verdict", parents=[common], help="keep / discard / inconclusive for a promote wave's candidates")
+    p.add_argument("wave", help="a wave made by `fleet promote` (or `fleet ablate`)")
+    p.set_defaults(func=cmd_verdict)
+
+    p = sub.add_parser("ablate", parents=[common],
+                       help="leave-one-out wave: which of an experiment's changes vs the baseline help")
+    p.add_argument("experiment", help="the experiment whose configuration stacks the changes")
+    p.add_argument("--baseline", metavar="EXP",
+                   help="experiment whose configuration is the baseline (default: as for `fleet promote`)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
+    p.add_argument("--tier", default="validate", help="tier that runs the arms (default: validate)")
+    p.add_argument("--wait", action="store_true", help="block until it is done, then print the contributions")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("ablation", parents=[common], help="each change's contribution in an ablate wave")
+    p.add_argument("wave", help="a wave made by `fleet ablate`")
+    p.set_defaults(func=cmd_ablation)
+
+
+# ---- promote / verdict ----------------------------------------------------------------------------------
+
+
+def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    wave = _wave(ctx, args.wave)
+    tier = _tier(ctx, args.tier)
+    seeds = args.seeds if args.seeds is not None else ctx.config.tiers[tier].seeds
+    experiments = ledger.experiments(wave=wave.id)
+    baseline = resolve_baseline(wave, experiments, _experiment(ctx, args.baseline, "--baseline"))
+    norm = normalized_for(ledger, ctx.config.reference_accelerator)
+    plan = plan_promotion(wave, experiments, ledger.results(wave=wave.id), norm.values, baseline, args.top, seeds)
+    unfinished = sum(e.state in UNFINISHED for e in experiments)
+    if unfinished:
+        ctx.sink.warn(f"{unfinished} experiments of {wave.id} are unfinished; promoting from those that finished")
+    _warn_other_code(ctx, baseline, plan)
+    new = _submit(ctx, plan, tier, kind="promote", parent=wave.id, base=dict(wave.base))
+    ctx.sink.info(f"wave {new.id}: top {len(plan.spec['candidates'])} of {wave.id} (by {plan.spec['sorted_by']} "
+                  f"val_bpb) and the baseline ({baseline.source}), {seeds} seeds each on tier {tier}")
+    if args.wait:
+        _block_until_done(ctx, new.id)
+        return _print_verdict(ctx, ledger.wave(new.id))
+    n = len(ledger.experiments(wave=new.id))
+    ctx.sink.data({"wave": new.id, "experiments": n, "tier": tier, "seeds": seeds, "sorted_by": plan.spec["sorted_by"],
+                   "baseline": plan.spec["baseline"], "candidates": plan.spec["candidates"], "snapshot": new.snapshot},
+                  lambda c: c.print(new.id))
+    ctx.sink.hint(f"`fleet wait {new.id}` then `fleet verdict {new.id}`")
+    return 0
+
+
+def cmd_verdict(ctx: Context, args: argparse.Namespace) -> int:
+    wave = _wave(ctx, args.wave)
+    if wave.kind == "ablate":
+        return _print_ablation(ctx, wave)
+    if wave.kind != "promote":
+        raise InputError(f"wave {wave.id!r} is a {wave.kind} wave; verdicts are for waves made by "
+                         f"`fleet promote {wave.id}` (or `fleet ablate EXP`)")
+    return _print_verdict(ctx, wave)
+
+
+def _print_verdict(ctx: Context, wave: WaveRow) -> int:
+    ledger = ctx.ledger
+    norm = normalized_for(ledger, ctx.config.reference_accelerator)
+    report = promotion_report(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+    ctx.sink.data(report, lambda c: render_verdict(c, report))
+    if not report["complete"]:
+        ctx.sink.warn(f"{report['unfinished']} experiments of {wave.id} are unfinished; verdicts use what finished")
+    if report["best_keep"]:
+        ctx.sink.hint(f"`fleet adopt {report['best_keep']}` keeps the best winner's code")
+    elif report["complete"]:
+        ctx.sink.hint("no candidate cleared the noise floor; `fleet promote WAVE --seeds N` with more seeds "
+                      "can settle an inconclusive one")
+    return 0
+
+
+def render_verdict(console: Console, report: dict[str, Any]) -> None:
+    base = report["baseline"]
+    console.print(f"verdicts of {report['wave']} (tier {report['tier']}, {report['metric']} val_bpb on "
+                  f"{', '.join(report['accelerators']) or 'no finished runs'})")
+    console.print(f"baseline: {_mean_std(base['mean'], base['std'])} (n={base['n']}) — {base['source']}")
+    table = Table(title_justify="left")
+    for col in ("#", "candidate", "n", "mean ± std", "Δ vs baseline", "p", "noise floor", "verdict", "reason"):
+        table.add_column(col, no_wrap=col not in ("candidate", "reason"))
+    colors = {"keep": "green", "discard": "red", "inconclusive": "yellow"}
+    for c in report["candidates"]:
+        table.add_row(str(c["rank"]), c["label"], str(c["n"]), _mean_std(c["mean"], c["std"]), _f(c["delta"], "+.4f"),
+                      _f(c["p_value"], ".3g"), _f(c["noise_floor"]), f"[{colors[c['verdict']]}]{c['verdict']}[/]",
+                      c["reason"])
+    console.print(table)
+    rule = report["rule"]
+    console.print(f"[dim]keep = p < {rule['alpha']} ({rule['test']}) and gain > {rule['floor_multiple']:g} × "
+                  "baseline seed std; Δ < 0 is better[/dim]")
+
+
+# ---- ablate / ablation ----------------------------------------------------------------------------------
+
+
+def cmd_ablate(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    tier = _tier(ctx, args.tier)
+    stacked = _experiment(ctx, args.experiment, "experiment")
+    wave = ledger.wave(stacked.wave_id)
+    baseline = resolve_baseline(wave, ledger.experiments(wave=wave.id), _experiment(ctx, args.baseline, "--baseline"))
+    plan = plan_ablation(stacked, baseline, args.seeds)
+    _warn_other_code(ctx, baseline, plan)
+    new = _submit(ctx, plan, tier, kind="ablate", parent=wave.id, base=dict(baseline.config))
+    knobs = ", ".join(c["knob"] for c in plan.spec["changes"])
+    ctx.sink.info(f"wave {new.id}: {len(plan.spec['arms'])} arms x {args.seeds} seeds on tier {tier}; "
+                  f"changes vs the baseline ({baseline.source}): {knobs}")
+    if args.wait:
+        _block_until_done(ctx, new.id)
+        return _print_ablation(ctx, ledger.wave(new.id))
+    ctx.sink.data({"wave": new.id, "experiments": len(plan.planned), "tier": tier, "seeds": args.seeds,
+                   "baseline": plan.spec["baseline"], "changes": plan.spec["changes"], "arms": plan.spec["arms"],
+                   "snapshot": new.snapshot}, lambda c: c.print(new.id))
+    ctx.sink.hint(f"`fleet wait {new.id}` then `fleet ablation {new.id}`")
+    return 0
+
+
+def cmd_ablation(ctx: Context, args: argparse.Namespace) -> int:
+    wave = _wave(ctx, args.wave)
+    if wave.kind != "ablate":
+        raise InputError(f"wave {wave.id!r} is a {wave.kind} wave, not an ablation; "
+                         "`fleet ablate EXP` makes one" + (" (`fleet verdict` reads promote waves)"
+                                                            if wave.kind == "promote" else ""))
+    return _print_ablation(ctx, wave)
+
+
+def _print_ablation(ctx: Context, wave: WaveRow) -> int:
+    ledger = ctx.ledger
+    norm = normalized_for(ledger, ctx.config.reference_accelerator)
+    report = ablation_report(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+    ctx.sink.data(report, lambda c: render_ablation(c, report))
+    if not report["complete"]:
+        ctx.sink.warn(f"{report['unfinished']} experiments of {wave.id} are unfinished; contributions use what finished")
+    if report["drop"]:
+        ctx.sink.hint(f"drop {', '.join(report['drop'])}: removing them does not hurt; a simpler configuration is a win")
+    return 0
+
+
+def render_ablation(console: Console, report: dict[str, Any]) -> None:
+    console.print(f"ablation of {report['experiment']} ({report['wave']}, tier {report['tier']}, {report['metric']} "
+                  f"val_bpb; contribution = val_bpb without the change − with it; > 0 helps)")
+    arms = Table(title="arms", title_justify="left")
+    for col in ("arm", "n", "mean ± std"):
+        arms.add_column(col)
+    for a in report["arms"]:
+        arms.add_row(a["name"], str(a["n"]), _mean_std(a["mean"], a["std"]))
+    console.print(arms)
+    table = Table(title="changes", title_justify="left")
+    for col in ("knob", "baseline → stacked", "n", "contribution", "95% CI", "p", "verdict", "note"):
+        table.add_column(col, no_wrap=col not in ("note",))
+    colors = {"keep": "green", "drop": "red", "inconclusive": "yellow"}
+    for c in report["changes"]:
+        ci = f"[{_f(c['ci_low'], '+.4f')}, {_f(c['ci_high'], '+.4f')}]" if c["ci_low"] is not None else "-"
+        table.add_row(c["knob"], f"{c['baseline_value'] or '(default)'} → {c['stacked_value'] or '(default)'}",
+                      str(c["n"]), _f(c["contribution"], "+.4f"), ci, _f(c["p_value"], ".3g"),
+                      f"[{colors[c['verdict']]}]{c['verdict']}[/]", c["note"])
+    console.print(table)
+
+
+# ---- shared -------------------------------------------------------------------------------------------
+
+
+def _wave(ctx: Context, wave_id: str) -> WaveRow:
+    wave = ctx.ledger.wave(wave_id)
+    if wave is None:
+        raise InputError(f"wave {wave_id!r} does not exist; `fleet status` lists waves")
+    return wave
+
+
+def _experiment(ctx: Context, exp_id: str | None, what: str):
+    if exp_id is None:
+        return None
+    exp = ctx.ledger.experiment(exp_id)
+    if exp is None:
+        raise InputError(f"{what} {exp_id!r} is not an experiment; `fleet results --json` lists experiment ids")
+    return exp
+
+
+def _tier(ctx: Context, tier: str) -> str:
+    if tier not in ctx.config.tiers:
+        raise InputError(f"--tier {tier!r} is not a configured tier; tiers: {', '.join(sorted(ctx.config.tiers))} "
+                         "(define tiers under `tiers:` in fleet.yaml)")
+    return tier
+
+
+def _warn_other_code(ctx: Context, baseline: Baseline, plan: WavePlan) -> None:
+    if baseline.experiment is None:
+        return
+    exp = ctx.ledger.experiment(baseline.experiment)
+    if exp is not None and exp.snapshot != plan.snapshot:
+        ctx.sink.warn(f"the baseline {exp.id} ran code {exp.snapshot}; its configuration now runs on the "
+                      f"candidates' code {plan.snapshot}, so the comparison is of knobs only")
+
+
+def _submit(ctx: Context, plan: WavePlan, tier: str, *, kind: str, parent: str, base: dict) -> WaveRow:
+    spec = {**plan.spec, "tier": tier}
+    wave, _ = submit_planned(ctx, plan.spec["name"], tier, spec, plan.planned, kind=kind, parent=parent,
+                             source=f"fleet {kind}", snapshot=plan.snapshot, base=base)
+    return wave
+
+
+def _block_until_done(ctx: Context, wave: str) -> None:
+    """Like `fleet wait`, without printing the leaderboard: the caller prints its own report."""
+    ledger = ctx.ledger
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
+        bar = progress.add_task(wave, total=sum(ledger.counts(wave).values()))
+        while True:
+            counts = ledger.counts(wave)
+            unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
+            progress.update(bar, completed=sum(counts.values()) - unfinished - counts.get("held", 0),
+                            description=f"{wave}: {counts.get('running', 0)} running")
+            if unfinished == 0:
+                return
+            if not controller_running(ctx.workspace):
+                problem = ledger.get_meta("controller_error")
+                if problem and not problem.startswith("retrying"):
+                    raise FleetError(f"the controller stopped: {problem}")
+                ensure_controller(ctx.workspace, ledger)
+            time.sleep(0.5)
+
+
+def _f(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")

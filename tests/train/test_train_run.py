@@ -62,7 +62,7 @@ def test_same_seed_same_first_loss_different_seed_differs(offline_cache):
 
 
 def test_exploding_loss_ends_the_run_with_training_failed(offline_cache):
-    result = run_train(env=tiny(offline_cache, UNEMBEDDING_LR="1e6", MAX_STEPS="20"))
+    result = run_train(env=tiny(offline_cache, UNEMBEDDING_LR="1e6", MAX_STEPS="5"))
     assert result.returncode == 3
     failed = [line for line in result.stdout.splitlines() if line.startswith("TRAINING_FAILED: ")]
     assert len(failed) == 1 and "loss" in failed[0]

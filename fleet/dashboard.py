@@ -1,0 +1,251 @@
+"""`fleet watch`: a snapshot of the fleet as a plain record, and a pure rendering of it.
+
+The CLI reads a `FleetSnapshot` from the ledger (never the backend) every interval; everything here
+is pure — utilization arithmetic over time intervals and `render_dashboard(snapshot)` — so the
+dashboard is tested by rendering a constructed snapshot to a recording console.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from fleet.cost import describe_spend
+from fleet.leaderboard import Row
+
+SPARK = " ▁▂▃▄▅▆▇█"
+UTILIZATION_WINDOW_S = 3600.0
+UTILIZATION_BUCKET_S = 300.0
+
+
+@dataclass(frozen=True)
+class ClusterLine:
+    name: str
+    accelerator: str
+    state: str
+    queue_depth: int
+    running: str | None = None  # experiment id
+    elapsed_s: float | None = None
+    budget_s: float | None = None  # the running experiment's TIME_BUDGET
+
+
+@dataclass(frozen=True)
+class WaveLine:
+    id: str
+    kind: str
+    tier: str
+    total: int
+    finished: int
+    counts: dict[str, int]
+    gpu_hours: float = 0.0
+    dollars: float = 0.0
+    cap_gpu_hours: float | None = None
+
+
+@dataclass(frozen=True)
+class CrashLine:
+    experiment: str
+    state: str  # crash or timeout
+    accelerator: str | None
+    reason: str
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """Busy GPU time over available GPU time, overall and per bucket (None: no cluster was up)."""
+
+    fraction: float | None
+    buckets: tuple[float | None, ...]
+    window_s: float = UTILIZATION_WINDOW_S
+    bucket_s: float = UTILIZATION_BUCKET_S
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    taken_at: float
+    backend: str
+    controller_running: bool
+    controller_error: str | None
+    clusters: tuple[ClusterLine, ...]
+    waves: tuple[WaveLine, ...]
+    leaderboard: tuple[Row, ...]  # ranked rows first, best first
+    sorted_by: str
+    reference_accelerator: str
+    calibration: str
+    crashes: tuple[CrashLine, ...]  # most recent first
+    utilization: Utilization
+    cost: dict = field(default_factory=dict)  # fleet.cost.spend() plus cap_gpu_hours
+
+
+# --- utilization ---------------------------------------------------------------------------------
+Interval = tuple[float, float]
+
+
+def overlap(a: Interval, b: Interval) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def utilization(
+    busy: Sequence[Interval], available: Sequence[Interval], now: float,
+    window_s: float = UTILIZATION_WINDOW_S, bucket_s: float = UTILIZATION_BUCKET_S,
+) -> Utilization:
+    """Busy GPU-seconds ÷ available GPU-seconds over the last `window_s`, and per `bucket_s`.
+
+    `busy` are attempts' (start, end) on a GPU (a running one ends `now`); `available` are
+    clusters' (up since, gone at or `now`), so a fleet brought up ten minutes ago is not reported
+    as idle for the fifty minutes before it existed.
+    """
+    start = now - window_s
+    n = max(1, round(window_s / bucket_s))
+    edges = [(start + i * bucket_s, min(now, start + (i + 1) * bucket_s)) for i in range(n)]
+
+    def ratio(span: Interval) -> float | None:
+        cap = sum(overlap(a, span) for a in available)
+        if cap <= 0:
+            return None
+        return min(1.0, sum(overlap(b, span) for b in busy) / cap)
+
+    return Utilization(ratio((start, now)), tuple(ratio(e) for e in edges), window_s, bucket_s)
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """One character per value in 0..1; a gap where there is no value."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append("·")
+        else:
+            out.append(SPARK[min(len(SPARK) - 1, max(0, round(v * (len(SPARK) - 1))))])
+    return "".join(out)
+
+
+# --- rendering -----------------------------------------------------------------------------------
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _ago(now: float, then: float | None) -> str:
+    if then is None:
+        return "-"
+    return f"{_clock(now - then)} ago"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_clusters(snap: FleetSnapshot) -> RenderableType:
+    if not snap.clusters:
+        return Text.from_markup("[bold]clusters[/bold]: none up — `fleet up` starts them (the local backend "
+                                "starts its slots with the first wave)")
+    table = Table(title="clusters", title_justify="left", expand=False)
+    for col, justify in (("cluster", "left"), ("accel", "left"), ("state", "left"), ("queue", "right"),
+                         ("running", "left"), ("elapsed / budget", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for c in snap.clusters:
+        style = {"up": "green", "provisioning": "yellow", "lost": "red"}.get(c.state, "")
+        elapsed = "-"
+        if c.running is not None:
+            elapsed = f"{_clock(c.elapsed_s)} / {_clock(c.budget_s)}"
+            if c.budget_s and c.elapsed_s and c.elapsed_s > c.budget_s:
+                elapsed = f"[yellow]{elapsed}[/yellow]"  # over its training budget: evaluating, or slow
+        table.add_row(escape(c.name), escape(c.accelerator), f"[{style}]{c.state}[/{style}]" if style else c.state,
+                      str(c.queue_depth), escape(c.running or "-"), elapsed)
+    return table
+
+
+def render_waves(snap: FleetSnapshot) -> RenderableType:
+    if not snap.waves:
+        return Text.from_markup("[bold]waves[/bold]: none yet — `fleet wave FILE` submits one")
+    table = Table(title="waves", title_justify="left")
+    for col, justify in (("wave", "left"), ("kind", "left"), ("tier", "left"), ("progress", "left"),
+                         ("done", "right"), ("run", "right"), ("wait", "right"), ("crash", "right"),
+                         ("held", "right"), ("GPU-h", "right"), ("$", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for w in snap.waves:
+        n = w.counts
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=max(1, w.total), completed=w.finished, width=24), f"{w.finished}/{w.total}")
+        held = n.get("held", 0)
+        gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
+        table.add_row(escape(w.id), w.kind, escape(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
+                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
+                      f"[yellow]{held}[/yellow]" if held else "0", gpu, f"{w.dollars:.2f}")
+    return table
+
+
+def render_leaderboard_top(snap: FleetSnapshot, top: int = 10) -> RenderableType:
+    title = "leaderboard top %d — by %s" % (top, f"val_bpb normalized to {snap.reference_accelerator}"
+                                             if snap.sorted_by == "normalized" else "raw val_bpb")
+    ranked = [r for r in snap.leaderboard if r.rank is not None][:top]
+    if not ranked:
+        return Text.from_markup("[bold]leaderboard[/bold]: no finished experiments yet")
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("#", "right"), ("experiment", "left"), ("config", "left"), ("val_bpb", "right"),
+                         ("normalized", "right"), ("accel", "left"), ("GPU-s", "right")):
+        table.add_column(col, justify=justify, no_wrap=col != "config")
+    for r in ranked:
+        table.add_row(str(r.rank), escape(r.experiment), escape((r.label or "(base)")[:48]), _num(r.val_bpb),
+                      _num(r.normalized), escape(r.accelerator or "-"),
+                      "-" if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}")
+    if snap.calibration:
+        return Group(table, Text(snap.calibration, style="dim"))
+    return table
+
+
+def render_crashes(snap: FleetSnapshot, limit: int = 5) -> RenderableType:
+    if not snap.crashes:
+        return Text.from_markup("[bold]recent crashes[/bold]: none")
+    table = Table(title="recent crashes", title_justify="left")
+    for col in ("experiment", "state", "accel", "when", "reason"):
+        table.add_column(col, no_wrap=col != "reason")
+    for c in snap.crashes[:limit]:
+        table.add_row(escape(c.experiment), f"[red]{c.state}[/red]", escape(c.accelerator or "-"),
+                      _ago(snap.taken_at, c.finished_at), escape(c.reason[:80] or "-"))
+    return table
+
+
+def render_footer(snap: FleetSnapshot) -> RenderableType:
+    u = snap.utilization
+    minutes = round(u.window_s / 60)
+    shown = "-" if u.fraction is None else f"{100 * u.fraction:.0f}%"
+    util = Text.assemble(("GPU utilization ", "bold"), f"(last {minutes} min, {round(u.bucket_s / 60)}-min buckets): ",
+                         (shown, "bold"), "  ", (sparkline(u.buckets), "cyan"))
+    lines: list[RenderableType] = [util]
+    if snap.cost:
+        spend = Text.assemble(("spend ", "bold"), describe_spend(snap.cost))
+        cap = snap.cost.get("cap_gpu_hours")
+        if cap and snap.cost["gpu_hours"] >= cap:
+            spend.stylize("red")
+        lines.append(spend)
+    held = sum(w.counts.get("held", 0) for w in snap.waves)
+    if held:
+        noun = "experiment is" if held == 1 else "experiments are"
+        lines.append(Text(f"{held} {noun} held by a budget cap — `fleet release` runs them", style="yellow"))
+    return Group(*lines)
+
+
+def render_header(snap: FleetSnapshot) -> RenderableType:
+    ctrl = "[green]running[/green]" if snap.controller_running else "[dim]stopped[/dim]"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.taken_at))
+    line = f"[bold]skyfleet[/bold] · backend {escape(snap.backend)} · controller {ctrl} · {when}"
+    if snap.controller_error:
+        line += f" · [red]{escape(snap.controller_error)}[/red]"
+    return Text.from_markup(line)
+
+
+def render_dashboard(snap: FleetSnapshot) -> RenderableType:
+    """The whole dashboard for one snapshot: a pure function, so tests render it to a string."""
+    return Group(render_header(snap), render_clusters(snap), render_waves(snap), render_leaderboard_top(snap),
+                 render_crashes(snap), render_footer(snap))

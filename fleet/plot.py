@@ -1,0 +1,172 @@
+"""`fleet plot`: val_bpb of every finished experiment, the running best, crashes and promotions.
+
+`plot_data` is pure (ledger rows in, points out) and tested without matplotlib; `render_png` draws
+it with matplotlib's Agg canvas (no pyplot, no display, no global backend switch). matplotlib is
+the optional `plot` extra, imported only here and only when drawing.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.errors import FleetError
+from fleet.ledger import ExperimentRow, ResultRow
+from fleet.types import ExperimentState
+
+MISSING_MATPLOTLIB = ("plotting needs matplotlib, which is not installed; install the plot extra: "
+                      "pip install 'skyfleet[plot]'")
+ACCELERATOR_STYLE = {"H100": ("tab:blue", "o"), "H200": ("tab:orange", "s"), "cpu": ("tab:gray", "o")}
+OTHER_STYLES = [("tab:green", "D"), ("tab:purple", "^"), ("tab:brown", "v"), ("tab:pink", "P"), ("tab:olive", "X")]
+MAX_BEST_LABELS = 8  # label only the last few improvements of the running best, or the plot is unreadable
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    experiment: str
+    accelerator: str
+    label: str
+    promoted: bool = False  # ran in a promote (validation) wave
+    verdict: str | None = None  # keep / discard / inconclusive of its configuration, when judged
+
+
+@dataclass(frozen=True)
+class PlotData:
+    points: tuple[Point, ...]
+    crashes: tuple[tuple[float, str], ...]  # (x, experiment) of crashed or timed-out experiments
+    best: tuple[tuple[float, float, str], ...]  # the running best after each improvement: (x, y, label)
+    x_end: float  # the last finished experiment's x (the step line runs to it)
+    xlabel: str
+    ylabel: str
+    title: str
+    skipped: int = 0  # finished runs without a value to plot (no normalized value for their hardware)
+
+
+def plot_data(
+    experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow], *,
+    normalized: Mapping[str, float | None] | None = None, promoted: frozenset[str] = frozenset(),
+    verdicts: Mapping[str, str] | None = None, x: str = "order", origin: float | None = None,
+) -> PlotData:
+    """Finished experiments in the order they finished; `x` is "order" (1, 2, ...) or "time" (minutes).
+
+    With `normalized`, y is the hardware-normalized val_bpb and runs without one are skipped (and
+    counted). `promoted` are experiment ids of promote waves; `verdicts` maps experiment id to its
+    configuration's verdict.
+    """
+    if x not in ("order", "time"):
+        raise ValueError(f"x must be 'order' or 'time', not {x!r}")
+    verdicts = verdicts or {}
+    finished = sorted((e for e in experiments if e.state.finished and e.state != ExperimentState.CANCELLED),
+                      key=lambda e: (e.finished_at or 0.0, e.id))
+    if origin is None:
+        origin = min((e.created_at for e in experiments), default=0.0)
+
+    def x_of(i: int, exp: ExperimentRow) -> float:
+        return float(i) if x == "order" else ((exp.finished_at or origin) - origin) / 60
+
+    points, crashes, best, skipped = [], [], [], 0
+    running = math.inf
+    for i, exp in enumerate(finished, start=1):
+        res = results.get(exp.id)
+        if exp.state != ExperimentState.DONE or res is None or res.val_bpb is None:
+            crashes.append((x_of(i, exp), exp.id))
+            continue
+        y = res.val_bpb if normalized is None else normalized.get(exp.id)
+        if y is None or not math.isfinite(y):
+            skipped += 1
+            continue
+        label = exp.label or exp.description or "base"
+        point = Point(x_of(i, exp), float(y), exp.id, res.accelerator or "unknown", label,
+                      exp.id in promoted, verdicts.get(exp.id))
+        points.append(point)
+        if y < running:
+            running = float(y)
+            best.append((point.x, running, label))
+    metric = "val_bpb" if normalized is None else "normalized val_bpb"
+    x_end = x_of(len(finished), finished[-1]) if finished else 0.0
+    title = f"{metric} of {len(finished)} finished experiments"
+    if best:
+        title += f" — best {best[-1][1]:.4f}"
+    return PlotData(tuple(points), tuple(crashes), tuple(best), x_end,
+                    "experiment (in the order they finished)" if x == "order" else "minutes since the first wave",
+                    metric + " (lower is better)", title, skipped)
+
+
+def _styles(accelerators: Sequence[str]) -> dict[str, tuple[str, str]]:
+    out, others = {}, iter(OTHER_STYLES * 4)
+    for acc in accelerators:
+        out[acc] = ACCELERATOR_STYLE.get(acc) or next(others)
+    return out
+
+
+def _y_range(values: Sequence[float]) -> tuple[float, float]:
+    """The range shown: every value, unless a few diverged runs would squash the rest flat."""
+    lo, hi = min(values), max(values)
+    ordered = sorted(values)
+    q90 = ordered[int(0.9 * (len(ordered) - 1))]
+    if len(values) >= 5 and hi - lo > 4 * (q90 - lo) > 0:
+        hi = q90 + 1.0 * (q90 - lo)
+    return lo, hi
+
+
+def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
+    """Draw `data` to a PNG at `path` (about 1200 × 660 pixels)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise FleetError(MISSING_MATPLOTLIB) from None
+    fig = Figure(figsize=(10, 5.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ys = [p.y for p in data.points]
+    lo, hi = _y_range(ys) if ys else (0.0, 1.0)
+    margin = max(0.06 * (hi - lo), 1e-3)
+    top = hi + margin  # crashes and off-scale runs are drawn on this line
+    styles = _styles(sorted({p.accelerator for p in data.points}))
+    for acc, (color, marker) in styles.items():
+        mine = [p for p in data.points if p.accelerator == acc]
+        ax.scatter([p.x for p in mine], [min(p.y, top) for p in mine], s=28, c=color, marker=marker, alpha=0.75,
+                   edgecolors="none", label=f"{acc} ({len(mine)})", zorder=3)
+    promoted = [p for p in data.points if p.promoted]
+    if promoted:
+        ax.scatter([p.x for p in promoted], [min(p.y, top) for p in promoted], s=110, facecolors="none",
+                   edgecolors="black", linewidths=1.2, label="promote wave", zorder=4)
+    if data.best:
+        xs = [b[0] for b in data.best] + [max(data.x_end, data.best[-1][0])]
+        ys_best = [b[1] for b in data.best] + [data.best[-1][1]]
+        ax.step(xs, ys_best, where="post", color="tab:green", linewidth=1.8, label="running best", zorder=2)
+        shown = [b for i, b in enumerate(data.best) if i == 0 or b[2] != data.best[i - 1][2]]  # a new config
+        for bx, by, label in shown[-MAX_BEST_LABELS:]:
+            ax.annotate(label[:40], (bx, by), xytext=(4, -11), textcoords="offset points", fontsize=7,
+                        color="tab:green")
+    kept = {}
+    for p in data.points:
+        if p.verdict == "keep" and (p.label not in kept or p.y < kept[p.label].y):
+            kept[p.label] = p
+    for p in kept.values():
+        ax.annotate(f"keep: {p.label[:36]}", (p.x, min(p.y, top)), xytext=(-10, 24), textcoords="offset points",
+                    ha="right", fontsize=8, fontweight="bold",
+                    arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6})
+    if data.crashes:
+        ax.scatter([c[0] for c in data.crashes], [top] * len(data.crashes), marker="x", c="red", s=36,
+                   label=f"crash / timeout ({len(data.crashes)})", zorder=5)
+    if any(p.y > top for p in data.points):
+        ax.axhline(top, color="0.6", linewidth=0.6, linestyle=":")
+        ax.text(0.995, top, "off scale ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                fontsize=7, color="0.4")
+    ax.set_ylim(lo - margin, top + margin)
+    ax.set_xlabel(data.xlabel)
+    ax.set_ylabel(data.ylabel)
+    title = data.title + (f" ({data.skipped} without a normalized value not shown)" if data.skipped else "")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if data.points or data.crashes:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "no finished experiments yet", transform=ax.transAxes, ha="center", va="center")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)

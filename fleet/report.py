@@ -1,0 +1,123 @@
+"""`fleet report`: a shareable Markdown summary of a research run (pure: records in, text out).
+
+Verdicts are those of `fleet verdict`: `fleet.research.promotion_report` judges each candidate of a
+promote wave against its baseline on paired seeds; `verdicts_from_reports` flattens its output.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet.dashboard import WaveLine
+from fleet.leaderboard import Row
+
+PROMOTE_KIND = "promote"
+
+
+@dataclass(frozen=True)
+class ConfigVerdict:
+    wave: str
+    label: str
+    experiments: tuple[str, ...]
+    n: int  # paired seeds
+    mean: float | None
+    baseline_mean: float | None
+    delta: float | None
+    p_value: float | None
+    verdict: str
+    reason: str
+
+
+def verdicts_from_reports(reports: Iterable[Mapping]) -> list[ConfigVerdict]:
+    """One row per candidate of each promote wave's report (the `fleet verdict --json` shape)."""
+    return [ConfigVerdict(r["wave"], c["label"], tuple(c["experiments"]), c["n"], c["mean"], c["baseline_mean"],
+                          c["delta"], c["p_value"], c["verdict"], c["reason"])
+            for r in reports for c in r["candidates"]]
+
+
+def _cell(value: object, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_report(
+    *, generated: str, scope: str, waves: Sequence[WaveLine], rows: Sequence[Row], sorted_by: str,
+    calibration: str, verdicts: Sequence[ConfigVerdict], cost: Mapping, plot_file: str | None,
+    plot_note: str = "", top: int = 10,
+) -> str:
+    """The report as Markdown; `plot_file` is the PNG's path relative to the report (or None)."""
+    ranked = [r for r in rows if r.rank is not None]
+    finished = sum(w.finished for w in waves)
+    total = sum(w.total for w in waves)
+    lines = ["# skyfleet report", "", f"{scope} · generated {generated} · {finished}/{total} experiments finished"]
+    if ranked:
+        b = ranked[0]
+        lines.append(f"\n**Best:** `{b.experiment}` — val_bpb {b.val_bpb:.4f}"
+                     + (f" (normalized {b.normalized:.4f})" if b.normalized is not None else "")
+                     + f" on {b.accelerator or 'unknown'}: {_cell(b.label or '(base)')}")
+
+    lines += ["", "## Waves", ""]
+    wave_rows = []
+    for w in waves:
+        n = w.counts
+        share = f"{100 * w.finished / w.total:.0f}%" if w.total else "-"
+        wave_rows.append([w.id, w.kind, w.tier, w.total, f"{w.finished}/{w.total} ({share})", n.get("done", 0),
+                          n.get("crash", 0) + n.get("timeout", 0), n.get("held", 0), f"{w.gpu_hours:.2f}",
+                          f"{w.dollars:.2f}", "-" if w.cap_gpu_hours is None else f"{w.cap_gpu_hours:g}"])
+    lines += _table(["wave", "kind", "tier", "size", "progress", "done", "crash", "held", "GPU-h", "$", "cap GPU-h"],
+                    wave_rows, right=(3, 5, 6, 7, 8, 9, 10)) if wave_rows else ["No waves yet."]
+
+    by = "val_bpb normalized across hardware" if sorted_by == "normalized" else "raw val_bpb"
+    lines += ["", "## Best configurations", ""]
+    if ranked:
+        lines.append(f"Top {min(top, len(ranked))} of {len(ranked)} finished experiments by {by}.")
+    if calibration:
+        lines.append(f"Normalization: {calibration}.")
+    lines.append("")
+    if ranked:
+        lines += _table(["#", "experiment", "configuration", "seed", "val_bpb", "normalized", "accel", "GPU-s"],
+                        [[r.rank, f"`{r.experiment}`", r.label or "(base)", r.seed, r.val_bpb, r.normalized,
+                          r.accelerator, None if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}"]
+                         for r in ranked[:top]], right=(0, 3, 4, 5, 7))
+    else:
+        lines.append("No finished experiments yet.")
+
+    lines += ["", "## Verdicts", ""]
+    if verdicts:
+        lines.append("Candidates of promote waves against their baseline on paired seeds "
+                     "(keep = significant and above the noise floor).")
+        lines.append("")
+        lines += _table(["wave", "configuration", "verdict", "seeds", "mean", "baseline", "delta", "p", "why"],
+                        [[v.wave, v.label, f"**{v.verdict}**" if v.verdict == "keep" else v.verdict, v.n, v.mean,
+                          v.baseline_mean, None if v.delta is None else f"{v.delta:+.4f}",
+                          None if v.p_value is None else f"{v.p_value:.3g}", v.reason] for v in verdicts],
+                        right=(3, 4, 5, 6, 7))
+    else:
+        lines.append("No validation yet: `fleet promote WAVE` reruns the best configurations with more seeds.")
+
+    lines += ["", "## Progress", ""]
+    lines.append(f"![val_bpb of every experiment and the running best]({plot_file})" if plot_file
+                 else plot_note or "No plot.")
+
+    lines += ["", "## Spend", ""]
+    by_acc = cost.get("by_accelerator") or {}
+    spend_rows = [[acc, "-" if v["price_per_hour"] is None else f"{v['price_per_hour']:.2f}", f"{v['gpu_hours']:.2f}",
+                   f"{v['dollars']:.2f}"] for acc, v in by_acc.items()]
+    spend_rows.append(["**total**", "", f"{cost.get('gpu_hours', 0.0):.2f}", f"{cost.get('dollars', 0.0):.2f}"])
+    lines += _table(["accelerator", "$ / GPU-hour", "GPU-hours", "$"], spend_rows, right=(1, 2, 3))
+    lines.append("")
+    lines.append("GPU time counts each experiment from its job's start to its end (queue time excluded); "
+                 "prices come from `prices:` in fleet.yaml.")
+    if cost.get("cap_gpu_hours"):
+        lines.append(f"Budget cap: {cost['cap_gpu_hours']:g} GPU-hours "
+                     f"({100 * cost.get('gpu_hours', 0.0) / cost['cap_gpu_hours']:.0f}% used).")
+    return "\n".join(lines) + "\n"
