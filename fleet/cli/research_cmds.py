@@ -3,17 +3,14 @@ what each change is worth. The rules and JSON shapes are documented in `fleet/re
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fleet.cli.context import Context
-from fleet.cli.wave_cmds import UNFINISHED, submit_planned
-from fleet.daemon import controller_running, ensure_controller
-from fleet.errors import FleetError, InputError
+from fleet.cli.wave_cmds import UNFINISHED, block_until_done, submit_planned
+from fleet.errors import InputError
 from fleet.ledger import WaveRow
 from fleet.normalize_view import normalized_for
 from fleet.research import (
@@ -32,6 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="experiment whose configuration is the baseline (default: the wave's experiment "
                         "described `baseline`, else its base env)")
     p.add_argument("--wait", action="store_true", help="block until it is done, then print the verdicts")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 1)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("verdict", parents=[common], help="keep / discard / inconclusive for a promote wave's candidates")
@@ -46,6 +44,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     p.add_argument("--tier", default="validate", help="tier that runs the arms (default: validate)")
     p.add_argument("--wait", action="store_true", help="block until it is done, then print the contributions")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 1)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("ablation", parents=[common], help="each change's contribution in an ablate wave")
@@ -73,7 +72,7 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"wave {new.id}: top {len(plan.spec['candidates'])} of {wave.id} (by {plan.spec['sorted_by']} "
                   f"val_bpb) and the baseline ({baseline.source}), {seeds} seeds each on tier {tier}")
     if args.wait:
-        _block_until_done(ctx, new.id)
+        block_until_done(ctx, new.id, args.timeout)
         return _print_verdict(ctx, ledger.wave(new.id))
     n = len(ledger.experiments(wave=new.id))
     ctx.sink.data({"wave": new.id, "experiments": n, "tier": tier, "seeds": seeds, "sorted_by": plan.spec["sorted_by"],
@@ -143,7 +142,7 @@ def cmd_ablate(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"wave {new.id}: {len(plan.spec['arms'])} arms x {args.seeds} seeds on tier {tier}; "
                   f"changes vs the baseline ({baseline.source}): {knobs}")
     if args.wait:
-        _block_until_done(ctx, new.id)
+        block_until_done(ctx, new.id, args.timeout)
         return _print_ablation(ctx, ledger.wave(new.id))
     ctx.sink.data({"wave": new.id, "experiments": len(plan.planned), "tier": tier, "seeds": args.seeds,
                    "baseline": plan.spec["baseline"], "changes": plan.spec["changes"], "arms": plan.spec["arms"],
@@ -234,27 +233,6 @@ def _submit(ctx: Context, plan: WavePlan, tier: str, *, kind: str, parent: str, 
     wave, _ = submit_planned(ctx, plan.spec["name"], tier, spec, plan.planned, kind=kind, parent=parent,
                              source=f"fleet {kind}", snapshot=plan.snapshot, base=base)
     return wave
-
-
-def _block_until_done(ctx: Context, wave: str) -> None:
-    """Like `fleet wait`, without printing the leaderboard: the caller prints its own report."""
-    ledger = ctx.ledger
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
-        bar = progress.add_task(wave, total=sum(ledger.counts(wave).values()))
-        while True:
-            counts = ledger.counts(wave)
-            unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
-            progress.update(bar, completed=sum(counts.values()) - unfinished - counts.get("held", 0),
-                            description=f"{wave}: {counts.get('running', 0)} running")
-            if unfinished == 0:
-                return
-            if not controller_running(ctx.workspace):
-                problem = ledger.get_meta("controller_error")
-                if problem and not problem.startswith("retrying"):
-                    raise FleetError(f"the controller stopped: {problem}")
-                ensure_controller(ctx.workspace, ledger)
-            time.sleep(0.5)
 
 
 def _f(value: float | None, spec: str = ".4f") -> str:

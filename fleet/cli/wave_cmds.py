@@ -105,15 +105,18 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
+def block_until_done(ctx: Context, wave: str | None, timeout: float | None = None) -> None:
+    """Block (with a progress bar on stderr) until the wave, or all work, is finished.
+
+    Keeps a controller alive meanwhile: if it was killed, this starts a new one, which resumes.
+    """
     ledger = ctx.ledger
     if wave is not None and ledger.wave(wave) is None:
         raise InputError(f"wave {wave!r} does not exist; `fleet status` lists waves")
     deadline = None if timeout is None else time.monotonic() + timeout
-    total = sum(ledger.counts(wave).values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
-        bar = progress.add_task(f"wave {wave}" if wave else "all waves", total=total)
+        bar = progress.add_task(wave or "all waves", total=sum(ledger.counts(wave).values()))
         while True:
             counts = ledger.counts(wave)
             unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
@@ -121,18 +124,24 @@ def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
                             total=sum(counts.values()),
                             description=f"{wave or 'all waves'}: {counts.get('running', 0)} running")
             if unfinished == 0:
-                break
+                return
             if not controller_running(ctx.workspace):
                 problem = ledger.get_meta("controller_error")
                 if problem and not problem.startswith("retrying"):
                     raise FleetError(f"the controller stopped: {problem}")
                 ensure_controller(ctx.workspace, ledger)
             if deadline is not None and time.monotonic() > deadline:
-                raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished")
+                raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
+                                 "(they keep running: `fleet wait` again later)")
             time.sleep(0.5)
+
+
+def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
+    """`fleet wait`: block, then print the leaderboard."""
+    block_until_done(ctx, wave, timeout)
     payload = leaderboard_payload(ctx, wave)
     ctx.sink.data(payload, lambda c: render_leaderboard(c, payload))
-    held = ledger.counts(wave).get("held", 0)
+    held = ctx.ledger.counts(wave).get("held", 0)
     if held:
         ctx.sink.hint(f"{held} experiments are held by the budget cap: `fleet release` runs them")
     else:
