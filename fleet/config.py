@@ -37,7 +37,7 @@ class Tier(BaseModel):
 
 class LocalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    slots: int | None = Field(None, ge=1, description="CPU slots when there is no GPU (default: 1 per 2 cores, at least 1)")
+    slots: int | None = Field(None, ge=1, description="CPU slots when there is no GPU (default: 1 per 4 cores, at least 2)")
     accelerators: list[str] | None = Field(
         None, description="label each slot with an accelerator name (testing tiers and normalization locally)"
     )

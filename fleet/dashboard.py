@@ -231,8 +231,8 @@ def render_footer(snap: FleetSnapshot) -> RenderableType:
         lines.append(spend)
     held = sum(w.counts.get("held", 0) for w in snap.waves)
     if held:
-        noun = "experiment is" if held == 1 else "experiments are"
-        lines.append(Text(f"{held} {noun} held by a budget cap — `fleet release` runs them", style="yellow"))
+        noun, them = ("experiment is", "it") if held == 1 else ("experiments are", "them")
+        lines.append(Text(f"{held} {noun} held by a budget cap — `fleet release` runs {them}", style="yellow"))
     return Group(*lines)
 
 

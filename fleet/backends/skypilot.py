@@ -1,9 +1,10 @@
 """The SkyPilot backend: single-GPU SkyPilot clusters (Kubernetes) fed through their `sky exec` queues.
 
-Everything SkyPilot-specific stays in this module: request ids, `sky.exceptions`, `JobStatus` and
-`ClusterStatus` are translated here into the fleet's own states and errors. The SDK is chosen once:
-the `sdk` argument, else the module named by `FLEET_SKY_SDK` (the test seam:
-`fleet.testing.fake_sky`), else `import sky`, lazily, because importing it costs seconds.
+Everything SkyPilot-specific stays in this module and its pure half, `sky_translate.py` (task
+configs, status tables, records; its names are re-exported here): request ids and `sky.exceptions`
+are translated here into the fleet's own errors, `JobStatus` and `ClusterStatus` there into its own
+states. The SDK is chosen once: the `sdk` argument, else the module named by `FLEET_SKY_SDK` (the
+test seam: `fleet.testing.fake_sky`), else `import sky`, lazily, because importing it costs seconds.
 
 Every SDK call goes through `_call`, which only allows the functions and keywords listed in
 `SDK_CALLS`; a contract test checks that list against the installed `skypilot` package.
@@ -22,7 +23,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +30,19 @@ from typing import Any
 import yaml
 
 from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
+from fleet.backends.sky_translate import (
+    CLUSTER_STATES,
+    JOB_STATES,
+    GpuAvailability,
+    build_launch_config,
+    build_task_config,
+    context_of,
+    enum_value,
+    job_info,
+    launched_accelerator,
+    record_field,
+    task_accelerators,
+)
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec, JobState
@@ -57,118 +70,12 @@ SDK_EXCEPTIONS = (
 )
 SDK_ATTRIBUTES = ("StatusRefreshMode.AUTO",)
 
-JOB_STATES: dict[str, JobState] = {
-    "INIT": JobState.PENDING,
-    "PENDING": JobState.PENDING,
-    "SETTING_UP": JobState.PENDING,
-    "RUNNING": JobState.RUNNING,
-    "SUCCEEDED": JobState.SUCCEEDED,
-    "FAILED": JobState.FAILED,  # the run script exited non-zero: the experiment's own crash
-    "FAILED_SETUP": JobState.CLUSTER_FAILED,  # the cluster's fault: requeue elsewhere
-    "FAILED_DRIVER": JobState.CLUSTER_FAILED,
-    "CANCELLED": JobState.CANCELLED,
-}
-CLUSTER_STATES: dict[str, ClusterState] = {
-    "UP": ClusterState.UP,
-    "INIT": ClusterState.PROVISIONING,
-    "PENDING": ClusterState.PROVISIONING,
-    "STOPPED": ClusterState.LOST,  # Kubernetes clusters cannot stop; a stopped one is of no use
-    "AUTOSTOPPING": ClusterState.LOST,  # autodown in progress
-}
 UNREACHABLE_FIX = (
     "Start a local API server with `sky api start`, or see which server the SDK talks to with "
     "`sky api info` (a remote one needs `sky api login -e <URL>`)."
 )
 MAX_UNREACHABLE_POLLS = 3  # consecutive failed polls before a cluster that claims UP counts as lost
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-# --- pure: the task SkyPilot runs ----------------------------------------------------------------
-def _resources(task_yaml: dict, accelerator: str, infra: str | None) -> dict:
-    resources = {k: v for k, v in dict(task_yaml.get("resources") or {}).items() if k not in ("any_of", "ordered")}
-    resources["accelerators"] = {accelerator: 1}
-    if infra:
-        resources["infra"] = infra
-    return resources
-
-
-def _envs(task_yaml: dict, extra: dict[str, str]) -> dict[str, str]:
-    base = {str(k): "" if v is None else str(v) for k, v in (task_yaml.get("envs") or {}).items()}
-    return {**base, **{str(k): str(v) for k, v in extra.items()}}
-
-
-def build_task_config(task_yaml: dict, *, name: str, envs: dict[str, str], workdir: str, accelerator: str,
-                      infra: str | None = None) -> dict:
-    """The `sky exec` task of one job: the task file's run, one accelerator, the fleet's envs.
-
-    `setup` is left out (`sky exec` never runs it; `up` did, once per cluster). The accelerator is
-    declared so that jobs on a one-GPU cluster run one at a time, in order.
-    """
-    config: dict[str, Any] = {"name": name, "resources": _resources(task_yaml, accelerator, infra),
-                              "workdir": workdir, "envs": _envs(task_yaml, envs), "run": task_yaml.get("run")}
-    for key in ("file_mounts", "secrets", "volumes"):
-        if task_yaml.get(key):
-            config[key] = task_yaml[key]
-    return config
-
-
-def build_launch_config(task_yaml: dict, *, name: str, workdir: str | None, accelerator: str,
-                        infra: str | None = None, envs: dict[str, str] | None = None) -> dict:
-    """The `sky launch` task of one cluster: provision one accelerator and run `setup`; no job.
-
-    `workdir` is the task's own (the project, so `setup` finds e.g. `train/requirements.txt`);
-    later `sky exec`s sync the fleet's snapshots into the same `~/sky_workdir`, add-only.
-    """
-    config = build_task_config(task_yaml, name=name, envs=envs or {}, workdir=workdir or "",
-                               accelerator=accelerator, infra=infra)
-    config.pop("run")
-    if not workdir:
-        config.pop("workdir")
-    if task_yaml.get("setup"):
-        config["setup"] = task_yaml["setup"]
-    return config
-
-
-def context_of(infra: str | None) -> str | None:
-    """`k8s/my-context` -> `my-context`; `k8s` or None -> None (SkyPilot's default context)."""
-    if not infra:
-        return None
-    cloud, _, context = infra.partition("/")
-    if cloud.lower() not in ("k8s", "kubernetes"):
-        raise InputError(f"--infra is {infra!r}, but the fleet runs on Kubernetes: use `k8s` or `k8s/<context>`")
-    return context or None
-
-
-@dataclass(frozen=True)
-class GpuAvailability:
-    context: str
-    accelerator: str
-    capacity: int  # GPUs of this type in the context
-    available: int  # free now (-1 when SkyPilot may not list pods to tell)
-
-
-def _field(record: Any, key: str, default: Any = None) -> Any:
-    """Read a response record that may be a pydantic model, a dict, or both."""
-    if isinstance(record, dict):
-        return record.get(key, default)
-    return getattr(record, key, default)
-
-
-def _enum_value(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-def _accelerator_of_handle(handle: Any) -> str | None:
-    accelerators = getattr(getattr(handle, "launched_resources", None), "accelerators", None) or {}
-    return next(iter(accelerators), None)
-
-
-def job_info(record: Any) -> JobInfo:
-    """One `sky.queue` record in the fleet's words."""
-    status = _enum_value(_field(record, "status"))
-    return JobInfo(job_id=int(_field(record, "job_id")), name=str(_field(record, "job_name") or ""),
-                   state=JOB_STATES.get(status, JobState.PENDING),
-                   started_at=_field(record, "start_at") or None, ended_at=_field(record, "end_at") or None)
 
 
 def load_sdk(sdk: ModuleType | None = None) -> ModuleType:
@@ -242,7 +149,7 @@ class SkyPilotBackend(Backend):
         if cluster and self._is(exc, "ClusterDoesNotExist"):
             return ClusterLost(cluster, "it no longer exists (deleted, evicted or autodowned)")
         if cluster and self._is(exc, "ClusterNotUpError"):
-            state = _enum_value(getattr(exc, "cluster_status", None) or "unknown")
+            state = enum_value(getattr(exc, "cluster_status", None) or "unknown")
             return ClusterLost(cluster, f"it is not UP (status {state}; preempted or evicted)")
         if self._is(exc, "ResourcesUnavailableError"):
             return ProvisionFailed(f"no capacity{where}: {_first_line(exc)}")
@@ -296,13 +203,13 @@ class SkyPilotBackend(Backend):
     def _status(self, names: Sequence[str]) -> dict[str, Any]:
         refresh = self.sdk.StatusRefreshMode.AUTO
         records = self._get(self._call("status", cluster_names=list(names), refresh=refresh))
-        return {_field(r, "name"): r for r in records}
+        return {record_field(r, "name"): r for r in records}
 
     def _cluster_info(self, name: str, record: Any, fallback_accelerator: str) -> ClusterInfo:
-        state = CLUSTER_STATES.get(_enum_value(_field(record, "status")), ClusterState.LOST)
-        if state == ClusterState.PROVISIONING and _field(record, "init_kind") == "unhealthy":
+        state = CLUSTER_STATES.get(enum_value(record_field(record, "status")), ClusterState.LOST)
+        if state == ClusterState.PROVISIONING and record_field(record, "init_kind") == "unhealthy":
             state = ClusterState.LOST
-        accelerator = _accelerator_of_handle(_field(record, "handle")) or fallback_accelerator
+        accelerator = launched_accelerator(record_field(record, "handle")) or fallback_accelerator
         return ClusterInfo(name, accelerator, state)
 
     def clusters(self) -> list[ClusterInfo]:
@@ -330,7 +237,7 @@ class SkyPilotBackend(Backend):
             if info is not None and info.state == ClusterState.UP:
                 ready[name] = info  # re-adopted as it is, with the accelerator it really has
             else:
-                todo[name] = self._candidates(accelerator, list(accelerators) + _task_accelerators(task_yaml))
+                todo[name] = self._candidates(accelerator, list(accelerators) + task_accelerators(task_yaml))
         self._remember({name: ready[name].accelerator for name in ready})
         failures: dict[str, str] = {}
         attempt = 0
@@ -356,7 +263,7 @@ class SkyPilotBackend(Backend):
                     failures[name] = str(exc)
                     continue
                 failures.pop(name, None)
-                ready[name] = ClusterInfo(name, _accelerator_of_handle(handle) or chosen[name], ClusterState.UP)
+                ready[name] = ClusterInfo(name, launched_accelerator(handle) or chosen[name], ClusterState.UP)
                 self._remember({name: ready[name].accelerator})
             attempt += 1
             if not retry or attempt >= self.launch_attempts:
@@ -593,23 +500,15 @@ class SkyPilotBackend(Backend):
         out = []
         for context, rows in per_context or []:
             for row in rows:
-                out.append(GpuAvailability(str(context), str(_field(row, "gpu")), int(_field(row, "capacity")),
-                                           int(_field(row, "available"))))
+                out.append(GpuAvailability(str(context), str(record_field(row, "gpu")),
+                                           int(record_field(row, "capacity")), int(record_field(row, "available"))))
         return sorted(out, key=lambda g: (g.context, g.accelerator))
 
     def health(self) -> str:
         """The API server's version; BackendUnavailable (with the fix) when it cannot be reached."""
         info = self._call("api_info")
-        return f"SkyPilot API server {_field(info, 'version', '?')} ({_enum_value(_field(info, 'status', '?'))})"
-
-
-def _task_accelerators(task_yaml: dict) -> list[str]:
-    accelerators = (task_yaml.get("resources") or {}).get("accelerators")
-    if isinstance(accelerators, dict):
-        return [str(a) for a in accelerators]
-    if isinstance(accelerators, (list, tuple)):
-        return [str(a).split(":")[0] for a in accelerators]
-    return [str(accelerators).split(":")[0]] if accelerators else []
+        version, status = record_field(info, "version", "?"), enum_value(record_field(info, "status", "?"))
+        return f"SkyPilot API server {version} ({status})"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -623,3 +522,19 @@ def _is_connection_error(exc: BaseException) -> bool:
         return True
     return any(c.__name__ in ("ConnectionError", "ConnectTimeout") and c.__module__.startswith(("requests", "urllib3"))
                for c in type(exc).__mro__)
+
+
+__all__ = [
+    "CLUSTER_STATES",
+    "JOB_STATES",
+    "SDK_ATTRIBUTES",
+    "SDK_CALLS",
+    "SDK_EXCEPTIONS",
+    "GpuAvailability",
+    "SkyPilotBackend",
+    "build_launch_config",
+    "build_task_config",
+    "context_of",
+    "job_info",
+    "load_sdk",
+]

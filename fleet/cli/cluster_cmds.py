@@ -81,6 +81,9 @@ def cmd_down(ctx: Context, args: argparse.Namespace) -> int:
     known = {c.name: c for c in ctx.ledger.clusters() if c.state != ClusterState.DOWN}
     targets = sorted(known) if args.all else list(args.clusters)
     if not targets:
+        if args.all:  # nothing is up: tearing down is already done, and safe to repeat
+            ctx.sink.data({"down": []}, lambda c: c.print("no clusters to tear down"))
+            return 0
         raise InputError("name clusters to tear down, or --all (e.g. `fleet down --all -y`)")
     unknown = [t for t in targets if t not in known]
     if unknown:

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ctx = Context(Workspace.find(), sink, args.backend)
         return int(args.func(ctx, args) or 0)
+    except BrokenPipeError:
+        # `fleet status --json | head`: the reader left; exit quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         sink.error("interrupted; experiments already queued keep running (`fleet status`)")
         return 130

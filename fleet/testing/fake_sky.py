@@ -17,15 +17,14 @@ Behaviour that matters to the backend, kept faithful:
 - `launch` runs the task's setup once; capacity per accelerator is finite.
 
 State lives in files under `FAKE_SKY_HOME` (default `<cwd>/.fleet/fake-sky`), so separate
-processes see the same clusters. Test helpers at the bottom inject failures.
+processes see the same clusters; `fleet.testing.fake_sky_state` keeps it. This module is the SDK's
+surface on top: its functions, enums, exceptions, Task and Resources, and the records it returns.
+Test helpers that inject failures (`kill_cluster`, `preempt_cluster`, `fail_next_jobs`, ...) are
+re-exported here, so tests reach everything through this one module.
 """
 from __future__ import annotations
 
-import contextlib
 import enum
-import fcntl
-import fnmatch
-import json
 import os
 import shutil
 import subprocess
@@ -38,16 +37,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
-from fleet.backends.slot_queue import SlotQueue
+from fleet.testing import fake_sky_state as state
+from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake through this module
+    DEFAULT_CAPACITY,
+    home,
+    kill_cluster,
+    make_unreachable,
+    preempt_cluster,
+    reset,
+    set_capacity,
+    start_api_server,
+    stop_api_server,
+)
 
 __version__ = "0.14.1-fake"
-DEFAULT_CAPACITY = 64  # per accelerator, when set_capacity() was not called
 FAKE_CONTEXT = "fake-k8s"
 API_URL = "http://127.0.0.1:46580"
 NO_TIMEOUT_S = 10.0 * 365 * 24 * 3600  # SkyPilot jobs have no timeout of their own
 
 
-# --- the SDK's enums and exceptions (same names and values) --------------------------------------
+# --- the SDK's enums and exceptions (same names and values) ---------------------------------------
 class JobStatus(enum.Enum):
     INIT = "INIT"
     PENDING = "PENDING"
@@ -200,65 +209,9 @@ class _Handle:
         return f"_Handle({self.cluster_name!r}, {self.launched_resources!r})"
 
 
-# --- file-backed state --------------------------------------------------------------------------
-def home() -> Path:
-    root = os.environ.get("FAKE_SKY_HOME")
-    return Path(root) if root else Path.cwd() / ".fleet" / "fake-sky"
-
-
-def _clusters_dir() -> Path:
-    return home() / "clusters"
-
-
-def _cluster_dir(name: str) -> Path:
-    return _clusters_dir() / name
-
-
-def _read(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
-
-
-def _write(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(name: str = "state"):
-    home().mkdir(parents=True, exist_ok=True)
-    with open(home() / f"{name}.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _meta(name: str) -> dict | None:
-    return _read(_cluster_dir(name) / "meta.json")
-
-
-def _set_meta(cluster_name: str, **changes: Any) -> dict:
-    meta = {**(_meta(cluster_name) or {}), **changes}
-    _write(_cluster_dir(cluster_name) / "meta.json", meta)
-    return meta
-
-
-def _queue(name: str) -> SlotQueue:
-    return SlotQueue(_cluster_dir(name) / "queue")
-
-
-def _workdir(name: str) -> Path:
-    return _cluster_dir(name) / "sky_workdir"
-
-
+# --- the cluster checks every call makes ----------------------------------------------------------
 def _require_up(name: str) -> dict:
-    meta = _meta(name)
+    meta = state.meta(name)
     if meta is None:
         raise exceptions.ClusterDoesNotExist(f"Cluster {name!r} does not exist.")
     if meta["status"] != "UP":
@@ -270,7 +223,7 @@ def _require_up(name: str) -> dict:
 
 
 def _check_api() -> None:
-    if (home() / "api_down").exists():
+    if state.api_down():
         raise exceptions.ApiServerConnectionError(API_URL)
 
 
@@ -321,83 +274,15 @@ def api_info() -> _Record:
     return _Record(status="healthy", api_version="fake", version=__version__, commit="fake", user=None)
 
 
-# --- clusters ------------------------------------------------------------------------------------
+# --- clusters -------------------------------------------------------------------------------------
 def _task_accelerator(task: Task) -> str | None:
     choices = task.accelerator_choices()
     return choices[0] if choices else None
 
 
-def _ignore_rules(src: Path):
-    """Like SkyPilot's workdir sync: `.skyignore` if present, else `.gitignore` (simple patterns), never `.git`."""
-    patterns = [".git"]
-    for name in (".skyignore", ".gitignore"):
-        if (src / name).exists():
-            patterns += [line.strip() for line in (src / name).read_text().splitlines()
-                         if line.strip() and not line.startswith(("#", "!"))]
-            break
-    own_home = home().resolve()
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        rel_dir = Path(directory).resolve().relative_to(src.resolve())
-        skipped = set()
-        for entry in names:
-            rel = (rel_dir / entry).as_posix()
-            if (Path(directory) / entry).resolve() == own_home:
-                skipped.add(entry)  # never copy the fake's own state into a cluster
-            elif any(fnmatch.fnmatch(entry, p.strip("/")) or fnmatch.fnmatch(rel, p.strip("/")) for p in patterns):
-                skipped.add(entry)
-        return skipped
-
-    return ignore
-
-
-def _rsync(src: Path, dest: Path, ignore) -> None:
-    """`rsync -a` without --delete: skip files with the same size and mtime; others land atomically.
-
-    Like rsync, a changed file is written beside the old one and renamed over it, so a script a job
-    is executing right now keeps reading its old inode instead of a half-written file.
-    """
-    for directory, dirnames, filenames in os.walk(src):
-        skipped = ignore(directory, dirnames + filenames)
-        dirnames[:] = [d for d in dirnames if d not in skipped]
-        out_dir = dest / Path(directory).relative_to(src)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in filenames:
-            if name in skipped:
-                continue
-            source, target = Path(directory) / name, out_dir / name
-            st = source.stat()
-            with contextlib.suppress(FileNotFoundError):
-                old = target.stat()
-                if old.st_size == st.st_size and old.st_mtime_ns == st.st_mtime_ns:
-                    continue
-            tmp = out_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.sync"
-            shutil.copy2(source, tmp)
-            os.replace(tmp, target)
-
-
-def _sync_workdir(name: str, task: Task) -> None:
-    """Sync task.workdir into the cluster's one shared sky_workdir, add-only, like SkyPilot does."""
-    target = _workdir(name)
-    target.mkdir(parents=True, exist_ok=True)
-    if task.workdir:
-        src = Path(task.workdir).expanduser()
-        _rsync(src, target, _ignore_rules(src))
-
-
-def _capacity(accelerator: str) -> int:
-    return int(_read(home() / "capacity.json", {}).get(accelerator, DEFAULT_CAPACITY))
-
-
-def _in_use(accelerator: str) -> int:
-    if not _clusters_dir().exists():
-        return 0
-    return sum(1 for d in _clusters_dir().iterdir() if (_read(d / "meta.json") or {}).get("accelerator") == accelerator)
-
-
 def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | None, down: bool) -> tuple:
-    with _locked():
-        meta = _meta(cluster_name)
+    with state.locked():
+        meta = state.meta(cluster_name)
         if meta is not None and meta["status"] == "UP":
             accelerator = meta["accelerator"]
             wanted = task.accelerator_choices()
@@ -405,39 +290,39 @@ def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | No
                 raise exceptions.ResourcesMismatchError(
                     f"Requested resources {wanted} do not match the existing cluster {cluster_name!r} ({accelerator}).")
         else:
-            accelerator = next((a for a in task.accelerator_choices() if _in_use(a) < _capacity(a)), None)
+            accelerator = next((a for a in task.accelerator_choices() if state.in_use(a) < state.capacity(a)), None)
             if accelerator is None:
                 raise exceptions.ResourcesUnavailableError(
                     f"Failed to provision {cluster_name!r}: no capacity for {task.accelerator_choices()} "
                     f"in Kubernetes context {FAKE_CONTEXT!r}.")
-            meta = _set_meta(cluster_name, name=cluster_name, status="INIT", accelerator=accelerator,
-                             launched_at=int(time.time()), autostop=idle_minutes_to_autostop or -1,
-                             to_down=bool(down))
-    _sync_workdir(cluster_name, task)
+            meta = state.set_meta(cluster_name, name=cluster_name, status="INIT", accelerator=accelerator,
+                                  launched_at=int(time.time()), autostop=idle_minutes_to_autostop or -1,
+                                  to_down=bool(down))
+    state.sync_workdir(cluster_name, task.workdir)
     if task.setup:
         env = {**os.environ, **task.envs, "SKYPILOT_CLUSTER_NAME": cluster_name}
-        log = _cluster_dir(cluster_name) / "setup.log"
+        log = state.cluster_dir(cluster_name) / "setup.log"
         with open(log, "ab") as fh:
-            code = subprocess.run(["bash", "-c", task.setup], cwd=_workdir(cluster_name), env=env,
+            code = subprocess.run(["bash", "-c", task.setup], cwd=state.workdir(cluster_name), env=env,
                                   stdout=fh, stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise exceptions.CommandError(code, "setup", f"Failed to setup with return code {code}. "
                                           f"Check the details in log: {log}", None)
-    _set_meta(cluster_name, status="UP")
+    state.set_meta(cluster_name, status="UP")
     job_id = _enqueue(cluster_name, task) if task.run else None
     return job_id, _Handle(cluster_name, accelerator)
 
 
 def _enqueue(cluster_name: str, task: Task) -> int:
-    with _locked(f"exec-{cluster_name}"):
+    with state.locked(f"exec-{cluster_name}"):
         meta = _require_up(cluster_name)
         wanted = task.accelerator_choices()
         if wanted and meta["accelerator"] not in wanted:
             raise exceptions.ResourcesMismatchError(
                 f"Task requires {wanted} but cluster {cluster_name!r} has {meta['accelerator']}.")
-        _sync_workdir(cluster_name, task)
-        queue = _queue(cluster_name)
-        forced = _read(_cluster_dir(cluster_name) / "inject.json", [])
+        state.sync_workdir(cluster_name, task.workdir)
+        queue = state.job_queue(cluster_name)
+        forced = state.forced_failures(cluster_name)
         script = task.run or "true"
         if forced:
             # The job fails outside the experiment's code (setup or driver), as the injection asked.
@@ -445,13 +330,10 @@ def _enqueue(cluster_name: str, task: Task) -> int:
         next_id = (queue.job_ids() or [0])[-1] + 1
         env = {**task.envs, "SKYPILOT_TASK_ID": f"fake-{cluster_name}-{next_id}",
                "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_CLUSTER_NAME": cluster_name}
-        log = str(_cluster_dir(cluster_name) / "logs" / f"{next_id}.log")
-        job_id = queue.submit(task.name or "sky-cmd", script, str(_workdir(cluster_name)), env, NO_TIMEOUT_S, log)
+        log = str(state.cluster_dir(cluster_name) / "logs" / f"{next_id}.log")
+        job_id = queue.submit(task.name or "sky-cmd", script, str(state.workdir(cluster_name)), env, NO_TIMEOUT_S, log)
         if forced:
-            outcomes = _read(_cluster_dir(cluster_name) / "outcomes.json", {})
-            outcomes[str(job_id)] = forced[0]
-            _write(_cluster_dir(cluster_name) / "outcomes.json", outcomes)
-            _write(_cluster_dir(cluster_name) / "inject.json", forced[1:])
+            state.record_forced_outcome(cluster_name, job_id, forced)
         return job_id
 
 
@@ -467,7 +349,7 @@ def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down
          backend: Any = None) -> str:
     def run() -> tuple:
         job_id = _enqueue(cluster_name, task)
-        return job_id, _Handle(cluster_name, _meta(cluster_name)["accelerator"])
+        return job_id, _Handle(cluster_name, state.meta(cluster_name)["accelerator"])
 
     return _submit("exec", run)
 
@@ -478,9 +360,9 @@ _STATES = {"pending": JobStatus.PENDING, "running": JobStatus.RUNNING, "succeede
 
 def _job_records(cluster_name: str) -> list[_Record]:
     _require_up(cluster_name)
-    outcomes = _read(_cluster_dir(cluster_name) / "outcomes.json", {})
+    outcomes = state.job_outcomes(cluster_name)
     records = []
-    for job in _queue(cluster_name).jobs():
+    for job in state.job_queue(cluster_name).jobs():
         status = _STATES[job.state]
         if status == JobStatus.FAILED and str(job.job_id) in outcomes:
             status = JobStatus(outcomes[str(job.job_id)])
@@ -512,16 +394,6 @@ def job_status(cluster_name: str, job_ids: list[int] | None = None) -> str:
     return _submit("job_status", run)
 
 
-def _log_path(cluster_name: str, job_id: int | None) -> Path | None:
-    jobs = _queue(cluster_name).jobs()
-    if job_id is None and jobs:
-        job_id = jobs[-1].job_id
-    for job in jobs:
-        if job.job_id == job_id:
-            return Path(job.log)
-    return None
-
-
 def tail_logs(cluster_name: str, job_id: int | None, follow: bool, tail: int = 0, output_stream: Any = None,
               *, preload_content: bool = True) -> int | Iterator[str | None]:
     # Not a request: the real SDK streams the HTTP response back directly.
@@ -530,7 +402,7 @@ def tail_logs(cluster_name: str, job_id: int | None, follow: bool, tail: int = 0
     _check_api()
     _latency()
     _require_up(cluster_name)
-    path = _log_path(cluster_name, job_id)
+    path = state.log_path(cluster_name, job_id)
     lines = path.read_text(errors="replace").splitlines(keepends=True) if path and path.exists() else []
     if tail > 0:
         lines = lines[-tail:]
@@ -550,10 +422,10 @@ def download_logs(cluster_name: str, job_ids: list[str] | None) -> dict[str, str
     _latency()
     _require_up(cluster_name)
     out = {}
-    ids = [int(j) for j in job_ids] if job_ids else [j.job_id for j in _queue(cluster_name).jobs()[-1:]]
+    ids = [int(j) for j in job_ids] if job_ids else [j.job_id for j in state.job_queue(cluster_name).jobs()[-1:]]
     for job_id in ids:
-        src = _log_path(cluster_name, job_id)
-        dest = home() / "downloads" / cluster_name / f"{job_id}" / "run.log"
+        src = state.log_path(cluster_name, job_id)
+        dest = state.home() / "downloads" / cluster_name / f"{job_id}" / "run.log"
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src and src.exists():
             shutil.copyfile(src, dest)
@@ -567,30 +439,19 @@ def cancel(cluster_name: str, all: bool = False, all_users: bool = False,  # noq
            job_ids: list[int] | None = None) -> str:
     def run() -> None:
         _require_up(cluster_name)
-        q = _queue(cluster_name)
+        q = state.job_queue(cluster_name)
         ids = q.job_ids() if all or all_users else list(job_ids or [])
         q.cancel([j for j in ids if j in set(q.job_ids())])
 
     return _submit("cancel", run)
 
 
-def _remove(name: str) -> None:
-    d = _cluster_dir(name)
-    if not d.exists():
-        return
-    _queue(name).kill_all()
-    grave = home() / "graveyard" / f"{name}-{uuid.uuid4().hex[:6]}"
-    grave.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(d, grave)
-    shutil.rmtree(grave, ignore_errors=True)
-
-
 def down(cluster_name: str, purge: bool = False, graceful: bool = False, graceful_timeout: int | None = None) -> str:
     def run() -> None:
-        with _locked():
-            if _meta(cluster_name) is None:
+        with state.locked():
+            if state.meta(cluster_name) is None:
                 raise exceptions.ClusterDoesNotExist(f"Cluster {cluster_name!r} does not exist.")
-            _remove(cluster_name)
+            state.remove_cluster(cluster_name)
 
     return _submit("down", run)
 
@@ -598,12 +459,9 @@ def down(cluster_name: str, purge: bool = False, graceful: bool = False, gracefu
 def status(cluster_names: list[str] | None = None, refresh: StatusRefreshMode = StatusRefreshMode.NONE,
            all_users: bool = False) -> str:
     def run() -> list[_Record]:
-        if not _clusters_dir().exists():
-            return []
         records = []
-        for d in sorted(_clusters_dir().iterdir()):
-            meta = _read(d / "meta.json")
-            if meta is None or (cluster_names is not None and meta["name"] not in cluster_names):
+        for meta in state.cluster_metas():
+            if cluster_names is not None and meta["name"] not in cluster_names:
                 continue
             records.append(_Record(
                 name=meta["name"], launched_at=meta["launched_at"], status=ClusterStatus(meta["status"]),
@@ -621,9 +479,8 @@ def realtime_kubernetes_gpu_availability(context: str | None = None, name_filter
     def run() -> list:
         if context not in (None, FAKE_CONTEXT):
             raise ValueError(f"Kubernetes context {context!r} not found.")
-        caps = {"H100": DEFAULT_CAPACITY, "H200": DEFAULT_CAPACITY, **_read(home() / "capacity.json", {})}
-        rows = [RealtimeGpuAvailability(gpu, [1], cap, max(0, cap - _in_use(gpu)))
-                for gpu, cap in sorted(caps.items())
+        rows = [RealtimeGpuAvailability(gpu, [1], cap, max(0, cap - state.in_use(gpu)))
+                for gpu, cap in sorted(state.capacities().items())
                 if name_filter is None or name_filter.lower() in gpu.lower()]
         return [(FAKE_CONTEXT, rows)]
 
@@ -636,52 +493,9 @@ client = SimpleNamespace(sdk=SimpleNamespace(
 
 
 # --- test helpers: the things that happen to real clusters ----------------------------------------
-def set_capacity(accelerator: str, n: int) -> None:
-    """At most `n` clusters may hold `accelerator`; launching more raises ResourcesUnavailableError."""
-    with _locked():
-        caps = _read(home() / "capacity.json", {})
-        caps[accelerator] = n
-        _write(home() / "capacity.json", caps)
-
-
-def kill_cluster(name: str) -> None:
-    """The cluster vanishes (node gone, pod deleted): its jobs die, later calls raise ClusterDoesNotExist."""
-    with _locked():
-        _remove(name)
-
-
-def preempt_cluster(name: str) -> None:
-    """The pod is evicted: jobs die and the cluster drops to INIT, so calls raise ClusterNotUpError."""
-    _queue(name).kill_all()
-    _set_meta(name, status="INIT")
-
-
-def make_unreachable(name: str, unreachable: bool = True) -> None:
-    """Status says UP but every call to the cluster fails (the skylet cannot be reached)."""
-    _set_meta(name, unreachable=unreachable)
-
-
+# set_capacity, kill_cluster, preempt_cluster, make_unreachable, stop_api_server, start_api_server and
+# reset live with the state in fake_sky_state (imported above); this one checks the status it is given.
 def fail_next_jobs(cluster_name: str, status: str = "FAILED_SETUP", count: int = 1) -> None:
     """The next `count` jobs queued on the cluster end in `status` (FAILED_SETUP or FAILED_DRIVER)."""
     JobStatus(status)
-    forced = _read(_cluster_dir(cluster_name) / "inject.json", [])
-    _write(_cluster_dir(cluster_name) / "inject.json", forced + [status] * count)
-
-
-def stop_api_server() -> None:
-    """Every call raises ApiServerConnectionError until start_api_server()."""
-    home().mkdir(parents=True, exist_ok=True)
-    (home() / "api_down").touch()
-
-
-def start_api_server() -> None:
-    (home() / "api_down").unlink(missing_ok=True)
-
-
-def reset() -> None:
-    """Kill every fake cluster's jobs and forget all state (test teardown)."""
-    if _clusters_dir().exists():
-        for d in list(_clusters_dir().iterdir()):
-            with contextlib.suppress(Exception):
-                _remove(d.name)
-    shutil.rmtree(home(), ignore_errors=True)
+    state.force_failures(cluster_name, [status] * count)

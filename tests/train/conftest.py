@@ -50,7 +50,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 def run_train(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-              cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess:
+              cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TRAIN_PY), *args], env=env if env is not None else clean_env(),
                           input=stdin, capture_output=True, text=True, cwd=cwd, timeout=timeout)
 

@@ -41,7 +41,7 @@ def test_tiny_run_prints_a_parseable_summary(offline_cache):
     assert summary["evaluator_sha"] == evaluate.evaluator_sha()
     meta = prepare.ensure_prepared("offline", 512, log=lambda m: None)
     assert summary["data_sha"] == meta["data_sha"]
-    assert 2.0 <= summary["training_seconds"] < 5.0
+    assert 2.0 <= summary["training_seconds"] < 2.0 + 10  # stops at the first step past the budget
     assert summary["total_seconds"] >= summary["training_seconds"]
     assert summary["num_steps"] >= 2 and summary["peak_memory_mb"] > 0
     assert summary["total_tokens_M"] == pytest.approx(summary["num_steps"] * 1024 / 1e6, abs=1e-3)
@@ -53,7 +53,7 @@ def test_same_seed_same_first_loss_different_seed_differs(offline_cache):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in ("7", "7", "8")]
     losses = []
     for run in runs:
-        stdout, stderr = run.communicate(timeout=180)
+        stdout, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, stderr
         assert parse_summary(stdout)["num_steps"] == 1
         losses.append(first_step_loss(stdout))
@@ -71,10 +71,12 @@ def test_exploding_loss_ends_the_run_with_training_failed(offline_cache):
 
 @pytest.mark.slow
 def test_cpu_preset_learns(offline_cache):
-    result = run_train(env=clean_env(SKYFLEET_CACHE=str(offline_cache), PRESET="cpu", TIME_BUDGET="8"))
+    # a step count, not a time, so that a busy machine cannot make the run learn less
+    result = run_train(env=clean_env(SKYFLEET_CACHE=str(offline_cache), PRESET="cpu", MAX_STEPS="25",
+                                     TIME_BUDGET="600"))
     assert result.returncode == 0, result.stdout + result.stderr
     summary = parse_summary(result.stdout)
-    assert summary["preset"] == "cpu" and summary["vocab_size"] == 2048
+    assert summary["preset"] == "cpu" and summary["vocab_size"] == 2048 and summary["num_steps"] == 25
     assert summary["val_bpb"] < 0.8 * summary["val_bpb_uniform"], summary
 
 
@@ -95,7 +97,7 @@ def test_task_declares_resources_and_envs(task):
 
 
 def run_script(script: str, cwd, env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def task_env(cache, **extra) -> dict[str, str]:

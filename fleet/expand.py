@@ -1,0 +1,188 @@
+"""Expanding a validated wave into experiments (pure): configurations x seeds, duplicates dropped.
+
+`expand_wave`, `count_experiments`, `check_size` and `duplicate_warnings` are pure functions over the
+`WaveSpec` that `fleet.wave.load_wave` returns; nothing here reads files. A configuration is the knob
+overrides of one run, SEED excluded: the fleet sets SEED=0..seeds-1 for each, so it is reserved.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fleet.errors import InputError
+
+if TYPE_CHECKING:  # fleet.wave imports this module (duplicate warnings at load time)
+    from fleet.wave import Scalar, WaveSpec
+
+RESERVED_KNOBS = ("SEED",)  # set by the fleet for each run
+
+
+@dataclass(frozen=True)
+class PlannedExperiment:
+    """One run to submit: a configuration (knob overrides, SEED excluded) and a seed."""
+
+    config: dict[str, str]
+    seed: int
+    description: str
+    config_key: str  # same knobs => same key, across waves
+    label: str  # short and human: the knobs that vary within the wave, or the description
+    origins: dict[str, str] = field(default_factory=dict, compare=False)  # knob -> its field path in the file
+
+    @property
+    def envs(self) -> dict[str, str]:
+        """The environment the run gets: the configuration plus its SEED."""
+        return {**self.config, "SEED": str(self.seed)}
+
+
+@dataclass(frozen=True)
+class _Config:
+    config: dict[str, str]
+    description: str
+    origins: dict[str, str]
+    where: str  # for messages: "experiments[1]", "grid point MATRIX_LR=0.04"
+
+
+def env_value(value: Scalar) -> str:
+    """A knob value as an environment string: bools are 1/0, floats keep their shortest repr (0.1 -> "0.1")."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def config_key(config: Mapping[str, str]) -> str:
+    """Short stable hash of a configuration's knob overrides (SEED excluded)."""
+    items = sorted((k, v) for k, v in config.items() if k not in RESERVED_KNOBS)
+    return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def _base(spec: WaveSpec) -> tuple[dict[str, str], dict[str, str]]:
+    return {k: env_value(v) for k, v in spec.env.items()}, {k: f"env.{k}" for k in spec.env}
+
+
+def _distinct(values: list[Scalar]) -> list[tuple[int, str]]:
+    seen: dict[str, int] = {}
+    for index, value in enumerate(values):
+        seen.setdefault(env_value(value), index)
+    return [(index, text) for text, index in seen.items()]
+
+
+def _grid_configs(spec: WaveSpec) -> Iterator[_Config]:
+    base, base_origins = _base(spec)
+    keys = list(spec.grid)
+    for combo in itertools.product(*(_distinct(spec.grid[k]) for k in keys)):
+        config, origins = dict(base), dict(base_origins)
+        for key, (index, text) in zip(keys, combo):
+            config[key], origins[key] = text, f"grid.{key}[{index}]"
+        yield _Config(config, "", origins, "grid point " + " ".join(f"{k}={config[k]}" for k in keys))
+
+
+def _explicit_configs(spec: WaveSpec) -> list[_Config]:
+    base, base_origins = _base(spec)
+    return [
+        _Config(
+            {**base, **{k: env_value(v) for k, v in exp.overrides.items()}},
+            exp.description,
+            {**base_origins, **{k: f"experiments[{i}].{k}" for k in exp.overrides}},
+            f"experiments[{i}]",
+        )
+        for i, exp in enumerate(spec.experiments)
+    ]
+
+
+def _in_grid(spec: WaveSpec, config: dict[str, str]) -> bool:
+    base, _ = _base(spec)
+    if not spec.grid or set(config) != set(base) | set(spec.grid):
+        return False
+    return all(config[k] in {env_value(v) for v in spec.grid[k]} for k in spec.grid) and all(
+        config[k] == v for k, v in base.items() if k not in spec.grid
+    )
+
+
+def _explicit_duplicates(spec: WaveSpec) -> dict[int, str]:
+    """Explicit experiments that repeat an earlier configuration -> what they repeat (no grid expansion)."""
+    repeats: dict[int, str] = {}
+    first: dict[str, str] = {}
+    for index, cfg in enumerate(_explicit_configs(spec)):
+        key = config_key(cfg.config)
+        if _in_grid(spec, cfg.config):
+            repeats[index] = "a grid point (" + " ".join(f"{k}={cfg.config[k]}" for k in spec.grid) + ")"
+        elif key in first:
+            repeats[index] = f"`{first[key]}`"
+        else:
+            first[key] = cfg.where
+    return repeats
+
+
+def duplicate_warnings(spec: WaveSpec) -> list[str]:
+    """Configurations that appear twice run once; say so (a warning, not an error)."""
+    out = []
+    for knob, values in spec.grid.items():
+        kept = {index for index, _ in _distinct(values)}
+        for index, value in enumerate(values):
+            if index not in kept:
+                out.append(f"{spec.source}: `grid.{knob}[{index}]` = {value!r} repeats an earlier value; it runs once")
+    for index, what in _explicit_duplicates(spec).items():
+        out.append(f"{spec.source}: `experiments[{index}]` repeats the configuration of {what}; it runs once")
+    return out
+
+
+def count_experiments(spec: WaveSpec, default_seeds: int) -> int:
+    """How many experiments `expand_wave` would return, without expanding (check size before expanding)."""
+    grid = math.prod(len(_distinct(v)) for v in spec.grid.values()) if spec.grid else 0
+    configs = grid + len(spec.experiments) - len(_explicit_duplicates(spec))
+    return max(configs, 1) * (spec.seeds or default_seeds)
+
+
+def check_size(n: int, limit: int = 10_000, yes: bool = False) -> None:
+    if n > limit and not yes:
+        raise InputError(
+            f"wave has {n:,} experiments (limit {limit:,} without --yes); shrink the grid or `seeds`, "
+            "split it into several waves, or pass --yes if you mean it"
+        )
+
+
+def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
+    """Configurations (grid product, then explicit experiments) x seeds, duplicates dropped."""
+    seeds = spec.seeds or default_seeds
+    if seeds < 1:
+        raise InputError(f"{spec.source}: `seeds` is {seeds}, but must be a positive integer (e.g. `seeds: 3`)")
+    base, base_origins = _base(spec)
+    candidates = list(_grid_configs(spec)) if spec.grid else []
+    candidates += _explicit_configs(spec)
+    if not candidates:
+        candidates = [_Config(base, "", base_origins, "env")]
+    configs: dict[str, _Config] = {}
+    for cfg in candidates:
+        key = config_key(cfg.config)
+        kept = configs.get(key)
+        if kept is None:
+            configs[key] = cfg
+        elif not kept.description and cfg.description:
+            configs[key] = _Config(kept.config, cfg.description, kept.origins, kept.where)
+    knobs = list(dict.fromkeys(k for cfg in configs.values() for k in cfg.config))
+    varying = [k for k in knobs if len({cfg.config.get(k) for cfg in configs.values()}) > 1]
+    planned = []
+    for key, cfg in configs.items():
+        label = cfg.description or " ".join(f"{k}={cfg.config[k]}" for k in varying if k in cfg.config) or "base"
+        for seed in range(seeds):
+            planned.append(PlannedExperiment(cfg.config, seed, cfg.description, key, label, cfg.origins))
+    return planned
+
+
+__all__ = [
+    "PlannedExperiment",
+    "RESERVED_KNOBS",
+    "check_size",
+    "config_key",
+    "count_experiments",
+    "duplicate_warnings",
+    "env_value",
+    "expand_wave",
+]

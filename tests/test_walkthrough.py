@@ -1,0 +1,99 @@
+"""instructions.md, followed literally on the local backend: status → wave → wait → promote → verdict → adopt.
+
+Every command this test runs is first looked up among instructions.md's ```bash commands (with its
+placeholders), so the walk-through breaks when the instructions and the fleet drift apart. The wave
+file is the one instructions.md shows, with a tiny budget. Two local slots play an H100 (the screen
+tier) and an H200 (the validate tier); the tiny workload's "current code" starts with a poor default
+MATRIX_LR, so the screen finds a better value and the validation must say `keep`.
+"""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from fleet_cli import make_project, teardown
+from test_docs import doc_commands, fenced_blocks, REPO
+
+INSTRUCTIONS = "instructions.md"
+
+
+def documented(template: str) -> list[str]:
+    """The argv of a command instructions.md shows (placeholders kept), or fail naming the drift."""
+    commands = [c.command for c in doc_commands(INSTRUCTIONS) if c.marker is None]
+    assert template in commands, f"instructions.md no longer shows `{template}`; commands: {commands}"
+    return template.split()[1:]
+
+
+def run(fleet, template: str, **ids: str):
+    argv = [ids.get(word, word) for word in documented(template)]
+    code, out, err = fleet(*argv)
+    assert code == 0, f"`fleet {' '.join(argv)}` exited {code}: {err}"
+    return json.loads(out) if "--json" in argv else out
+
+
+def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
+    fleet = make_project(tmp_path, monkeypatch, capsys, slots="H100,H200")
+    try:
+        train = fleet.root / "train" / "train.py"
+        # The code as the agent finds it: MATRIX_LR defaults to 0.02 (the tiny workload's optimum is 0.04).
+        train.write_text(train.read_text().replace('"MATRIX_LR": ("float", 0.04, 0.0)', '"MATRIX_LR": ("float", 0.02, 0.0)'))
+
+        # Setup 4: where things stand.
+        status = run(fleet, "fleet status --json")
+        assert status["best"] is None and status["waves"] == [] and "idle_clusters" in status
+        assert run(fleet, "fleet results --json")["rows"] == []
+
+        # Loop 2: the wave instructions.md shows, with a tiny budget.
+        blocks = [yaml.safe_load(body) for _, body in fenced_blocks((REPO / INSTRUCTIONS).read_text(), "yaml")]
+        wave = next(b for b in blocks if "grid" in b)
+        assert {"description": "baseline"} in wave["experiments"]
+        wave["env"]["TIME_BUDGET"] = 0.05
+        (fleet.root / "waves").mkdir()
+        (fleet.root / "waves" / "lr-wd.yaml").write_text(yaml.safe_dump(wave))
+        dry = run(fleet, "fleet wave waves/lr-wd.yaml --dry-run --json")
+        assert len(dry["experiments"]) == 7 and fleet.ledger.waves() == []
+
+        # Loop 3: submit, keep editing (the snapshot protects the queued code), then block.
+        submitted = run(fleet, "fleet wave waves/lr-wd.yaml --json")
+        assert submitted["wave"] == "lr-wd" and submitted["experiments"] == 7
+        screened_code = train.read_text()
+        train.write_text(screened_code + "# half-finished next idea\n")
+        board = run(fleet, "fleet wait WAVE --json", WAVE="lr-wd")
+        assert [r["state"] for r in board["rows"]] == ["done"] * 7
+        assert {r["accelerator"] for r in board["rows"]} == {"H100"}  # the screen tier
+        assert board["rows"][0]["label"].startswith("MATRIX_LR=0.04")
+
+        status = run(fleet, "fleet status --json")
+        assert status["best"]["experiment"] == board["rows"][0]["experiment"]
+        assert status["waves"][0]["finished"] == 7
+
+        # Loop 4: promote the best three to the validate tier, block, judge.
+        promoted = run(fleet, "fleet promote WAVE --top 3 --seeds 3 --json", WAVE="lr-wd")
+        assert promoted["wave"] == "lr-wd-promote" and promoted["tier"] == "validate"
+        assert promoted["experiments"] == 12  # 3 candidates + the baseline, 3 paired seeds each
+        run(fleet, "fleet wait WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
+        report = run(fleet, "fleet verdict WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
+        assert report["complete"] and report["accelerators"] == ["H200"]
+        verdicts = {c["label"]: c["verdict"] for c in report["candidates"]}
+        assert set(verdicts.values()) <= {"keep", "discard", "inconclusive"}
+        assert report["candidates"][0]["verdict"] == "keep" and report["best_keep"]
+
+        # Loop 5: adopt only `keep`: the code comes back from the snapshot, knobs become defaults.
+        winner = report["best_keep"]
+        assert next(c for c in report["candidates"] if c["experiment"] == winner)["verdict"] == "keep"
+        adopted = run(fleet, "fleet adopt EXP --json", EXP=winner)
+        assert any(p.endswith("train.py") for p in adopted["changed"])
+        assert train.read_text() == screened_code  # the half-finished edit is gone
+        assert adopted["knobs"]["MATRIX_LR"] == "0.04"
+        train.write_text(train.read_text().replace('"MATRIX_LR": ("float", 0.02, 0.0)',
+                                                   '"MATRIX_LR": ("float", 0.04, 0.0)'))
+
+        # Finish: everything done, results exported, fleet torn down.
+        run(fleet, "fleet wait --json")
+        run(fleet, "fleet results --format tsv -o results.tsv")
+        assert (fleet.root / "results.tsv").read_text().startswith("experiment\tval_bpb\tmemory_gb\tstatus")
+        run(fleet, "fleet down --all -y")
+        assert run(fleet, "fleet status --json")["clusters"] == []
+    finally:
+        teardown(fleet)
