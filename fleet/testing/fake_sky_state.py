@@ -211,13 +211,19 @@ def _rsync(src: Path, dest: Path, ignore) -> None:
             if name in skipped:
                 continue
             source, target = Path(directory) / name, out_dir / name
-            st = source.stat()
+            try:
+                st = source.stat()
+            except FileNotFoundError:
+                continue  # vanished since the walk listed it (a temp file): rsync skips it too
             with contextlib.suppress(FileNotFoundError):
                 old = target.stat()
                 if old.st_size == st.st_size and old.st_mtime_ns == st.st_mtime_ns:
                     continue
             tmp = out_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.sync"
-            shutil.copy2(source, tmp)
+            try:
+                shutil.copy2(source, tmp)
+            except FileNotFoundError:
+                continue
             os.replace(tmp, target)
 
 
