@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet.backends.base import Backend, BackendError, ClusterLost
+from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, SetupFailed
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
@@ -270,7 +270,14 @@ class Controller:
             items.append((attempt, cluster, job_for(exp, attempt.n, accelerator, timeout)))
         if not items:
             return
-        outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
+        try:
+            outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
+        except (SetupFailed, BackendUnavailable) as exc:
+            # Nothing of this batch is known to have reached a cluster: back to pending. (An
+            # attempt whose job did reach one is found by name and adopted next cycle instead.)
+            for attempt, _, _ in items:
+                self._requeue(attempt, str(exc).splitlines()[0], report)
+            raise
         lost: set[str] = set()
         for (attempt, cluster, _), outcome in zip(items, outcomes):
             if isinstance(outcome, ClusterLost):
@@ -302,7 +309,7 @@ class Controller:
             try:
                 self.cycle()
                 backoff = poll_s
-            except InputError as exc:
+            except (InputError, SetupFailed) as exc:
                 return self._stop(str(exc))
             except BackendError as exc:
                 log.warning("backend problem, retrying in %.0fs: %s", backoff, exc)
@@ -321,4 +328,5 @@ class Controller:
     def _stop(self, problem: str) -> str:
         log.error("controller stopping: %s", problem)
         self.ledger.set_meta("controller_error", problem)
+        self.ledger.set_meta("controller_error_at", str(self.clock()))
         return problem

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -146,3 +145,26 @@ def test_status_and_results_never_import_skypilot(fleet):
     proc = subprocess.run([sys.executable, "-c", code], cwd=fleet.root, capture_output=True, text=True,
                           env={**os.environ, "FLEET_ROOT": str(fleet.root)})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_failing_setup_stops_the_controller_with_the_fix(fleet):
+    task = fleet.root / "experiment.yaml"
+    task.write_text(task.read_text().replace('echo setup ran >> "${TINYWORK_SETUP_LOG:-/dev/null}"',
+                                             'echo "no data here" >&2; exit 7'))
+    fleet.write("one.yaml", "name: one\nexperiments:\n  - {DEPTH: 1}\n")
+    fleet.json("wave", "one.yaml")
+    code, _, err = fleet("wait", "one", "--timeout", "60")
+    assert code == 1
+    assert "setup failed (exit 7)" in err and "no data here" in err
+    # nothing was burnt: the experiment waits, pending, for the fix
+    assert fleet.ledger.counts("one") == {"pending": 1}
+    task.write_text(task.read_text().replace('echo "no data here" >&2; exit 7', "true"))
+    board = fleet.json("wait", "one", "--timeout", "60")
+    assert [r["state"] for r in board["rows"]] == ["done"]
+
+
+def test_jobs_use_the_fleets_python_without_an_activated_venv(fleet, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # `python` here may be another interpreter, or none
+    fleet.write("one.yaml", "name: one\nexperiments:\n  - {DEPTH: 1}\n")
+    board = fleet.json("wave", "one.yaml", "--wait")
+    assert [r["state"] for r in board["rows"]] == ["done"]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from backend_contract import BackendContract, snapshot, wait_terminal, write_contract_project
+from backend_contract import BackendContract, wait_terminal, write_contract_project
 from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
 from fleet.backends.skypilot import (
     JOB_STATES,
@@ -465,7 +465,7 @@ def test_wave_survives_two_clusters_dying(project, fake):
     deadline = time.monotonic() + 60
     while ledger.has_unfinished_work():
         assert time.monotonic() < deadline, ledger.counts()
-        report = controller.cycle()
+        controller.cycle()
         busy = {a.cluster for a in ledger.attempts(active=True)}
         done = sum(1 for a in ledger.attempts() if a.state == "succeeded")
         if not killed and done >= 2 and {"gpu-02", "gpu-07"} <= busy:

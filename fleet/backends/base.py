@@ -29,6 +29,10 @@ class ClusterLost(BackendError):
         self.reason = reason
 
 
+class SetupFailed(BackendError):
+    """The task's setup failed: nothing can run until the user fixes it (not retried)."""
+
+
 class ProvisionFailed(BackendError):
     """No capacity for the requested accelerator right now; worth retrying later or elsewhere."""
 
@@ -84,7 +88,7 @@ class Backend(abc.ABC):
         for cluster, job in items:
             try:
                 out.append(self.submit(cluster, job))
-            except BackendUnavailable:
+            except (BackendUnavailable, SetupFailed):
                 raise
             except BackendError as exc:
                 out.append(exc)

@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.backends.base import Backend, BackendError, ClusterLost
+from fleet.backends.base import Backend, ClusterLost, SetupFailed
 from fleet.backends.slot_queue import SlotQueue
 from fleet.config import FleetConfig
 from fleet.task import TaskSpec, load_task
@@ -143,7 +144,8 @@ class LocalBackend(Backend):
             )
         if proc.returncode != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise BackendError(f"task setup failed (exit {proc.returncode}); log: {log}\n{tail}")
+            raise SetupFailed(f"the task's setup failed (exit {proc.returncode}); fix it and run `fleet wait` again. "
+                              f"Log: {log}\n{tail}")
         marker.touch()
 
     def _env(self, task: TaskSpec, job_env: dict[str, str]) -> dict[str, str]:
@@ -151,6 +153,9 @@ class LocalBackend(Backend):
         # SKYFLEET_CACHE, say), and the experiment's own knob overrides win over both.
         env = {**task.envs, **os.environ, **job_env}
         env["FLEET_BACKEND"] = "local"
+        # `python` in the task's scripts means the interpreter the fleet runs in (its venv), even
+        # when the user called `.venv/bin/fleet` without activating the venv.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         return {k: os.path.expanduser(v) if v.startswith("~") else v for k, v in env.items()}
 
     # --- jobs --------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
     if wave is not None and ledger.wave(wave) is None:
         raise InputError(f"wave {wave!r} does not exist; `fleet status` lists waves")
     deadline = None if timeout is None else time.monotonic() + timeout
+    spawned_at: float | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
         bar = progress.add_task(wave or "all waves", total=sum(ledger.counts(wave).values()))
@@ -126,10 +127,15 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
             if unfinished == 0:
                 return
             if not controller_running(ctx.workspace):
+                # An error recorded by a controller this wait started is final; an older one may
+                # be fixed by now (the user edited the task and waits again), so try once more.
                 problem = ledger.get_meta("controller_error")
-                if problem and not problem.startswith("retrying"):
+                problem_at = float(ledger.get_meta("controller_error_at") or 0)
+                if problem and spawned_at is not None and problem_at >= spawned_at:
                     raise FleetError(f"the controller stopped: {problem}")
-                ensure_controller(ctx.workspace, ledger)
+                if spawned_at is None or time.time() - spawned_at > 10:
+                    spawned_at = time.time()
+                    ensure_controller(ctx.workspace, ledger)
             if deadline is not None and time.monotonic() > deadline:
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
                                  "(they keep running: `fleet wait` again later)")
