@@ -7,17 +7,16 @@ once and the next `fleet` command starts a new one, which reconciles the ledger 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from fleet.backends import make_backend
 from fleet.backends.local import default_slots
+from fleet.backends.slot_queue import try_flock
 from fleet.config import FleetConfig, load_config
 from fleet.controller import Controller
 from fleet.ledger import Ledger
@@ -27,19 +26,8 @@ from fleet.workspace import Workspace
 log = logging.getLogger("fleet.daemon")
 
 
-@contextlib.contextmanager
-def controller_lock(workspace: Workspace) -> Iterator[bool]:
-    workspace.state.mkdir(parents=True, exist_ok=True)
-    with open(workspace.state / "controller.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def controller_lock(workspace: Workspace) -> contextlib.AbstractContextManager[bool]:
+    return try_flock(workspace.state / "controller.lock")
 
 
 def controller_running(workspace: Workspace) -> bool:

@@ -37,7 +37,8 @@ def _accelerator_names(resources: object) -> tuple[str, ...]:
     return ()
 
 
-def load_task(path: Path) -> TaskSpec:
+def read_task_yaml(path: Path) -> dict:
+    """The task file as a mapping, checked for what every backend needs (a `run:` script)."""
     if not path.exists():
         raise InputError(f"task file {path} does not exist; set `task:` in fleet.yaml or create experiment.yaml")
     try:
@@ -46,6 +47,11 @@ def load_task(path: Path) -> TaskSpec:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not data.get("run"):
         raise InputError(f"{path}: a task needs a `run:` script (see experiment.yaml in the skyfleet repo)")
+    return data
+
+
+def load_task(path: Path) -> TaskSpec:
+    data = read_task_yaml(path)
     envs = {str(k): "" if v is None else str(v) for k, v in (data.get("envs") or {}).items()}
     return TaskSpec(
         path=path,

@@ -27,8 +27,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
-
 from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
 from fleet.backends.sky_translate import (
     CLUSTER_STATES,
@@ -45,6 +43,7 @@ from fleet.backends.sky_translate import (
 )
 from fleet.config import FleetConfig
 from fleet.errors import InputError
+from fleet.task import read_task_yaml
 from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec, JobState
 from fleet.workspace import Workspace
 
@@ -163,13 +162,7 @@ class SkyPilotBackend(Backend):
         except FileNotFoundError:
             raise InputError(f"task file {path} does not exist; set `task:` in fleet.yaml or create experiment.yaml") from None
         if self._task_cache is None or self._task_cache[0] != mtime:
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise InputError(f"{path}: not valid YAML: {exc}") from None
-            if not isinstance(data, dict) or not data.get("run"):
-                raise InputError(f"{path}: a task needs a `run:` script (see experiment.yaml in the skyfleet repo)")
-            self._task_cache = (mtime, data)
+            self._task_cache = (mtime, read_task_yaml(path))
         return self._task_cache[1]
 
     def _project_workdir(self, task_yaml: dict) -> str | None:

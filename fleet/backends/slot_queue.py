@@ -58,6 +58,26 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+@contextlib.contextmanager
+def try_flock(path: Path, blocking: bool = False):
+    """Hold an exclusive flock on `path` for the block; yields False if another process holds it.
+
+    The kernel drops the lock when its holder dies, even by kill -9: that is what makes these
+    locks safe for "is a runner/controller alive?".
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -95,19 +115,8 @@ class SlotQueue:
     def _cancel(self, job_id: int) -> Path:
         return self.jobs_dir / f"{job_id:06d}.cancel"
 
-    @contextlib.contextmanager
     def _lock(self, name: str = "queue.lock", blocking: bool = True):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / name, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return try_flock(self.root / name, blocking)
 
     # --- client API --------------------------------------------------------------------------
     def job_ids(self) -> list[int]:
