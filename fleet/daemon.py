@@ -36,8 +36,15 @@ def controller_running(workspace: Workspace) -> bool:
 
 
 def ensure_controller(workspace: Workspace, ledger: Ledger) -> bool:
-    """Start a controller in the background if none is running and work is left; True if started."""
-    if not ledger.has_unfinished_work() or controller_running(workspace):
+    """Start a controller in the background if work is left, clusters are up and none runs.
+
+    Every `fleet` command calls this on its way out, so a controller killed mid-wave is resumed by
+    whatever the user (or agent) runs next; the new one reconciles the ledger with the backend.
+    Returns True if it started one.
+    """
+    if not ledger.has_unfinished_work() or not ledger.clusters([ClusterState.UP]):
+        return False
+    if controller_running(workspace):
         return False
     workspace.logs.mkdir(parents=True, exist_ok=True)
     out = open(workspace.logs / "controller.log", "ab")
@@ -73,8 +80,6 @@ def run_controller(workspace: Workspace) -> int:
             return 0
         name = backend_name(ledger)
         backend = make_backend(name, workspace, config)
-        if name == "local" and not ledger.clusters([ClusterState.UP]):
-            bring_up_local(workspace, ledger, config)
         for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
             if info.state == ClusterState.UP:
                 ledger.upsert_cluster(info.name, name, info.accelerator, info.state)

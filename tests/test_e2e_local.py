@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import sys
 
 import pytest
@@ -168,3 +169,26 @@ def test_jobs_use_the_fleets_python_without_an_activated_venv(fleet, monkeypatch
     fleet.write("one.yaml", "name: one\nexperiments:\n  - {DEPTH: 1}\n")
     board = fleet.json("wave", "one.yaml", "--wait")
     assert [r["state"] for r in board["rows"]] == ["done"]
+
+
+def test_any_fleet_command_resumes_a_dead_controller(fleet):
+    fleet.write("slow.yaml", "name: slow\nenv: {TIME_BUDGET: 0.5}\ngrid:\n  DEPTH: [1, 2, 3, 4, 5, 6]\n")
+    fleet.json("wave", "slow.yaml")
+    ledger = fleet.ledger
+    fleet.wait_until(lambda: ledger.get_meta("controller_pid") and ledger.counts("slow").get("running", 0) >= 1)
+    os.kill(int(ledger.get_meta("controller_pid")), signal.SIGKILL)
+    time.sleep(0.3)
+    fleet.json("status")  # a read-only command notices and starts a new controller on its way out
+    fleet.wait_until(lambda: ledger.counts("slow").get("done", 0) == 6, timeout=60)
+
+
+def test_down_is_not_undone_and_wait_says_why(fleet):
+    fleet.write("slow.yaml", "name: slow\nenv: {TIME_BUDGET: 1.5}\ngrid:\n  DEPTH: [1, 2, 3, 4, 5, 6]\n")
+    fleet.json("wave", "slow.yaml")
+    fleet.json("down", "--all", "-y")
+    code, _, err = fleet("wait", "slow", "--timeout", "30")
+    assert code == 1 and "no clusters are up" in err and "fleet up" in err
+    assert fleet.ledger.counts("slow").get("done", 0) == 0
+    fleet.json("up")
+    board = fleet.json("wait", "slow", "--timeout", "120")
+    assert [r["state"] for r in board["rows"]] == ["done"] * 6

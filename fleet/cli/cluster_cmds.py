@@ -8,6 +8,7 @@ import sys
 from rich.table import Table
 
 from fleet.cli.context import Context
+from fleet.controller import MAX_ATTEMPTS
 from fleet.daemon import bring_up_local, ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.types import ClusterState
@@ -101,6 +102,10 @@ def cmd_down(ctx: Context, args: argparse.Namespace) -> int:
         ctx.backend(backend_name).down(names)
         for n in names:
             ctx.ledger.upsert_cluster(n, backend_name, known[n].accelerator, ClusterState.DOWN)
+    # Work that was queued or running there goes back to pending, to run when clusters are up again.
+    for attempt in ctx.ledger.attempts(active=True):
+        if attempt.cluster in set(targets):
+            ctx.ledger.requeue(attempt, f"cluster {attempt.cluster} was torn down", MAX_ATTEMPTS)
     ctx.sink.data({"down": targets}, lambda c: c.print(f"tore down {len(targets)} clusters"))
     if ctx.ledger.has_unfinished_work():
         ctx.sink.hint("unfinished experiments wait in the ledger until clusters are up again (`fleet up`)")

@@ -15,6 +15,7 @@ from fleet.backends.base import BackendError
 from fleet.cli import cluster_cmds, code_cmds, inspect_cmds, observe_cmds, research_cmds, wave_cmds
 from fleet.cli.context import Context
 from fleet.cli.output import Sink
+from fleet.daemon import ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         sink = Sink("json" if args.json else "quiet" if args.quiet else "human")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ctx = Context(Workspace.find(), sink, args.backend)
-        return int(args.func(ctx, args) or 0)
+        code = int(args.func(ctx, args) or 0)
+        if "ledger" in ctx.__dict__:  # the command used the ledger: resume a controller that died
+            ensure_controller(ctx.workspace, ctx.ledger)
+        return code
     except BrokenPipeError:
         # `fleet status --json | head`: the reader left; exit quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.controller import RELEASED
-from fleet.daemon import controller_running, ensure_controller
+from fleet.daemon import bring_up_local, controller_running, ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.knobs import check_wave_knobs, load_knob_listing
 from fleet.ledger import NewExperiment
@@ -61,8 +61,10 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     check_wave_knobs(planned, listing, snapshot_root, source)
     spec = {**spec, "default_budget": _default_budget(listing)}
     backend = ctx.backend_name()
-    if backend != "local" and not ctx.ledger.clusters([ClusterState.UP]):
-        raise FleetError(f"no {backend} clusters are up: run `fleet up --backend {backend} --clusters N` first")
+    if not ctx.ledger.clusters([ClusterState.UP]):
+        if backend != "local":
+            raise FleetError(f"no {backend} clusters are up: run `fleet up --backend {backend} --clusters N` first")
+        bring_up_local(ctx.workspace, ctx.ledger, ctx.config)  # the default backend needs no `fleet up`
     ctx.ledger.set_meta("backend", backend)
     news = [NewExperiment(p.config, p.config_key, p.seed, p.description, p.label) for p in planned]
     wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, news, kind=kind, parent=parent,
@@ -127,6 +129,9 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
             if unfinished == 0:
                 return
             if not controller_running(ctx.workspace):
+                if not ledger.clusters([ClusterState.UP]):
+                    raise FleetError(f"no clusters are up, so {unfinished} experiments wait in the ledger; "
+                                     "`fleet up` brings clusters up and they run")
                 # An error recorded by a controller this wait started is final; an older one may
                 # be fixed by now (the user edited the task and waits again), so try once more.
                 problem = ledger.get_meta("controller_error")
@@ -175,6 +180,10 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
         t, ExperimentState.CANCELLED, "cancelled by user", only_from=[*UNFINISHED, ExperimentState.HELD])]
     ensure_controller(ctx.workspace, ledger)  # it cancels the jobs that already reached a cluster
     ctx.sink.data({"cancelled": cancelled}, lambda c: c.print(f"cancelled {len(cancelled)} experiments"))
+    if ledger.has_unfinished_work():
+        ctx.sink.hint("the rest of the queue goes on; `fleet status` shows it")
+    else:
+        ctx.sink.hint("nothing is queued now — submit a wave (`fleet wave FILE`) or tear down (`fleet down --all -y`)")
     return 0
 
 
@@ -185,4 +194,6 @@ def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
         ledger.set_state(exp.id, ExperimentState.PENDING, RELEASED, only_from=[ExperimentState.HELD])
     ensure_controller(ctx.workspace, ledger)
     ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
+    if held:
+        ctx.sink.hint("released experiments run past the budget cap; `fleet wait` blocks until they finish")
     return 0
