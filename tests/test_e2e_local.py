@@ -192,3 +192,13 @@ def test_down_is_not_undone_and_wait_says_why(fleet):
     fleet.json("up")
     board = fleet.json("wait", "slow", "--timeout", "120")
     assert [r["state"] for r in board["rows"]] == ["done"] * 6
+
+
+def test_errors_are_json_documents_for_agents(fleet):
+    fleet.write("bad.yaml", "name: t\nseeds: -1\n")
+    code, out, err = fleet("wave", "bad.yaml", "--json")
+    import json as _json
+    doc = _json.loads(out)
+    assert code == 2 and doc["exit_code"] == 2 and "seeds" in doc["error"] and "seeds" in err
+    code, out, _ = fleet("status", "--no-such-flag", "--json")
+    assert code == 2 and _json.loads(out)["exit_code"] == 2

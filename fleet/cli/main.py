@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sink = Sink("human")
+    # Known before parsing, so even a bad flag is reported as JSON to an agent that asked for it.
+    sink = Sink("json" if "--json" in (sys.argv[1:] if argv is None else argv) else "human")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -67,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FleetError, BackendError) as exc:
         if os.environ.get("FLEET_DEBUG"):
             traceback.print_exc()
+        code = exc.exit_code if isinstance(exc, FleetError) else 1
         for i, line in enumerate(str(exc).splitlines() or [type(exc).__name__]):
             sink.error(line) if i == 0 else sink.err.print(line, markup=False, highlight=False)
-        return exc.exit_code if isinstance(exc, FleetError) else 1
+        if sink.json:  # an agent parsing stdout gets a document, not nothing
+            sink.data({"error": str(exc), "exit_code": code})
+        return code
 
 
 if __name__ == "__main__":
