@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, SetupFailed
+from fleet.backends.base import Backend, BackendError, ClusterLost, SetupFailed
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
@@ -24,7 +24,6 @@ from fleet.workspace import Workspace
 
 log = logging.getLogger("fleet.controller")
 
-RELEASED = "released by user"  # the reason `fleet release` records; exempts from budget caps
 MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
 DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
 
@@ -186,8 +185,11 @@ class Controller:
             try:
                 if ids:
                     self.backend.cancel(cluster, ids)
+            except ClusterLost:
+                pass  # nothing runs there any more
             except BackendError as exc:
-                log.warning("cancel on %s failed: %s", cluster, exc)
+                log.warning("cancel on %s failed, retrying next cycle: %s", cluster, exc)
+                continue
             for attempt in attempts:
                 self.ledger.update_attempt(attempt.id, state=JobState.CANCELLED.value, ended_at=self.clock())
 
@@ -226,8 +228,8 @@ class Controller:
         saying "run these anyway".
         """
         rows = {e.id: e for e in self.ledger.experiments()}
-        released = [p for p in pending if rows[p.experiment_id].reason.startswith(RELEASED)]
-        capped = [p for p in pending if not rows[p.experiment_id].reason.startswith(RELEASED)]
+        released = [p for p in pending if rows[p.experiment_id].released]
+        capped = [p for p in pending if not rows[p.experiment_id].released]
         results = self.ledger.results()
         active = {a.experiment_id for a in self.ledger.attempts(active=True)}
         caps: list[tuple[float, set[str] | None, str]] = []
@@ -265,22 +267,23 @@ class Controller:
         for exp, cluster, accelerator in decisions:
             attempt = self.ledger.start_attempt(
                 exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.logs / f"{e}.a{n}.log")
+            if attempt is None:
+                continue  # cancelled since the pending list was read
             wave = self.ledger.wave(exp.wave_id)
             timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
             items.append((attempt, cluster, job_for(exp, attempt.n, accelerator, timeout)))
         if not items:
             return
-        try:
-            outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
-        except (SetupFailed, BackendUnavailable) as exc:
-            # Nothing of this batch is known to have reached a cluster: back to pending. (An
-            # attempt whose job did reach one is found by name and adopted next cycle instead.)
-            for attempt, _, _ in items:
-                self._requeue(attempt, str(exc).splitlines()[0], report)
-            raise
+        # If this raises (the API server went away mid-batch), the attempts stay `submitting`: the
+        # next cycle adopts those that reached a cluster by name and requeues the rest.
+        outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
         lost: set[str] = set()
+        setup_failure: SetupFailed | None = None
         for (attempt, cluster, _), outcome in zip(items, outcomes):
-            if isinstance(outcome, ClusterLost):
+            if isinstance(outcome, SetupFailed):
+                self.ledger.abandon_attempt(attempt, str(outcome).splitlines()[0])
+                setup_failure = outcome
+            elif isinstance(outcome, ClusterLost):
                 if cluster not in lost:
                     lost.add(cluster)
                     self._lose_cluster(cluster, outcome.reason, [], report)
@@ -291,6 +294,8 @@ class Controller:
             else:
                 self.ledger.update_attempt(attempt.id, job_id=outcome, state=JobState.PENDING.value)
                 report.submitted += 1
+        if setup_failure is not None:
+            raise setup_failure  # the jobs that did reach a cluster are recorded; stop for the fix
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:
@@ -311,6 +316,9 @@ class Controller:
                 backoff = poll_s
             except (InputError, SetupFailed) as exc:
                 return self._stop(str(exc))
+            except Exception as exc:  # a bug or the machine (disk full): say so where `fleet wait` looks
+                log.exception("controller crashed")
+                return self._stop(f"the controller crashed: {exc!r}; details in .fleet/logs/controller.log")
             except BackendError as exc:
                 log.warning("backend problem, retrying in %.0fs: %s", backoff, exc)
                 self.ledger.set_meta("controller_error", f"retrying: {exc}")

@@ -35,14 +35,19 @@ def controller_running(workspace: Workspace) -> bool:
         return not got
 
 
-def ensure_controller(workspace: Workspace, ledger: Ledger) -> bool:
+def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = False) -> bool:
     """Start a controller in the background if work is left, clusters are up and none runs.
 
     Every `fleet` command calls this on its way out, so a controller killed mid-wave is resumed by
     whatever the user (or agent) runs next; the new one reconciles the ledger with the backend.
-    Returns True if it started one.
+    A controller that stopped on a problem for the user to fix (a failing setup) is restarted only
+    by a command that asks for work to run (`explicit`: wave, wait, up, release, cancel), not by
+    `fleet status` in an agent's loop. Returns True if it started one.
     """
     if not ledger.has_unfinished_work() or not ledger.clusters([ClusterState.UP]):
+        return False
+    problem = ledger.get_meta("controller_error") or ""
+    if problem and not problem.startswith("retrying") and not explicit:
         return False
     if controller_running(workspace):
         return False
@@ -54,6 +59,18 @@ def ensure_controller(workspace: Workspace, ledger: Ledger) -> bool:
     )
     out.close()
     return True
+
+
+@contextlib.contextmanager
+def _take_controller_lock(workspace: Workspace):
+    """The lock, waiting up to a second: `controller_running()` in another process holds it briefly."""
+    for _ in range(10):
+        with controller_lock(workspace) as got:
+            if got:
+                yield True
+                return
+        time.sleep(0.1)
+    yield False
 
 
 def backend_name(ledger: Ledger) -> str:
@@ -75,7 +92,7 @@ def bring_up_local(workspace: Workspace, ledger: Ledger, config: FleetConfig, co
 def run_controller(workspace: Workspace) -> int:
     config = load_config(workspace.root)
     ledger = Ledger(workspace.ledger_path)
-    with controller_lock(workspace) as got:
+    with _take_controller_lock(workspace) as got:
         if not got:
             return 0
         name = backend_name(ledger)

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     config TEXT NOT NULL, config_key TEXT NOT NULL, seed INTEGER NOT NULL, description TEXT NOT NULL,
     label TEXT NOT NULL, snapshot TEXT NOT NULL, tier TEXT NOT NULL, state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    released INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS results (
 # Attempt states: the backend job states plus the controller's own bookkeeping.
 ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a crash is detectable
 ATTEMPT_LOST = "lost"  # its cluster died; the experiment went back to pending
+ATTEMPT_NOT_SUBMITTED = "not_submitted"  # never reached a cluster (setup failed): does not count
 ACTIVE_ATTEMPT_STATES = ("submitting", "pending", "running")
 
 
@@ -91,6 +93,7 @@ class ExperimentRow:
     created_at: float
     updated_at: float
     finished_at: float | None
+    released: bool = False  # the user released it past the budget caps (`fleet release`)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ def _row(cls, row: sqlite3.Row):
             data[key] = json.loads(data[key])
     if cls is ExperimentRow:
         data["state"] = ExperimentState(data["state"])
+        data["released"] = bool(data["released"])
     if cls is ClusterRow:
         data["state"] = ClusterState(data["state"])
     return cls(**data)
@@ -288,22 +292,50 @@ class Ledger:
             return db.execute(sql, args).rowcount > 0
 
     # --- attempts ----------------------------------------------------------------------------
-    def start_attempt(self, experiment_id: str, cluster: str, accelerator: str, log_path_for) -> AttemptRow:
-        """Record an attempt before the backend call; the experiment becomes QUEUED."""
+    def start_attempt(self, experiment_id: str, cluster: str, accelerator: str, log_path_for) -> AttemptRow | None:
+        """Record an attempt before the backend call; the experiment goes PENDING -> QUEUED.
+
+        Returns None if the experiment is no longer pending (the user cancelled it after the
+        controller read the pending list): a cancel is never overwritten.
+        """
         now = self.clock()
         with self.tx() as db:
-            n = db.execute("SELECT attempts FROM experiments WHERE id = ?", (experiment_id,)).fetchone()[0] + 1
+            claimed = db.execute(
+                "UPDATE experiments SET attempts = attempts + 1, state = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (ExperimentState.QUEUED.value, now, experiment_id, ExperimentState.PENDING.value),
+            ).rowcount
+            if not claimed:
+                return None
+            # Numbered by row, not by counted tries: an abandoned attempt keeps its number (and job name).
+            n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE experiment_id = ?",
+                           (experiment_id,)).fetchone()[0]
             cur = db.execute(
                 "INSERT INTO attempts (experiment_id, n, cluster, accelerator, state, submitted_at, log_path)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (experiment_id, n, cluster, accelerator, ATTEMPT_SUBMITTING, now, str(log_path_for(n))),
             )
-            db.execute(
-                "UPDATE experiments SET attempts = ?, state = ?, updated_at = ? WHERE id = ?",
-                (n, ExperimentState.QUEUED.value, now, experiment_id),
-            )
             attempt_id = cur.lastrowid
         return self.attempt(attempt_id)
+
+    def abandon_attempt(self, attempt: AttemptRow, reason: str) -> None:
+        """The attempt never reached a cluster: it does not count, and the experiment is pending again."""
+        with self.tx() as db:
+            db.execute("UPDATE attempts SET state = ?, ended_at = ? WHERE id = ?",
+                       (ATTEMPT_NOT_SUBMITTED, self.clock(), attempt.id))
+            db.execute(
+                "UPDATE experiments SET attempts = attempts - 1, state = ?, reason = ?, updated_at = ?"
+                " WHERE id = ? AND state = ?",
+                (ExperimentState.PENDING.value, reason, self.clock(), attempt.experiment_id, ExperimentState.QUEUED.value),
+            )
+
+    def release(self, experiment_id: str) -> bool:
+        """HELD -> PENDING, exempt from budget caps from now on (also after a retry)."""
+        with self.tx() as db:
+            return db.execute(
+                "UPDATE experiments SET state = ?, released = 1, reason = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (ExperimentState.PENDING.value, "released by user", self.clock(), experiment_id,
+                 ExperimentState.HELD.value),
+            ).rowcount > 0
 
     def attempt(self, attempt_id: int) -> AttemptRow:
         return _row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
@@ -332,10 +364,11 @@ class Ledger:
                 "UPDATE attempts SET state = ?, ended_at = ? WHERE id = ?",
                 (ATTEMPT_LOST, self.clock(), attempt.id),
             )
-        if attempt.n >= max_attempts:
+            tries = db.execute("SELECT attempts FROM experiments WHERE id = ?", (attempt.experiment_id,)).fetchone()[0]
+        if tries >= max_attempts:
             self.record_result(
                 attempt.experiment_id, attempt.id, ExperimentState.CRASH, outcome="crash",
-                reason=f"{reason}; gave up after {attempt.n} attempts",
+                reason=f"{reason}; gave up after {tries} attempts",
             )
             return ExperimentState.CRASH
         self.set_state(attempt.experiment_id, ExperimentState.PENDING, reason,
@@ -409,10 +442,14 @@ class Ledger:
         return {r["state"]: r["n"] for r in self._query(sql + " GROUP BY state", args)}
 
     def has_unfinished_work(self) -> bool:
+        """Experiments to run, or jobs still on a cluster (a cancelled experiment's job must be stopped)."""
         states = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
         marks = ",".join("?" * len(states))
         rows = self._query(f"SELECT 1 FROM experiments WHERE state IN ({marks}) LIMIT 1", [s.value for s in states])
-        return bool(rows)
+        if rows:
+            return True
+        marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
+        return bool(self._query(f"SELECT 1 FROM attempts WHERE state IN ({marks}) LIMIT 1", ACTIVE_ATTEMPT_STATES))
 
 
 def open_ledger(path: Path) -> Ledger:

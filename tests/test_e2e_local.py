@@ -129,7 +129,7 @@ def test_wave_budget_cap(fleet):
     counts = fleet.ledger.counts("cap")
     assert counts.get("held", 0) >= 2 and counts.get("done", 0) >= 1
     held = fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
-    assert "wave cap" in held[0].reason
+    assert "max_gpu_hours of wave cap" in held[0].reason
 
 
 def test_status_and_results_never_import_skypilot(fleet):
@@ -157,8 +157,13 @@ def test_failing_setup_stops_the_controller_with_the_fix(fleet):
     code, _, err = fleet("wait", "one", "--timeout", "60")
     assert code == 1
     assert "setup failed (exit 7)" in err and "no data here" in err
-    # nothing was burnt: the experiment waits, pending, for the fix
+    # nothing was burnt: the experiment waits, pending, for the fix, however often anyone looks
+    code, _, _ = fleet("wait", "one", "--timeout", "60")
+    assert code == 1
+    for _ in range(3):
+        fleet.json("status")  # an agent's polling does not restart a controller stopped for a fix
     assert fleet.ledger.counts("one") == {"pending": 1}
+    assert fleet.ledger.experiment("one-001").attempts == 0
     task.write_text(task.read_text().replace('echo "no data here" >&2; exit 7', "true"))
     board = fleet.json("wait", "one", "--timeout", "60")
     assert [r["state"] for r in board["rows"]] == ["done"]
@@ -192,6 +197,18 @@ def test_down_is_not_undone_and_wait_says_why(fleet):
     fleet.json("up")
     board = fleet.json("wait", "slow", "--timeout", "120")
     assert [r["state"] for r in board["rows"]] == ["done"] * 6
+
+
+def test_flag_values_are_checked(fleet):
+    fleet.write("one.yaml", "name: one\nexperiments:\n  - {DEPTH: 1}\n")
+    for bad in ("-5", "0", "abc"):
+        code, _, err = fleet("wave", "one.yaml", "--timeout", bad)
+        assert code == 2 and "--timeout" in err and "positive" in err
+    assert fleet.ledger.waves() == []
+    code, _, err = fleet("results", "--json", "--format", "tsv")
+    assert code == 2 and "--format" in err
+    code, _, err = fleet("results", "-o", str(fleet.root / "no" / "such" / "dir.json"))
+    assert code == 2 and "cannot write --output" in err
 
 
 def test_errors_are_json_documents_for_agents(fleet):

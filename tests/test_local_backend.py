@@ -69,3 +69,31 @@ def test_jobs_survive_the_runner_being_killed(tmp_path):
     assert jobs[first].state == JobState.SUCCEEDED
     assert jobs[second].state == JobState.SUCCEEDED
     assert "code v1" in backend.logs(names[0], first)
+
+
+def test_a_runner_dying_right_after_starting_a_job_does_not_start_it_twice(tmp_path):
+    from fleet.backends.slot_queue import SlotQueue, _Runner
+
+    marks = tmp_path / "starts.txt"
+    queue = SlotQueue(tmp_path / "slot")
+    queue.ensure_runner = lambda: None  # submit without starting a runner
+    queue.submit("exp-001.a1", f"echo start $$ >> {marks}; sleep 1", str(tmp_path), {}, 60, str(tmp_path / "job.log"))
+    child = os.fork()
+    if child == 0:  # a runner killed (OOM, kill -9) after it started the job, before it recorded that
+        runner = _Runner(tmp_path / "slot")
+        real_start = runner._start
+
+        def start_then_die(job_id, spec):
+            real_start(job_id, spec)
+            os._exit(137)
+
+        runner._start = start_then_die
+        runner.run_forever()
+        os._exit(0)
+    os.waitpid(child, 0)
+    SlotQueue(tmp_path / "slot").ensure_runner()  # what the next queues() call does
+    deadline = time.monotonic() + 20
+    while SlotQueue(tmp_path / "slot").jobs()[0].state != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(marks.read_text().split("start")) - 1 == 1

@@ -88,7 +88,7 @@ class Backend(abc.ABC):
         for cluster, job in items:
             try:
                 out.append(self.submit(cluster, job))
-            except (BackendUnavailable, SetupFailed):
+            except BackendUnavailable:
                 raise
             except BackendError as exc:
                 out.append(exc)

@@ -6,16 +6,18 @@ Each slot is a durable FIFO queue (`slot_queue.py`) whose runner and jobs outliv
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.backends.base import Backend, ClusterLost, SetupFailed
+from fleet.backends.base import Backend, BackendError, ClusterLost, SetupFailed
 from fleet.backends.slot_queue import SlotQueue
 from fleet.config import FleetConfig
 from fleet.task import TaskSpec, load_task
@@ -138,13 +140,21 @@ class LocalBackend(Backend):
         log = self.workspace.logs / f"setup-{key}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as fh:
-            proc = subprocess.run(
+            # Its own session, so a setup that runs too long is killed with everything it started.
+            proc = subprocess.Popen(
                 ["bash", "-c", task.setup], cwd=self.workspace.workdir, env=self._env(task, {"FLEET_SNAPSHOT": snapshot}),
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=SETUP_TIMEOUT_S,
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        if proc.returncode != 0:
+            try:
+                code = proc.wait(timeout=SETUP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise SetupFailed(f"the task's setup ran past {SETUP_TIMEOUT_S}s and was killed; log: {log}") from None
+        if code != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise SetupFailed(f"the task's setup failed (exit {proc.returncode}); fix it and run `fleet wait` again. "
+            raise SetupFailed(f"the task's setup failed (exit {code}); fix it and run `fleet wait` again. "
                               f"Log: {log}\n{tail}")
         marker.touch()
 
@@ -164,6 +174,25 @@ class LocalBackend(Backend):
         if meta is None or meta.get("state") != ClusterState.UP.value:
             raise ClusterLost(cluster, "no such local slot" if meta is None else f"slot is {meta.get('state')}")
         return SlotQueue(self._slot_dir(cluster))
+
+    def submit_many(self, items: Sequence[tuple[str, JobSpec]]) -> list[int | BackendError]:
+        """Set up each new code snapshot once, then queue; a failed setup fails only its own jobs."""
+        failed: dict[str, SetupFailed] = {}
+        for snapshot in dict.fromkeys(job.snapshot for _, job in items):
+            try:
+                self.ensure_setup(snapshot)
+            except SetupFailed as exc:
+                failed[snapshot] = exc
+        out: list[int | BackendError] = []
+        for cluster, job in items:
+            if job.snapshot in failed:
+                out.append(failed[job.snapshot])
+                continue
+            try:
+                out.append(self.submit(cluster, job))
+            except BackendError as exc:
+                out.append(exc)
+        return out
 
     def submit(self, cluster: str, job: JobSpec) -> int:
         queue = self._queue(cluster)

@@ -115,6 +115,9 @@ class SlotQueue:
     def _cancel(self, job_id: int) -> Path:
         return self.jobs_dir / f"{job_id:06d}.cancel"
 
+    def _claim(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.claim"
+
     def _lock(self, name: str = "queue.lock", blocking: bool = True):
         return try_flock(self.root / name, blocking)
 
@@ -231,9 +234,11 @@ class _Runner(SlotQueue):
         state = _read_json(self._state(job_id)) or {"state": "pending"}
         if spec is None:
             return
-        if state["state"] == "running":
-            pid, started = state.get("pid"), state["started_at"]
-            proc = None
+        if state["state"] == "running" or self._claim(job_id).exists():
+            # Started by an earlier runner (maybe one that died before it could say so): adopt it.
+            pid, started, proc = state.get("pid") or self._claimed_pid(job_id), state.get("started_at"), None
+            started = started or time.time()
+            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
         else:
             proc, started = self._start(job_id, spec), time.time()
             pid = proc.pid
@@ -244,16 +249,27 @@ class _Runner(SlotQueue):
             {"state": outcome, "started_at": started, "ended_at": time.time(), "exit_code": code, "pid": pid},
         )
 
+    def _claimed_pid(self, job_id: int) -> int | None:
+        """The pid a job's wrapper wrote into its claim (it may take a moment to appear)."""
+        for _ in range(50):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int((self._claim(job_id) / "pid").read_text().strip())
+            time.sleep(0.02)
+        return None
+
     def _start(self, job_id: int, spec: dict) -> subprocess.Popen:
         script_path = self.jobs_dir / f"{job_id:06d}.sh"
         script_path.write_text(spec["script"])
         exit_path = self._exit(job_id)
         Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
         log = open(spec["log"], "ab")
-        # The job's own shell records its exit status, so it is known even if this runner dies.
-        wrapper = 'bash "$1"; code=$?; echo $code > "$2.tmp" && mv "$2.tmp" "$2"; exit $code'
+        # The job's own shell claims the job (mkdir is atomic: a second copy started by a runner that
+        # re-adopts too eagerly exits at once), records its pid, and records its exit status, so
+        # the job is known even if this runner dies at any moment.
+        wrapper = ('mkdir "$3" 2>/dev/null || exit 97; echo $$ > "$3/pid"; '
+                   'bash "$1"; code=$?; echo $code > "$2.tmp" && mv "$2.tmp" "$2"; exit $code')
         proc = subprocess.Popen(
-            ["bash", "-c", wrapper, "fleet-job", str(script_path), str(exit_path)],
+            ["bash", "-c", wrapper, "fleet-job", str(script_path), str(exit_path), str(self._claim(job_id))],
             cwd=spec["cwd"], env={**os.environ, **spec["env"]}, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

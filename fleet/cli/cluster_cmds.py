@@ -73,7 +73,7 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
     clusters = [c for c in ctx.ledger.clusters([ClusterState.UP]) if c.name in set(names)]
     payload = {"backend": name, "clusters": [{"name": c.name, "accelerator": c.accelerator} for c in clusters]}
     ctx.sink.data(payload, lambda con: [con.print(f"{c.name}  {c.accelerator}") for c in clusters])
-    ensure_controller(ctx.workspace, ctx.ledger)
+    ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
     ctx.sink.hint(f"{len(clusters)} clusters up — submit work with `fleet wave FILE`")
     return 0
 

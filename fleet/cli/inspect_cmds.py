@@ -143,6 +143,8 @@ def with_costs(ctx: Context, payload: dict, wave: str | None) -> dict:
 def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if args.wave and ctx.ledger.wave(args.wave) is None:
         raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
+    if ctx.sink.json and args.format not in (None, "json"):
+        raise InputError(f"--json and --format {args.format} ask for two formats; use one (e.g. `--format tsv`)")
     fmt = args.format or ("json" if ctx.sink.json else "table")
     if fmt == "tsv":
         text = results_tsv(ctx, args.wave)
@@ -158,7 +160,11 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
                                markup=False)
             return 0
     if args.output:
-        args.output.write_text(text)
+        try:
+            args.output.write_text(text)
+        except OSError as exc:
+            raise InputError(f"cannot write --output {args.output}: {exc.strerror}; "
+                             "create the directory or pick another path") from None
         ctx.sink.info(f"wrote {args.output}")
     else:
         print(text, end="")

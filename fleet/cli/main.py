@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         if sink.json:  # an agent parsing stdout gets a document, not nothing
             sink.data({"error": str(exc), "exit_code": code})
         return code
+    except Exception as exc:  # a bug: one line, not a traceback (FLEET_DEBUG=1 shows it)
+        if os.environ.get("FLEET_DEBUG"):
+            traceback.print_exc()
+        sink.error(f"internal error: {exc!r}; rerun with FLEET_DEBUG=1 for the traceback and report it")
+        if sink.json:
+            sink.data({"error": f"internal error: {exc!r}", "exit_code": 1})
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.cli.context import Context
-from fleet.cli.wave_cmds import UNFINISHED, block_until_done, submit_planned
+from fleet.cli.wave_cmds import UNFINISHED, block_until_done, positive_seconds, submit_planned
 from fleet.errors import InputError
 from fleet.ledger import WaveRow
 from fleet.normalize_view import normalized_for
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="experiment whose configuration is the baseline (default: the wave's experiment "
                         "described `baseline`, else its base env)")
     p.add_argument("--wait", action="store_true", help="block until it is done, then print the verdicts")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 1)")
+    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
+                   help="with --wait: give up after this many seconds (exit 1)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("verdict", parents=[common], help="keep / discard / inconclusive for a promote wave's candidates")
@@ -44,7 +45,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     p.add_argument("--tier", default="validate", help="tier that runs the arms (default: validate)")
     p.add_argument("--wait", action="store_true", help="block until it is done, then print the contributions")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 1)")
+    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
+                   help="with --wait: give up after this many seconds (exit 1)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("ablation", parents=[common], help="each change's contribution in an ablate wave")

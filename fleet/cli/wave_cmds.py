@@ -9,7 +9,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
-from fleet.controller import RELEASED
 from fleet.daemon import bring_up_local, controller_running, ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.knobs import check_wave_knobs, load_knob_listing
@@ -27,13 +26,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("file", type=Path, help="the wave YAML file")
     p.add_argument("--wait", action="store_true", help="block until the wave is done, then print the leaderboard")
     p.add_argument("--yes", "-y", action="store_true", help="allow waves of more than 10,000 experiments")
-    p.add_argument("--timeout", type=float, default=None, help="per-experiment timeout in seconds (default: 2x TIME_BUDGET + 600)")
+    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
+                   help="per-experiment timeout in seconds (default: 2x TIME_BUDGET + 600)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the experiments; submit nothing")
     p.set_defaults(func=cmd_wave)
 
     p = sub.add_parser("wait", parents=[common], help="block until a wave (default: all work) is done")
     p.add_argument("wave", nargs="?", help="wave id (default: every unfinished wave)")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
+                   help="give up after this many seconds (exit 1)")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel experiments (queued or running)")
@@ -44,6 +45,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("release", parents=[common], help="release experiments held by a budget cap")
     p.add_argument("--wave", help="only this wave")
     p.set_defaults(func=cmd_release)
+
+
+def positive_seconds(flag: str):
+    """An argparse type: a positive number of seconds, or a message naming the flag and the fix."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise InputError(f"{flag} is {text!r}, but must be a positive number of seconds (e.g. {flag} 1200)")
+        return value
+    return parse
 
 
 def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
@@ -69,7 +83,7 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     news = [NewExperiment(p.config, p.config_key, p.seed, p.description, p.label) for p in planned]
     wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, news, kind=kind, parent=parent,
                                             max_gpu_hours=max_gpu_hours, base=base)
-    ensure_controller(ctx.workspace, ctx.ledger)
+    ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
     return wave, experiments
 
 
@@ -93,7 +107,7 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
                       lambda c: [c.print(f"{p.label}  SEED={p.seed}") for p in planned])
         return 0
     raw = spec.to_json()
-    if args.timeout:
+    if args.timeout is not None:
         raw["timeout_s"] = args.timeout
     wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),
                                        max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env))
@@ -140,7 +154,7 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                     raise FleetError(f"the controller stopped: {problem}")
                 if spawned_at is None or time.time() - spawned_at > 10:
                     spawned_at = time.time()
-                    ensure_controller(ctx.workspace, ledger)
+                    ensure_controller(ctx.workspace, ledger, explicit=True)
             if deadline is not None and time.monotonic() > deadline:
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
                                  "(they keep running: `fleet wait` again later)")
@@ -178,7 +192,7 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
         raise InputError(f"unknown experiment {unknown[0]!r}; `fleet results --json` lists experiment ids")
     cancelled = [t for t in targets if ledger.set_state(
         t, ExperimentState.CANCELLED, "cancelled by user", only_from=[*UNFINISHED, ExperimentState.HELD])]
-    ensure_controller(ctx.workspace, ledger)  # it cancels the jobs that already reached a cluster
+    ensure_controller(ctx.workspace, ledger, explicit=True)  # it cancels the jobs that already reached a cluster
     ctx.sink.data({"cancelled": cancelled}, lambda c: c.print(f"cancelled {len(cancelled)} experiments"))
     if ledger.has_unfinished_work():
         ctx.sink.hint("the rest of the queue goes on; `fleet status` shows it")
@@ -191,8 +205,8 @@ def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
     ledger = ctx.ledger
     held = ledger.experiments(wave=args.wave, states=[ExperimentState.HELD])
     for exp in held:
-        ledger.set_state(exp.id, ExperimentState.PENDING, RELEASED, only_from=[ExperimentState.HELD])
-    ensure_controller(ctx.workspace, ledger)
+        ledger.release(exp.id)
+    ensure_controller(ctx.workspace, ledger, explicit=True)
     ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
     if held:
         ctx.sink.hint("released experiments run past the budget cap; `fleet wait` blocks until they finish")
