@@ -24,6 +24,7 @@ from fleet.workspace import Workspace
 
 log = logging.getLogger("fleet.controller")
 
+MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
 DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
 
@@ -66,6 +67,7 @@ class Controller:
         self.backend = backend
         self.config = config
         self.clock = clock
+        self._log_failures: dict[int, int] = {}  # attempt id -> failed log fetches so far
 
     # --- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
@@ -135,17 +137,27 @@ class Controller:
 
     def _finish_all(self, finished: list[tuple[AttemptRow, JobInfo]], report: CycleReport) -> None:
         for attempt, job in finished:
-            self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
-                                       ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
-        for attempt, job in finished:
             if job.state == JobState.CLUSTER_FAILED:
+                self._close_attempt(attempt, job)
                 self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report)
         done = [(a, j) for a, j in finished if j.state != JobState.CLUSTER_FAILED]
         texts = self.backend.logs_many([(a.cluster, j.job_id) for a, j in done]) if done else []
         for (attempt, job), text in zip(done, texts):
             if isinstance(text, BackendError):
-                text = f"(could not fetch logs: {text})"
+                # The result is in that log: try again next cycle rather than call a good run a
+                # crash (a lost cluster is noticed by the next queue read and its work requeued).
+                tries = self._log_failures.get(attempt.id, 0) + 1
+                self._log_failures[attempt.id] = tries
+                log.warning("could not fetch the log of %s (try %d): %s", attempt.experiment_id, tries, text)
+                if tries < MAX_LOG_FETCHES:
+                    continue
+                text = f"(could not fetch logs after {tries} tries: {text})"
+            self._close_attempt(attempt, job)
             self._finish(attempt, job, self._save_log(attempt, text), report)
+
+    def _close_attempt(self, attempt: AttemptRow, job: JobInfo) -> None:
+        self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
+                                   ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
 
     def _finish(self, attempt: AttemptRow, job: JobInfo, text: str, report: CycleReport) -> None:
         gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None

@@ -141,15 +141,46 @@ def check_env(knobs: Mapping[str, Knob], env: Mapping[str, str]) -> dict[str, An
     return values
 
 
+def combination_error(values: Mapping[str, Any]) -> str | None:
+    """Rules that tie knobs together (each knob alone may be fine); one line naming the fix, or None."""
+    head_dim = values["HEAD_DIM"]
+    if head_dim % 2:
+        return f"knob HEAD_DIM={head_dim} must be even (rotary embeddings rotate pairs), e.g. HEAD_DIM={head_dim + 1}"
+    micro = values["DEVICE_BATCH_SIZE"] * values["MAX_SEQ_LEN"]
+    total = values["TOTAL_BATCH_SIZE"]
+    if total % micro:
+        return (f"knob TOTAL_BATCH_SIZE={total} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
+                f"{values['DEVICE_BATCH_SIZE']}*{values['MAX_SEQ_LEN']}={micro}; "
+                f"e.g. TOTAL_BATCH_SIZE={micro * max(1, total // micro)}")
+    return None
+
+
+def _presets_for(given: Mapping[str, Any]) -> tuple[str, ...]:
+    """The presets a run with these knobs may resolve to (auto: whichever device the cluster has)."""
+    preset = given.get("PRESET", "auto")
+    if preset != "auto":
+        return (preset,)
+    return {"cuda": ("gpu",), "cpu": ("cpu",)}.get(given.get("DEVICE", "auto"), ("gpu", "cpu"))
+
+
+def check_combinations(knobs: Mapping[str, Knob], given: Mapping[str, Any]) -> None:
+    """Raise KnobError if the values break a combination rule under any preset they may run with."""
+    for preset in _presets_for(given):
+        values = {name: given.get(name, knob.default(preset)) for name, knob in knobs.items()}
+        problem = combination_error(values)
+        if problem:
+            raise KnobError(problem + (f" (with PRESET={preset})" if "PRESET" not in given else ""))
+
+
 def check_many(knobs: Mapping[str, Knob], envs: list[Any]) -> list[str | None]:
-    """For each env dict: None when every known knob parses, else the first error line."""
+    """For each env dict: None when every known knob parses and they fit together, else the first error line."""
     results: list[str | None] = []
     for env in envs:
         if not isinstance(env, dict):
             results.append(f"expected an object of KNOB: value strings, got {type(env).__name__}")
             continue
         try:
-            check_env(knobs, {str(k): str(v) for k, v in env.items()})
+            check_combinations(knobs, check_env(knobs, {str(k): str(v) for k, v in env.items()}))
             results.append(None)
         except KnobError as error:
             results.append(str(error))
@@ -217,6 +248,9 @@ def apply_knobs(namespace: dict[str, Any], argv: list[str] | None = None) -> Non
         values = resolve(knobs, os.environ)  # validates every value before resolve_device imports torch
     except KnobError as error:
         fail(str(error))
+    problem = combination_error(values)
+    if problem:
+        fail(problem)
     if "--print-resolved" in argv:
         print(json.dumps(values))
         raise SystemExit(0)

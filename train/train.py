@@ -16,7 +16,7 @@ import time
 
 TOTAL_START = time.time()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from knobs import Knob, apply_knobs, fail  # noqa: E402  (no torch: --knobs must work without it)
+from knobs import Knob, apply_knobs  # noqa: E402  (no torch: --knobs must work without it)
 
 # ---------------------------------------------------------------------------------------- knobs
 # Knob(gpu, cpu, tiny): per-preset defaults (one value = same for all); min/max are inclusive.
@@ -68,12 +68,7 @@ import prepare  # noqa: E402
 
 MODEL_DIM = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM
 N_HEADS = MODEL_DIM // HEAD_DIM
-TOKENS_PER_MICRO = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-if HEAD_DIM % 2:
-    fail(f"knob HEAD_DIM={HEAD_DIM} must be even (rotary embeddings rotate pairs), e.g. HEAD_DIM={HEAD_DIM + 1}")
-if TOTAL_BATCH_SIZE % TOKENS_PER_MICRO:
-    fail(f"knob TOTAL_BATCH_SIZE={TOTAL_BATCH_SIZE} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
-         f"{DEVICE_BATCH_SIZE}*{MAX_SEQ_LEN}={TOKENS_PER_MICRO}; e.g. TOTAL_BATCH_SIZE={TOKENS_PER_MICRO * max(1, TOTAL_BATCH_SIZE // TOKENS_PER_MICRO)}")
+TOKENS_PER_MICRO = DEVICE_BATCH_SIZE * MAX_SEQ_LEN  # knobs.combination_error checked it divides the batch
 GRAD_ACCUM = TOTAL_BATCH_SIZE // TOKENS_PER_MICRO
 ON_CUDA = DEVICE == "cuda"
 

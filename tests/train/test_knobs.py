@@ -186,3 +186,22 @@ def test_listing_works_from_another_cwd(tmp_path, no_torch_env):
     result = subprocess.run([sys.executable, str(TRAIN_PY), "--knobs"], cwd=tmp_path, env=no_torch_env,
                             capture_output=True, text=True)
     assert result.returncode == 0 and "MATRIX_LR" in result.stdout
+
+
+def test_check_knobs_catches_combinations_under_each_preset_they_may_run_with():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train_py = Path(__file__).resolve().parents[2] / "train" / "train.py"
+    envs = [{"DEVICE_BATCH_SIZE": "48"}, {"HEAD_DIM": "33"}, {"TOTAL_BATCH_SIZE": "1000"}, {"DEPTH": "3"},
+            {"PRESET": "tiny", "TOTAL_BATCH_SIZE": "2048"}, {"PRESET": "cpu", "DEVICE_BATCH_SIZE": "48"}]
+    out = subprocess.run([sys.executable, str(train_py), "--check-knobs"], input=json.dumps(envs),
+                         capture_output=True, text=True, check=True).stdout
+    answers = json.loads(out)
+    assert "TOTAL_BATCH_SIZE" in answers[0] and "DEVICE_BATCH_SIZE*MAX_SEQ_LEN" in answers[0]
+    assert "HEAD_DIM=33 must be even" in answers[1]
+    assert "TOTAL_BATCH_SIZE=1000" in answers[2]
+    assert answers[3] is None and answers[4] is None
+    assert "PRESET" not in answers[5] and "48*128" in answers[5]

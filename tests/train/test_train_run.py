@@ -141,6 +141,17 @@ def test_task_runs_from_a_snapshot(task, tmp_path, offline_cache):
     assert "EXPERIMENT_RESULT: exp-test val_bpb=" in run.stdout
 
 
+def test_a_missing_snapshot_is_a_crash_not_a_run_of_other_code(task, tmp_path, offline_cache):
+    # The synced workdir also holds the project's own train/ (from `sky launch`): never run that.
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train.py").write_text('print("WRONG CODE")\n')
+    run = run_script(task["run"], tmp_path, task_env(offline_cache, FLEET_SNAPSHOT="no-such-snapshot"))
+    assert run.returncode == 1
+    assert "WRONG CODE" not in run.stdout
+    assert result_line(run.stdout) == "EXPERIMENT_STATUS: crash"
+    assert "snapshot no-such-snapshot is missing" in run.stderr
+
+
 def test_task_reports_a_crash_with_the_exit_code(task, offline_cache):
     run = run_script(task["run"], REPO, task_env(offline_cache, DEPTH="-1"))
     assert run.returncode == 2

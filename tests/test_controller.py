@@ -1,0 +1,78 @@
+"""The controller against a scripted backend: decisions and bookkeeping, no processes."""
+from __future__ import annotations
+
+from fleet.backends.base import Backend, BackendError
+from fleet.config import FleetConfig
+from fleet.controller import MAX_LOG_FETCHES, Controller
+from fleet.ledger import Ledger, NewExperiment
+from fleet.types import ClusterInfo, ClusterState, ExperimentState, JobInfo, JobState
+from fleet.workspace import Workspace
+
+SUMMARY = "---\nval_bpb: 1.25\nnum_steps: 10\ntraining_seconds: 1.0\nEXPERIMENT_STATUS: done\n"
+
+
+class ScriptedBackend(Backend):
+    """One cluster whose jobs finish at once; log fetches fail `log_failures` times first."""
+
+    name = "scripted"
+
+    def __init__(self, log_failures: int = 0) -> None:
+        self.jobs: list[JobInfo] = []
+        self.log_failures = log_failures
+        self.log_calls = 0
+
+    def up(self, names, accelerators):
+        return [ClusterInfo(n, a) for n, a in zip(names, accelerators)]
+
+    def clusters(self):
+        return [ClusterInfo("c1", "H100")]
+
+    def submit(self, cluster, job):
+        self.jobs.append(JobInfo(len(self.jobs) + 1, job.job_name, JobState.SUCCEEDED, 1.0, 2.0, 0))
+        return len(self.jobs)
+
+    def queues(self, clusters):
+        return {c: list(self.jobs) for c in clusters}
+
+    def logs(self, cluster, job_id):
+        self.log_calls += 1
+        if self.log_calls <= self.log_failures:
+            raise BackendError("log service hiccup")
+        return SUMMARY
+
+    def cancel(self, cluster, job_ids):
+        pass
+
+    def down(self, clusters):
+        pass
+
+
+def _setup(tmp_path, backend):
+    workspace = Workspace(tmp_path).ensure()
+    ledger = Ledger(workspace.ledger_path)
+    ledger.upsert_cluster("c1", backend.name, "H100", ClusterState.UP)
+    ledger.add_wave("w", "screen", {"timeout_s": 60}, "snap", [NewExperiment({}, "k", 0, "", "")])
+    return ledger, Controller(workspace, ledger, backend, FleetConfig())
+
+
+def test_a_failed_log_fetch_is_retried_not_recorded_as_a_crash(tmp_path):
+    backend = ScriptedBackend(log_failures=2)
+    ledger, controller = _setup(tmp_path, backend)
+    for _ in range(4):
+        controller.cycle()
+    exp = ledger.experiments()[0]
+    assert exp.state == ExperimentState.DONE
+    assert ledger.result(exp.id).val_bpb == 1.25
+    assert backend.log_calls == 3
+
+
+def test_a_log_that_never_comes_gives_up_after_a_few_cycles(tmp_path):
+    backend = ScriptedBackend(log_failures=100)
+    ledger, controller = _setup(tmp_path, backend)
+    for _ in range(MAX_LOG_FETCHES + 2):
+        controller.cycle()
+    exp = ledger.experiments()[0]
+    assert exp.state == ExperimentState.CRASH
+    assert backend.log_calls == MAX_LOG_FETCHES
+    saved = (tmp_path / ".fleet" / "logs" / f"{exp.id}.a1.log").read_text()
+    assert f"could not fetch logs after {MAX_LOG_FETCHES} tries" in saved
