@@ -48,7 +48,9 @@ from fleet.expand import (
 
 Scalar = Union[bool, int, float, str]
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Single '-' or '_' between runs of letters and digits: job names (`<wave>-001.a1`) must pass
+# SkyPilot's name check, which rejects triple separators and a separator at either end.
+NAME_PATTERN = r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$"
 NAME_MAX = 40
 KNOB_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 
@@ -179,7 +181,7 @@ def wave_json_schema() -> dict[str, Any]:
 # ---- reading the file -----------------------------------------------------------------------------
 
 HINTS = {
-    "name": "allowed: lowercase letters, digits, '-' and '_', starting with a letter or digit, "
+    "name": "allowed: lowercase letters and digits, with single '-' or '_' between them (not at either end), "
     f"at most {NAME_MAX} characters (e.g. `name: lr-wd`)",
     "tier": "allowed: the name of a tier from fleet.yaml (e.g. `tier: screen`)",
     "seeds": "allowed: a positive integer (e.g. `seeds: 3`), or leave it out for the tier's default",
@@ -306,7 +308,8 @@ def _parse_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
 
 
 def default_wave_name(path: Path) -> str:
-    name = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-_")[:NAME_MAX]
+    name = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower())
+    name = re.sub(r"[_-]{2,}", "-", name).strip("-_")[:NAME_MAX].strip("-_")
     return name or "wave"
 
 

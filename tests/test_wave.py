@@ -59,7 +59,7 @@ REJECTIONS = [
     # (wave text, field path, shown value or None, a word of what is allowed)
     ("name: Bad Name\n", "`name`", "'Bad Name'", "lowercase"),
     ("name: " + "a" * 41 + "\n", "`name`", "'aaaa", "40 characters"),
-    ("name: -x\n", "`name`", "'-x'", "starting with"),
+    ("name: -x\n", "`name`", "'-x'", "not at either end"),
     ("tier: scren\n", "`tier`", "'scren'", "did you mean screen? configured tiers: screen, validate"),
     ("tier: gpu-big\n", "`tier`", "'gpu-big'", "configured tiers: screen, validate"),
     ("seeds: 0\n", "`seeds`", "= 0", "positive integer"),
@@ -311,3 +311,21 @@ def test_a_huge_aliased_value_is_shown_short(tmp_path):
     assert f"{tmp_path / 'wave.yaml'}:10: `env` = [[[...], [...], [...], [...], ...], " in message
     assert f"{tmp_path / 'wave.yaml'}:11: `grid.A[0]` = [[[...]," in message
     assert len(message) < 5000
+
+
+@pytest.mark.parametrize("name", ["lr-_", "a--b", "x_", "-x", "a---b"])
+def test_wave_names_skypilot_would_reject_are_refused(tmp_path, name):
+    path = tmp_path / "w.yaml"
+    path.write_text(f"name: {name}\n")
+    with pytest.raises(InputError) as err:
+        load_wave(path, ["screen"])
+    assert "`name`" in str(err.value) and "single '-' or '_'" in str(err.value)
+
+
+def test_default_names_from_odd_file_names_are_valid(tmp_path):
+    import re as _re
+
+    from fleet.wave import NAME_PATTERN, default_wave_name
+
+    for stem in ("LR  sweep__v2", "--x--", "a---b", "__"):
+        assert _re.match(NAME_PATTERN, default_wave_name(tmp_path / f"{stem}.yaml"))
