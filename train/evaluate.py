@@ -36,6 +36,7 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     (r"h100.*(pcie)", 756e12),
     (r"h100.*nvl", 835e12),
     (r"h100", 989e12),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
+    (r"h200.*nvl", 835e12),
     (r"h200", 989e12),
     (r"h800", 989e12),
     (r"b200", 2250e12),

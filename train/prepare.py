@@ -170,7 +170,8 @@ def download(url: str, dest: Path, *, retries: int = 5, backoff: float | None = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         have = partial.stat().st_size if partial.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        # identity: Content-Length and Range must count the bytes written, not a compressed stream.
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
         try:
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
                 if response.status_code in (404, 403, 401):
