@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from backend_contract import BackendContract, wait_terminal, write_contract_project
-from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
+from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed, SetupFailed
 from fleet.backends.skypilot import (
     JOB_STATES,
     SkyPilotBackend,
@@ -48,7 +48,7 @@ run: |
   cd "snapshots/$FLEET_SNAPSHOT" && bash run.sh
 """
 RUN_SH = 'echo "id=$EXPERIMENT_ID snap=$FLEET_SNAPSHOT budget=$TIME_BUDGET lr=$LR code=$(cat version)"\n' \
-         'echo "shared=$(cat ../../shared.txt 2>/dev/null)"\nsleep "${SLEEP:-0}"\nexit "${EXIT:-0}"\n'
+         'echo "synced=$(ls .. | tr "\\n" " ")"\nsleep "${SLEEP:-0}"\nexit "${EXIT:-0}"\n'
 
 
 @pytest.fixture
@@ -77,10 +77,27 @@ def project(tmp_path, fake):
     return workspace
 
 
+SETUP_POLL_S = 0.02
+
+
 def make_backend(workspace: Workspace, **kwargs) -> tuple[SkyPilotBackend, list[float]]:
+    """A backend whose back-off sleeps are recorded, not slept; waiting for a setup job really waits."""
     sleeps: list[float] = []
-    backend = SkyPilotBackend(workspace, FleetConfig(), sdk=kwargs.pop("sdk", fake_sky), sleep=sleeps.append, **kwargs)
+
+    def sleep(seconds: float) -> None:
+        if seconds <= SETUP_POLL_S:
+            time.sleep(seconds)
+        else:
+            sleeps.append(seconds)
+
+    backend = SkyPilotBackend(workspace, FleetConfig(), sdk=kwargs.pop("sdk", fake_sky), sleep=sleep,
+                              setup_poll_s=SETUP_POLL_S, **kwargs)
     return backend, sleeps
+
+
+def raw_queue(cluster: str) -> dict[int, tuple[str, str]]:
+    """The cluster's queue as SkyPilot shows it: job id -> (name, status)."""
+    return {r.job_id: (r.job_name, r.status.value) for r in fake_sky.get(fake_sky.queue(cluster))}
 
 
 def job(exp: str, snap: str = "s1", attempt: int = 1, accelerator: str | None = "H100", timeout_s: float = 60,
@@ -140,7 +157,9 @@ def test_up_launches_in_parallel_runs_setup_once_and_readopts(project, fake, mon
     names = ["gpu-01", "gpu-02", "gpu-03", "gpu-04"]
     started = time.monotonic()
     infos = backend.up(names, ["H100", "H200", "H100", "H200"])
-    assert time.monotonic() - started < 1.5  # 4 sequential launches would take > 2.4 s
+    # status, launch, then a few setup-job polls, all overlapping: ~1.3 s; launching and waiting for
+    # one cluster after another would take 4 x (launch + poll) > 3.6 s
+    assert time.monotonic() - started < 2.5
     assert [(c.name, c.accelerator, c.state) for c in infos] == [
         ("gpu-01", "H100", ClusterState.UP), ("gpu-02", "H200", ClusterState.UP),
         ("gpu-03", "H100", ClusterState.UP), ("gpu-04", "H200", ClusterState.UP)]
@@ -196,12 +215,38 @@ def test_no_capacity_anywhere_raises_provision_failed_after_the_others_are_up(pr
     assert [c.name for c in backend.clusters()] == ["gpu-01"]
 
 
-def test_setup_failure_is_not_retried(project, fake):
-    (project.root / "experiment.yaml").write_text(FIXTURE_TASK.replace("setup: |\n", "setup: |\n  exit 3\n"))
+def test_up_waits_for_the_detached_setup_job_and_hides_it(project, fake):
+    """`sky launch` returns while setup still runs as job 1; experiments must not start before it ends."""
+    slow_setup = FIXTURE_TASK.replace("setup: |\n", "setup: |\n  sleep 0.5\n")
+    (project.root / "experiment.yaml").write_text(slow_setup)
+    backend, _ = make_backend(project)
+    assert [c.state for c in backend.up(["gpu-01"], ["H100"])] == [ClusterState.UP]
+    assert setup_count(fake.home(), "gpu-01") == 1  # setup had finished when up() returned
+    assert raw_queue("gpu-01") == {1: ("fleet-setup", "SUCCEEDED")}
+    assert backend.queues(["gpu-01"]) == {"gpu-01": []}  # the setup job is not an experiment
+    job_id = backend.submit("gpu-01", job("exp-1"))
+    assert job_id == 2 and [j.name for j in backend.queues(["gpu-01"])["gpu-01"]] == ["exp-1.a1"]
+    assert "setup gpu-01" not in backend.logs("gpu-01", job_id)
+
+
+def test_setup_failure_is_reported_not_retried_and_fixed_by_up(project, fake):
+    (project.root / "experiment.yaml").write_text(
+        FIXTURE_TASK.replace("setup: |\n", "setup: |\n  echo pip says no; exit 3\n"))
     backend, sleeps = make_backend(project)
-    with pytest.raises(ProvisionFailed, match="setup"):
-        backend.up(["gpu-01"], ["H100"])
+    with pytest.raises(SetupFailed) as err:
+        backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])
+    message = str(err.value)
+    assert "FAILED_SETUP" in message and "`sky logs gpu-01 1`" in message and "`setup:`" in message
+    assert err.value.clusters == [] and sorted(err.value.failed) == ["gpu-01", "gpu-02"]
     assert sleeps == []
+    assert "pip says no" in backend.logs("gpu-01", 1)  # the log the message points to
+    # SkyPilot says UP, but nothing may run there: the controller only feeds UP clusters
+    assert {c.name: c.state for c in backend.clusters()} == {"gpu-01": ClusterState.PROVISIONING,
+                                                            "gpu-02": ClusterState.PROVISIONING}
+    (project.root / "experiment.yaml").write_text(FIXTURE_TASK)  # the user fixes setup
+    assert [c.state for c in backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])] == [ClusterState.UP] * 2
+    assert setup_count(fake.home(), "gpu-01") == 1  # relaunched afresh, so the fixed setup ran
+    assert {c.state for c in backend.clusters()} == {ClusterState.UP}
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -210,11 +255,11 @@ def test_submit_queue_logs_round_trip(project, fake):
     backend.up(["gpu-01", "gpu-02"], ["H100", "H200"])
     ids = [backend.submit("gpu-01", job(f"exp-{i}", LR="0.02")) for i in range(2)]
     other = backend.submit("gpu-02", job("exp-9", attempt=2, accelerator=None))  # accelerator from the cluster
-    assert ids == [1, 2] and other == 1
+    assert ids == [2, 3] and other == 2  # job 1 was each cluster's setup
     jobs = wait_terminal(backend, "gpu-01", ids)
     assert [(j.name, j.state) for j in jobs.values()] == [("exp-0.a1", JobState.SUCCEEDED),
                                                           ("exp-1.a1", JobState.SUCCEEDED)]
-    assert jobs[1].started_at and jobs[1].ended_at >= jobs[1].started_at
+    assert jobs[ids[1]].started_at and jobs[ids[1]].ended_at >= jobs[ids[1]].started_at
     text = backend.logs("gpu-01", ids[1])
     assert "id=exp-1 snap=s1 budget=300 lr=0.02 code=v1" in text  # task envs + job envs + fleet envs
     assert wait_terminal(backend, "gpu-02", [other])[other].name == "exp-9.a2"
@@ -239,29 +284,43 @@ def test_submit_many_and_queues_cost_one_round_trip(project, fake, monkeypatch):
     ids = backend.submit_many([(n, job(f"exp-{n}")) for n in names])
     queues = backend.queues(names)
     elapsed = time.monotonic() - started
-    assert ids == [1] * 16 and sorted(queues) == names
-    # two round trips of 0.5 s, plus the fake's own work; one call after another would take 16 s
-    assert elapsed < 8.0, f"{elapsed:.2f}s: calls are not concurrent (sequential would be ~16 s)"
+    assert ids == [2] * 16 and sorted(queues) == names
+    # exec and queue each block their caller 0.5 s before the request id comes back (the real
+    # blocking POSTs): about 1 s in all when the calls overlap; one after another would take 16 s
+    assert elapsed < 3.0, f"{elapsed:.2f}s: calls are not concurrent (sequential would be ~16 s)"
 
 
 def test_shared_workdir_hazard_queued_job_runs_its_own_snapshot(project, fake):
     """Every job runs from one shared sky_workdir, re-synced at each exec; only the snapshot dir protects it."""
     backend, _ = make_backend(project)
     backend.up(["gpu-01"], ["H100"])
-    (project.workdir / "shared.txt").write_text("synced-with-A")
     blocker = backend.submit("gpu-01", job("exp-blocker", SLEEP="0.6"))
     job_a = backend.submit("gpu-01", job("exp-a", snap="s1"))  # queued behind the blocker
     wait_running(backend, "gpu-01", blocker)
-    # Before A starts: B's code is synced into the same workdir, with a new version of the shared file.
+    # Before A starts: B's code is synced into the same workdir.
     make_snapshot(project, "s2", "v2")
-    (project.workdir / "shared.txt").write_text("synced-with-job-B")
     job_b = backend.submit("gpu-01", job("exp-b", snap="s2"))
     jobs = wait_terminal(backend, "gpu-01", [blocker, job_a, job_b])
     assert jobs[blocker].ended_at <= jobs[job_a].started_at  # A really was queued when B was synced
     log_a = backend.logs("gpu-01", job_a)
-    assert "shared=synced-with-job-B" in log_a  # the hazard is real: A sees files synced for B...
+    assert "synced=s1 s2 " in log_a  # the hazard is real: A sees files synced for B...
     assert "snap=s1" in log_a and "code=v1" in log_a  # ...but runs its own immutable snapshot
     assert "code=v2" in backend.logs("gpu-01", job_b)
+
+
+def test_each_exec_syncs_only_its_own_snapshot(project, fake):
+    """The add-only sync never deletes, so a job's workdir must not carry every older snapshot along."""
+    for n in range(2, 5):
+        make_snapshot(project, f"s{n}", f"v{n}")
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    workdir = Path(backend.job_config("gpu-01", job("exp-1", snap="s3"))["workdir"])
+    assert sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*")) == [
+        "snapshots", "snapshots/s3", "snapshots/s3/run.sh", "snapshots/s3/version"]
+    job_id = backend.submit("gpu-01", job("exp-1", snap="s3"))
+    wait_terminal(backend, "gpu-01", [job_id])
+    assert "synced=s3 " in backend.logs("gpu-01", job_id)
+    assert sorted(p.name for p in (fake.home() / "clusters/gpu-01/sky_workdir/snapshots").iterdir()) == ["s3"]
 
 
 def test_logs_fall_back_to_download_and_strip_colour(project, fake):
@@ -342,28 +401,70 @@ def test_vanished_cluster_is_lost_everywhere(project, fake):
     assert {c.name: c.state for c in backend.clusters()} == {"gpu-01": ClusterState.LOST, "gpu-02": ClusterState.UP}
 
 
-def test_preempted_cluster_is_lost(project, fake):
+def wait_gone(fake, cluster: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while fake.get(fake.status([cluster])):
+        assert time.monotonic() < deadline, f"{cluster} was never torn down"
+        time.sleep(0.02)
+
+
+def test_preempted_cluster_is_lost_and_torn_down(project, fake):
     backend, _ = make_backend(project)
     backend.up(["gpu-01"], ["H100"])
     running = backend.submit("gpu-01", job("exp-1", SLEEP="30"))
     wait_running(backend, "gpu-01", running)
-    fake.preempt_cluster("gpu-01")  # evicted pod: ClusterNotUpError from now on
+    fake.preempt_cluster("gpu-01")  # evicted pod: ClusterNotUpError from now on, and `sky status` says INIT
     lost = backend.queues(["gpu-01"])["gpu-01"]
     assert isinstance(lost, ClusterLost) and "not UP" in lost.reason
-    assert backend.clusters()[0].state == ClusterState.PROVISIONING
+    with pytest.raises(ClusterLost):
+        backend.logs("gpu-01", running)  # an error, not an empty log
+    wait_gone(fake, "gpu-01")  # torn down, so nothing queued there can run again as a duplicate
+    assert backend.clusters()[0].state == ClusterState.LOST
     assert backend.up(["gpu-01"], ["H100"])[0].state == ClusterState.UP  # `fleet up` relaunches it
 
 
-def test_unreachable_cluster_keeps_its_last_queue_then_is_lost(project, fake):
+def test_a_passing_not_up_is_confirmed_with_status_before_the_cluster_is_lost(project, fake):
     backend, _ = make_backend(project)
-    backend.up(["gpu-01"], ["H100"])
+    backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])
+    job_id = backend.submit("gpu-01", job("exp-1"))
+    last = wait_terminal(backend, "gpu-01", [job_id])
+    fake.flap_cluster("gpu-01")  # one ClusterNotUpError while `sky status` still says UP
+    queues = backend.queues(["gpu-01", "gpu-02"])
+    assert [j.job_id for j in queues["gpu-01"]] == list(last)  # its last known queue, not lost
+    assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
+    assert fake.get(fake.status(["gpu-01"]))[0].status.value == "UP"
+
+
+def test_unreachable_cluster_keeps_its_last_queue_then_is_lost_and_torn_down(project, fake):
+    now = [1000.0]
+    backend, _ = make_backend(project, clock=lambda: now[0])
+    backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])
     job_id = backend.submit("gpu-01", job("exp-1"))
     last = wait_terminal(backend, "gpu-01", [job_id])
     fake.make_unreachable("gpu-01")
-    assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
-    assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
-    lost = backend.queues(["gpu-01"])["gpu-01"]
-    assert isinstance(lost, ClusterLost) and "unreachable for 3 polls" in lost.reason
+    for _ in range(4):  # failing polls within the grace period keep the last queue
+        assert [j.job_id for j in backend.queues(["gpu-01", "gpu-02"])["gpu-01"]] == list(last)
+        now[0] += 10
+    now[0] += 120
+    lost = backend.queues(["gpu-01", "gpu-02"])["gpu-01"]
+    assert isinstance(lost, ClusterLost) and "unreachable for 5 polls" in lost.reason
+    wait_gone(fake, "gpu-01")  # it still existed, so it is torn down (its queue would run duplicates)
+
+
+def test_when_no_cluster_answers_the_control_plane_is_blamed_not_the_clusters(project, fake):
+    now = [1000.0]
+    backend, _ = make_backend(project, clock=lambda: now[0])
+    backend.up(["gpu-01", "gpu-02"], ["H100", "H100"])
+    assert backend.queues(["gpu-01", "gpu-02"]) == {"gpu-01": [], "gpu-02": []}
+    for name in ("gpu-01", "gpu-02"):
+        fake.make_unreachable(name)
+    for _ in range(5):
+        with pytest.raises(BackendUnavailable, match="none of the 2 clusters answered"):
+            backend.queues(["gpu-01", "gpu-02"])
+        now[0] += 100
+    fake.make_unreachable("gpu-02", False)  # no strikes were collected meanwhile
+    assert backend.queues(["gpu-01", "gpu-02"])["gpu-01"] == []
+    assert {c.state for c in backend.clusters()} == {ClusterState.UP}
 
 
 def test_api_server_down_says_how_to_fix_it(project, fake):
@@ -452,7 +553,7 @@ def test_wave_survives_two_clusters_dying(project, fake):
     snap_dir = project.snapshot_dir("s1")
     (snap_dir / "run.sh").write_text('sleep 0.3\nprintf -- "---\\nval_bpb: 1.0\\nnum_steps: 1\\n"\n')
     config = FleetConfig(tiers={"any": Tier(accelerators=[], seeds=1)})
-    backend = SkyPilotBackend(project, config, sdk=fake_sky, sleep=lambda s: None)
+    backend = SkyPilotBackend(project, config, sdk=fake_sky, sleep=time.sleep, setup_poll_s=SETUP_POLL_S)
     names = [f"gpu-{i:02d}" for i in range(1, 9)]
     infos = backend.up(names, ["H100", "H200"] * 4)
     ledger = Ledger(project.ledger_path)

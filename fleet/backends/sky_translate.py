@@ -24,6 +24,10 @@ JOB_STATES: dict[str, JobState] = {
     "FAILED_DRIVER": JobState.CLUSTER_FAILED,
     "CANCELLED": JobState.CANCELLED,
 }
+# The launch's setup job (detached, in the cluster's own queue): what its statuses mean for `up`.
+SETUP_JOB_NAME = "fleet-setup"
+SETUP_DONE = "SUCCEEDED"
+SETUP_FAILED = ("FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED")
 CLUSTER_STATES: dict[str, ClusterState] = {
     "UP": ClusterState.UP,
     "INIT": ClusterState.PROVISIONING,
@@ -124,6 +128,20 @@ def launched_accelerator(handle: Any) -> str | None:
     return next(iter(accelerators), None)
 
 
+def gpu_row(row: Any) -> tuple[str, int, int]:
+    """(accelerator, capacity, available) of one realtime GPU availability row.
+
+    Over the API server a row arrives as a plain list `[gpu, counts, capacity, available]`
+    (sky/server/requests/serializers/encoders.py, encode_realtime_gpu_availability; sky's own CLI
+    unpacks it by position); in-process it is a namedtuple. A dict or record is read by name.
+    """
+    if isinstance(row, (list, tuple)):
+        gpu, _counts, capacity, available = row[:4]
+    else:
+        gpu, capacity, available = (record_field(row, k) for k in ("gpu", "capacity", "available"))
+    return str(gpu), int(capacity), int(available)
+
+
 def job_info(record: Any) -> JobInfo:
     """One `sky.queue` record in the fleet's words."""
     status = enum_value(record_field(record, "status"))
@@ -135,11 +153,15 @@ def job_info(record: Any) -> JobInfo:
 __all__ = [
     "CLUSTER_STATES",
     "JOB_STATES",
+    "SETUP_DONE",
+    "SETUP_FAILED",
+    "SETUP_JOB_NAME",
     "GpuAvailability",
     "build_launch_config",
     "build_task_config",
     "context_of",
     "enum_value",
+    "gpu_row",
     "job_info",
     "launched_accelerator",
     "record_field",

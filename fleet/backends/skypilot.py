@@ -10,16 +10,24 @@ Every SDK call goes through `_call`, which only allows the functions and keyword
 `SDK_CALLS`; a contract test checks that list against the installed `skypilot` package.
 
 Why each job selects a snapshot: a cluster has ONE `~/sky_workdir`, re-synced add-only by every
-`sky exec`, and a queued job runs whatever was synced last. So the synced workdir holds immutable,
-content-addressed `snapshots/<id>/`, and each job's `FLEET_SNAPSHOT` picks its own.
+`sky exec`, and a queued job runs whatever was synced last. So each `sky exec` syncs a staging
+directory holding only its own immutable, content-addressed `snapshots/<id>/` (never every
+snapshot the project ever took), and each job's `FLEET_SNAPSHOT` picks its own.
+
+Why `up` waits for a job: `sky launch` of a task with a setup and no run returns once the cluster is
+UP, with the setup still running as the cluster's detached job 1 (sky/execution.py `detach_setup`;
+backends/cloud_vm_ray_backend.py `_execute`). The cluster is ready only when that job SUCCEEDED.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import os
 import re
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,15 +35,26 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fleet.backends.base import Backend, BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
+from fleet.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ClusterLost,
+    ProvisionFailed,
+    SetupFailed,
+)
 from fleet.backends.sky_translate import (
     CLUSTER_STATES,
     JOB_STATES,
+    SETUP_DONE,
+    SETUP_FAILED,
+    SETUP_JOB_NAME,
     GpuAvailability,
     build_launch_config,
     build_task_config,
     context_of,
     enum_value,
+    gpu_row,
     job_info,
     launched_accelerator,
     record_field,
@@ -52,7 +71,8 @@ SDK_CALLS: dict[str, tuple[str, ...]] = {
     "launch": ("task", "cluster_name", "idle_minutes_to_autostop", "down", "retry_until_up"),
     "exec": ("task", "cluster_name"),
     "queue": ("cluster_name", "skip_finished", "all_users"),
-    "tail_logs": ("cluster_name", "job_id", "follow", "preload_content"),
+    "job_status": ("cluster_name", "job_ids"),
+    "tail_logs": ("cluster_name", "job_id", "follow", "output_stream"),
     "download_logs": ("cluster_name", "job_ids"),
     "cancel": ("cluster_name", "job_ids"),
     "down": ("cluster_name",),
@@ -73,7 +93,12 @@ UNREACHABLE_FIX = (
     "Start a local API server with `sky api start`, or see which server the SDK talks to with "
     "`sky api info` (a remote one needs `sky api login -e <URL>`)."
 )
-MAX_UNREACHABLE_POLLS = 3  # consecutive failed polls before a cluster that claims UP counts as lost
+MAX_UNREACHABLE_POLLS = 3  # consecutive failed polls before a cluster that claims UP counts as lost...
+UNREACHABLE_GRACE_S = 120.0  # ...and only once it has failed for this long (a poll takes about a second)
+# Concurrent SDK calls per batch: each real `sky exec`/`sky queue` blocks on its POST (and `exec` on
+# a validation and a workdir upload) before it returns a request id, so they go out from threads.
+MAX_CONCURRENT_REQUESTS = 64
+KNOWN, SETUPS, TIMEOUTS = "sky_clusters.json", "sky_setup.json", "sky_timeouts.json"  # in .fleet/
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -90,12 +115,17 @@ def load_sdk(sdk: ModuleType | None = None) -> ModuleType:
     return sky
 
 
+class _NotUp(ClusterLost):
+    """ClusterNotUpError: on Kubernetes also a passing INIT refresh, so `queues` confirms it first."""
+
+
 class SkyPilotBackend(Backend):
     name = "sky"
 
     def __init__(self, workspace: Workspace, config: FleetConfig, sdk: ModuleType | None = None,
                  infra: str | None = None, *, idle_minutes_to_autodown: int = 30, launch_attempts: int = 4,
-                 backoff_s: float = 30.0, fallback_accelerator: bool = True,
+                 backoff_s: float = 30.0, fallback_accelerator: bool = True, setup_poll_s: float = 5.0,
+                 setup_timeout_s: float = 3600.0, unreachable_grace_s: float = UNREACHABLE_GRACE_S,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
         self.workspace = workspace
         self.config = config
@@ -104,11 +134,14 @@ class SkyPilotBackend(Backend):
         self.launch_attempts = launch_attempts
         self.backoff_s = backoff_s
         self.fallback_accelerator = fallback_accelerator
+        self.setup_poll_s = setup_poll_s
+        self.setup_timeout_s = setup_timeout_s  # setup may install a framework: generous
+        self.unreachable_grace_s = unreachable_grace_s
         self._sleep = sleep
         self._clock = clock
         self._sdk = sdk
         self._task_cache: tuple[float, dict] | None = None
-        self._unreachable: dict[str, int] = {}
+        self._unreachable: dict[str, tuple[int, float]] = {}  # cluster -> (failed polls in a row, since)
         self._last_queue: dict[str, list[JobInfo]] = {}
 
     # --- the one place that calls the SDK ----------------------------------------------------
@@ -133,6 +166,24 @@ class SkyPilotBackend(Backend):
     def _get(self, request_id: str, cluster: str | None = None) -> Any:
         return self._call("get", cluster, request_id=request_id)
 
+    @staticmethod
+    def _concurrently(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """`fn` over `items` from a bounded thread pool, in order; a BackendError is returned, not raised.
+
+        Each real SDK call blocks on its own HTTP round-trip(s) before it even returns a request id,
+        so only threads make a batch over many clusters cost about one round-trip.
+        """
+        def guarded(item: Any) -> Any:
+            try:
+                return fn(item)
+            except BackendError as exc:
+                return exc
+
+        if len(items) <= 1:
+            return [guarded(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_REQUESTS, len(items))) as pool:
+            return list(pool.map(guarded, items))
+
     def _is(self, exc: BaseException, *names: str) -> bool:
         classes = tuple(c for c in (getattr(self.sdk.exceptions, n, None) for n in names) if isinstance(c, type))
         return bool(classes) and isinstance(exc, classes)
@@ -149,7 +200,7 @@ class SkyPilotBackend(Backend):
             return ClusterLost(cluster, "it no longer exists (deleted, evicted or autodowned)")
         if cluster and self._is(exc, "ClusterNotUpError"):
             state = enum_value(getattr(exc, "cluster_status", None) or "unknown")
-            return ClusterLost(cluster, f"it is not UP (status {state}; preempted or evicted)")
+            return _NotUp(cluster, f"it is not UP (status {state}; preempted or evicted)")
         if self._is(exc, "ResourcesUnavailableError"):
             return ProvisionFailed(f"no capacity{where}: {_first_line(exc)}")
         return BackendError(f"SkyPilot {type(exc).__name__}{where}: {_first_line(exc)}")
@@ -172,25 +223,38 @@ class SkyPilotBackend(Backend):
     def _sky_task(self, config: dict) -> Any:
         return self._call("Task.from_yaml_config", config=config)
 
-    # --- known clusters: the fleet never touches clusters it did not create ------------------
-    @property
-    def _known_path(self) -> Path:
-        return self.workspace.state / "sky_clusters.json"
-
-    def _known(self) -> dict[str, str]:
+    # --- the backend's own files in .fleet/: known clusters, setup jobs, job timeouts ----------
+    # The fleet never touches clusters it did not create (sky_clusters.json: name -> accelerator).
+    def _read_state(self, name: str) -> dict:
         try:
-            return json.loads(self._known_path.read_text())
+            return json.loads((self.workspace.state / name).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+
+    def _write_state(self, name: str, data: dict) -> None:
+        path = self.workspace.state / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    def _known(self) -> dict[str, str]:
+        return self._read_state(KNOWN)
 
     def _remember(self, add: dict[str, str] | None = None, forget: Iterable[str] = ()) -> None:
         known = {**self._known(), **(add or {})}
         for name in forget:
             known.pop(name, None)
-        self._known_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._known_path.with_name(f".{self._known_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        os.replace(tmp, self._known_path)
+        self._write_state(KNOWN, known)
+
+    def _record_setup(self, cluster: str, job_id: int | None, status: str) -> None:
+        """The cluster's setup jobs (not experiments: `queues` leaves them out) and the last one's status."""
+        setups = self._read_state(SETUPS)
+        entry = setups.setdefault(cluster, {"job_ids": []})
+        if job_id is not None and job_id not in entry["job_ids"]:
+            entry["job_ids"].append(job_id)
+        entry["status"] = status
+        self._write_state(SETUPS, setups)
 
     # --- clusters ----------------------------------------------------------------------------
     def _status(self, names: Sequence[str]) -> dict[str, Any]:
@@ -206,15 +270,20 @@ class SkyPilotBackend(Backend):
         return ClusterInfo(name, accelerator, state)
 
     def clusters(self) -> list[ClusterInfo]:
+        """Known clusters; one whose setup has not succeeded is still PROVISIONING, whatever SkyPilot says."""
         known = self._known()
         if not known:
             return []
         records = self._status(sorted(known))
+        setups = self._read_state(SETUPS)
         out = []
         for name, accelerator in sorted(known.items()):
             record = records.get(name)
-            out.append(ClusterInfo(name, accelerator, ClusterState.LOST) if record is None
-                       else self._cluster_info(name, record, accelerator))
+            info = (ClusterInfo(name, accelerator, ClusterState.LOST) if record is None
+                    else self._cluster_info(name, record, accelerator))
+            if info.state == ClusterState.UP and setups.get(name, {}).get("status", SETUP_DONE) != SETUP_DONE:
+                info = ClusterInfo(name, info.accelerator, ClusterState.PROVISIONING)
+            out.append(info)
         return out
 
     def up(self, names: Sequence[str], accelerators: Sequence[str]) -> list[ClusterInfo]:
@@ -222,57 +291,126 @@ class SkyPilotBackend(Backend):
             raise ValueError(f"{len(names)} cluster names but {len(accelerators)} accelerators")
         task_yaml = self._task_yaml()
         existing = self._status(names)
+        setups = self._read_state(SETUPS)
         ready: dict[str, ClusterInfo] = {}
+        setting_up: dict[str, tuple[int, str]] = {}  # cluster -> (its setup job, its accelerator)
         todo: dict[str, list[str]] = {}
+        broken: list[str] = []
         for name, accelerator in zip(names, accelerators):
             record = existing.get(name)
             info = self._cluster_info(name, record, accelerator) if record is not None else None
             if info is not None and info.state == ClusterState.UP:
-                ready[name] = info  # re-adopted as it is, with the accelerator it really has
-            else:
-                todo[name] = self._candidates(accelerator, list(accelerators) + task_accelerators(task_yaml))
+                setup = setups.get(name, {})
+                status = setup.get("status", SETUP_DONE)
+                if status == SETUP_DONE:
+                    ready[name] = info  # re-adopted as it is, with the accelerator it really has
+                    continue
+                if status not in SETUP_FAILED and setup.get("job_ids"):
+                    setting_up[name] = (setup["job_ids"][-1], info.accelerator)  # an interrupted `fleet up`
+                    continue
+                # Its setup failed. A relaunch of an UP cluster skips setup (sky/execution.py:
+                # "Setup will be skipped if provisioning was skipped"), so it is relaunched afresh.
+                broken.append(name)
+            todo[name] = self._candidates(accelerator, list(accelerators) + task_accelerators(task_yaml))
         self._remember({name: ready[name].accelerator for name in ready})
+        if broken:
+            self.down(broken)
         failures: dict[str, str] = {}
         attempt = 0
         while todo:
             chosen = {name: cands[attempt % len(cands)] for name, cands in todo.items()}
             requests = {name: self._call(
                 "launch", name, task=self._sky_task(build_launch_config(
-                    task_yaml, name="fleet-setup", workdir=self._project_workdir(task_yaml), accelerator=acc,
+                    task_yaml, name=SETUP_JOB_NAME, workdir=self._project_workdir(task_yaml), accelerator=acc,
                     infra=self.infra, envs={"FLEET_BACKEND": self.name})),
                 cluster_name=name, idle_minutes_to_autostop=self.idle_minutes_to_autodown, down=True,
                 retry_until_up=False) for name, acc in chosen.items()}
             retry: dict[str, list[str]] = {}
             for name, request_id in requests.items():
                 try:
-                    _, handle = self._get(request_id, name)
+                    job_id, handle = self._get(request_id, name)
                 except BackendUnavailable:
                     raise
                 except ProvisionFailed as exc:
                     failures[name] = str(exc)
                     retry[name] = todo[name]
                     continue
-                except BackendError as exc:  # setup failed, or a mismatch: retrying will not help
+                except BackendError as exc:  # a mismatch or the like: retrying will not help
                     failures[name] = str(exc)
                     continue
                 failures.pop(name, None)
-                ready[name] = ClusterInfo(name, launched_accelerator(handle) or chosen[name], ClusterState.UP)
-                self._remember({name: ready[name].accelerator})
+                accelerator = launched_accelerator(handle) or chosen[name]
+                self._remember({name: accelerator})
+                if job_id is None:  # no setup to wait for
+                    self._record_setup(name, None, SETUP_DONE)
+                    ready[name] = ClusterInfo(name, accelerator, ClusterState.UP)
+                else:
+                    self._record_setup(name, int(job_id), "SETTING_UP")
+                    setting_up[name] = (int(job_id), accelerator)
             attempt += 1
             if not retry or attempt >= self.launch_attempts:
                 break
             self._sleep(self.backoff_s * 2 ** (attempt - 1))
             todo = retry
+        setup_failures: dict[str, str] = {}
+        outcomes = self._await_setups({name: job_id for name, (job_id, _) in setting_up.items()})
+        for name, outcome in outcomes.items():
+            job_id, accelerator = setting_up[name]
+            if outcome == SETUP_DONE:
+                self._record_setup(name, job_id, SETUP_DONE)
+                ready[name] = ClusterInfo(name, accelerator, ClusterState.UP)
+            elif isinstance(outcome, BackendError):
+                failures[name] = f"lost while its setup ran: {outcome}"
+            else:
+                self._record_setup(name, job_id, outcome)
+                why = (f"setup still running after {self.setup_timeout_s:g}s" if outcome == "TIMEOUT"
+                       else f"setup ended {outcome}")
+                setup_failures[name] = f"{why} (its log: `sky logs {name} {job_id}`)"
         result = [ready[n] for n in names if n in ready]
-        if failures:
+        if setup_failures:
+            also = f" ({len(failures)} more could not be provisioned: {'; '.join(failures.values())})" if failures else ""
+            error: BackendError = SetupFailed(
+                f"the task's setup failed on {len(setup_failures)} of {len(names)} clusters: "
+                + "; ".join(f"{n}: {why}" for n, why in setup_failures.items()) + also
+                + f". Fix `setup:` in {self.config.task}, then run `fleet up` again "
+                "(clusters whose setup failed are relaunched; running ones are re-adopted).")
+        elif failures:
             error = ProvisionFailed(
                 f"{len(failures)} of {len(names)} clusters could not be provisioned after {attempt} attempt(s): "
                 + "; ".join(f"{n}: {why}" for n, why in failures.items())
                 + ". Check free GPUs with `fleet gpus`, then run `fleet up` again (running clusters are re-adopted).")
-            error.clusters = result  # type: ignore[attr-defined]
-            error.failed = dict(failures)  # type: ignore[attr-defined]
-            raise error
-        return result
+        else:
+            return result
+        error.clusters = result  # type: ignore[attr-defined]
+        error.failed = {**failures, **setup_failures}  # type: ignore[attr-defined]
+        raise error
+
+    def _await_setups(self, jobs: dict[str, int]) -> dict[str, str | BackendError]:
+        """Poll each cluster's setup job until it ends: SUCCEEDED, a failed status, TIMEOUT, or ClusterLost."""
+        outcomes: dict[str, str | BackendError] = {}
+        deadline = self._clock() + self.setup_timeout_s
+        polls = 0
+        while jobs:
+            items = list(jobs.items())
+            for (name, _), status in zip(items, self._concurrently(lambda item: self._job_status(*item), items)):
+                if isinstance(status, BackendUnavailable):
+                    raise status
+                if isinstance(status, ClusterLost) or status == SETUP_DONE or status in SETUP_FAILED:
+                    outcomes[name] = status
+                    del jobs[name]
+                # anything else (still SETTING_UP, or a passing error): ask again
+            if jobs and self._clock() >= deadline:
+                outcomes.update({name: "TIMEOUT" for name in jobs})
+                break
+            if jobs:  # a quick setup is seen at once, a long one (installing a framework) not polled too often
+                self._sleep(min(self.setup_poll_s, 0.25 * 2 ** polls))
+                polls += 1
+        return outcomes
+
+    def _job_status(self, cluster: str, job_id: int) -> str:
+        statuses = self._get(self._call("job_status", cluster, cluster_name=cluster, job_ids=[job_id]), cluster)
+        status = statuses.get(job_id, statuses.get(str(job_id)))
+        return "FAILED_SETUP" if status is None else enum_value(status)  # None: the job is gone
 
     def _candidates(self, accelerator: str, others: Iterable[str]) -> list[str]:
         if not self.fallback_accelerator:
@@ -293,32 +431,28 @@ class SkyPilotBackend(Backend):
                 failed[name] = str(exc)
         gone = [n for n in clusters if n not in failed]
         self._remember(forget=gone)
-        timeouts = self._timeouts()
-        if timeouts:
-            self._save_timeouts({k: v for k, v in timeouts.items() if k.rpartition("/")[0] not in gone})
+        for state_file, key_of in ((TIMEOUTS, lambda k: k.rpartition("/")[0]), (SETUPS, lambda k: k)):
+            data = self._read_state(state_file)
+            if any(key_of(k) in gone for k in data):
+                self._write_state(state_file, {k: v for k, v in data.items() if key_of(k) not in gone})
         if failed:
             raise BackendError("; ".join(failed.values()) + ". Run `fleet down` again, or `sky down <name>`.")
 
+    def _down_in_background(self, clusters: Sequence[str]) -> None:
+        """Tear down lost clusters that still exist: their queued jobs would otherwise run as duplicates
+        of the requeued work, and they would go on billing. Best effort; the cycle does not wait."""
+        def request_downs() -> None:
+            for name in clusters:
+                with contextlib.suppress(BackendError):
+                    self._call("down", name, cluster_name=name)  # the server acts without our get()
+
+        if clusters:
+            threading.Thread(target=request_downs, name="fleet-down-lost", daemon=True).start()
+
     # --- job timeouts: SkyPilot has none, so the backend cancels overdue jobs when it polls ------
-    @property
-    def _timeouts_path(self) -> Path:
-        return self.workspace.state / "sky_timeouts.json"
-
-    def _timeouts(self) -> dict[str, dict]:
-        try:
-            return json.loads(self._timeouts_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def _save_timeouts(self, data: dict[str, dict]) -> None:
-        self._timeouts_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._timeouts_path.with_name(f".{self._timeouts_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._timeouts_path)
-
     def _enforce_timeouts(self, out: dict[str, list[JobInfo] | ClusterLost]) -> None:
         """Cancel running jobs past their timeout and report them (now and later) as TIMEOUT."""
-        timeouts = self._timeouts()
+        timeouts = self._read_state(TIMEOUTS)
         if not timeouts:
             return
         overdue: dict[str, list[int]] = {}
@@ -336,7 +470,7 @@ class SkyPilotBackend(Backend):
                 if entry.get("expired") and job.state in (JobState.RUNNING, JobState.CANCELLED):
                     jobs[i] = JobInfo(job.job_id, job.name, JobState.TIMEOUT, job.started_at, job.ended_at)
         if overdue:
-            self._save_timeouts(timeouts)
+            self._write_state(TIMEOUTS, timeouts)
             requests = {c: self._call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
             for cluster, request_id in requests.items():
                 with contextlib.suppress(ClusterLost):
@@ -349,40 +483,65 @@ class SkyPilotBackend(Backend):
             raise BackendError(f"cluster {cluster!r} is not one of this fleet's clusters; run `fleet up` first")
         return accelerator
 
+    def _job_workdir(self, snapshot: str) -> str:
+        """A staging directory holding only `snapshots/<snapshot>/` (hard links): what one `sky exec` syncs.
+
+        The cluster's sync is add-only, so syncing the whole project workdir would re-send (and
+        upload to a remote API server) every snapshot ever taken, at every exec.
+        """
+        stage = self.workspace.state / "sky_stage" / snapshot
+        if (stage / "snapshots" / snapshot).is_dir():
+            return str(stage)
+        source = self.workspace.snapshot_dir(snapshot)
+        if not source.is_dir():
+            raise BackendError(f"code snapshot {snapshot} is missing ({source} does not exist); submit the wave again")
+        tmp = stage.with_name(f".{snapshot}.{os.getpid()}.{threading.get_ident()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp / "snapshots" / snapshot, copy_function=_link_or_copy)
+        try:
+            os.rename(tmp, stage)
+        except OSError:  # staged meanwhile by another thread or process
+            shutil.rmtree(tmp, ignore_errors=True)
+        return str(stage)
+
     def job_config(self, cluster: str, job: JobSpec) -> dict:
         envs = {**job.envs, "FLEET_BACKEND": self.name, "FLEET_SNAPSHOT": job.snapshot,
                 "EXPERIMENT_ID": job.experiment_id}
-        return build_task_config(self._task_yaml(), name=job.job_name, envs=envs, workdir=str(self.workspace.workdir),
+        return build_task_config(self._task_yaml(), name=job.job_name, envs=envs,
+                                 workdir=self._job_workdir(job.snapshot),
                                  accelerator=self._accelerator_for(cluster, job), infra=self.infra)
 
     def submit_many(self, items: Sequence[tuple[str, JobSpec]]) -> list[int | BackendError]:
-        """Submit every `sky exec` first, then collect: one round-trip for many clusters."""
-        requests: list[Any] = []
-        for cluster, job in items:
-            try:
-                requests.append(self._call("exec", cluster, task=self._sky_task(self.job_config(cluster, job)),
-                                           cluster_name=cluster))
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                requests.append(exc)
-        results: list[int | BackendError] = []
-        for (cluster, job), request in zip(items, requests):
-            if isinstance(request, BackendError):
-                results.append(request)
-                continue
-            try:
-                job_id, _ = self._get(request, cluster)
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                results.append(exc)
-                continue
-            results.append(int(job_id))
+        """Every `sky exec` goes out from its own thread, then all are collected: one round-trip for many."""
+        if not items:
+            return []
+        self._task_yaml()  # read once here, not by every thread
+        staged: dict[str, BackendError | None] = {}
+        for _, job in items:  # each snapshot staged once, before the threads race for it
+            if job.snapshot not in staged:
+                try:
+                    self._job_workdir(job.snapshot)
+                    staged[job.snapshot] = None
+                except BackendError as exc:
+                    staged[job.snapshot] = exc
+
+        def submit_one(item: tuple[str, JobSpec]) -> int:
+            cluster, job = item
+            problem = staged[job.snapshot]
+            if problem is not None:
+                raise problem
+            request = self._call("exec", cluster, task=self._sky_task(self.job_config(cluster, job)), cluster_name=cluster)
+            job_id, _ = self._get(request, cluster)
+            return int(job_id)
+
+        results: list[int | BackendError] = self._concurrently(submit_one, items)
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
         if submitted:
-            self._save_timeouts({**self._timeouts(), **submitted})
+            self._write_state(TIMEOUTS, {**self._read_state(TIMEOUTS), **submitted})
+        unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
+        if unavailable is not None:
+            raise unavailable
         return results
 
     def submit(self, cluster: str, job: JobSpec) -> int:
@@ -392,58 +551,96 @@ class SkyPilotBackend(Backend):
         return result
 
     def queues(self, clusters: Sequence[str]) -> dict[str, list[JobInfo] | ClusterLost]:
-        """All `sky queue` requests go out first, then are collected (one round-trip, not N).
+        """Every `sky queue` goes out from its own thread, then all are collected (one round-trip, not N).
 
-        A cluster that fails to answer for a reason other than being gone keeps its last known
-        queue for a couple of polls (or is left out), then counts as lost.
+        A cluster is lost when SkyPilot says it does not exist or is not UP *and* `sky status`
+        agrees (one call for all suspects), or when it fails to answer for several polls over a
+        couple of minutes; meanwhile it keeps its last known queue. A lost cluster that still
+        exists is torn down. When no cluster answers at all, the control plane is at fault, not
+        the clusters: BackendUnavailable, and nobody is counted as lost.
         """
-        requests: dict[str, Any] = {}
-        out: dict[str, list[JobInfo] | ClusterLost] = {}
-        for cluster in clusters:
-            try:
-                requests[cluster] = self._call("queue", cluster, cluster_name=cluster, skip_finished=False,
-                                               all_users=False)
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                requests[cluster] = exc
-        for cluster, request in requests.items():
-            try:
-                if isinstance(request, BackendError):
-                    raise request
-                records = self._get(request, cluster)
-            except BackendUnavailable:
-                raise
-            except ClusterLost as lost:
-                out[cluster] = lost
-                continue
-            except BackendError as exc:
-                strikes = self._unreachable[cluster] = self._unreachable.get(cluster, 0) + 1
-                if strikes >= MAX_UNREACHABLE_POLLS:
-                    out[cluster] = ClusterLost(cluster, f"unreachable for {strikes} polls ({exc})")
+        def poll(cluster: str) -> list[Any]:
+            return self._get(self._call("queue", cluster, cluster_name=cluster, skip_finished=False, all_users=False),
+                             cluster)
+
+        polled = dict(zip(clusters, self._concurrently(poll, list(clusters))))
+        unavailable = next((v for v in polled.values() if isinstance(v, BackendUnavailable)), None)
+        if unavailable is not None:
+            raise unavailable
+        failed = {c: v for c, v in polled.items() if isinstance(v, BackendError) and not isinstance(v, ClusterLost)}
+        gone, to_down = self._confirm_lost({c: v for c, v in polled.items() if isinstance(v, ClusterLost)}, failed)
+        alive = [c for c in clusters if c not in gone]
+        if len(alive) > 1 and all(c in failed for c in alive):
+            example = next(iter(failed.values()))
+            raise BackendUnavailable(
+                f"none of the {len(alive)} clusters answered `sky queue` (e.g. {example}); the SkyPilot API server "
+                "or Kubernetes is failing, not the clusters. Check `sky api info` and `sky status`.")
+        now = self._clock()
+        setups = self._read_state(SETUPS)
+        out: dict[str, list[JobInfo] | ClusterLost] = dict(gone)
+        for cluster in alive:
+            if cluster in failed:
+                strikes, since = self._unreachable.get(cluster, (0, now))
+                self._unreachable[cluster] = (strikes + 1, since)
+                if strikes + 1 >= MAX_UNREACHABLE_POLLS and now - since >= self.unreachable_grace_s:
+                    out[cluster] = ClusterLost(cluster, f"unreachable for {strikes + 1} polls over {now - since:.0f}s "
+                                                        f"({failed[cluster]}); it is being torn down")
+                    to_down.append(cluster)
                 elif cluster in self._last_queue:
                     out[cluster] = self._last_queue[cluster]
                 continue
             self._unreachable.pop(cluster, None)
-            jobs = sorted((job_info(r) for r in records), key=lambda j: j.job_id)
+            setup_ids = setups.get(cluster, {}).get("job_ids", [])
+            jobs = sorted((job_info(r) for r in polled[cluster]), key=lambda j: j.job_id)
+            jobs = [j for j in jobs if not (j.name == SETUP_JOB_NAME and j.job_id in setup_ids)]
             self._last_queue[cluster] = jobs
             out[cluster] = jobs
         for cluster, value in out.items():
             if isinstance(value, ClusterLost):
                 self._last_queue.pop(cluster, None)
                 self._unreachable.pop(cluster, None)
+        self._down_in_background(to_down)
         self._enforce_timeouts(out)
         return {c: out[c] for c in clusters if c in out}
 
-    def logs(self, cluster: str, job_id: int) -> str:
-        """The job's output: streamed with `tail_logs` (no follow), else downloaded."""
+    def _confirm_lost(self, suspects: dict[str, ClusterLost],
+                      failed: dict[str, BackendError]) -> tuple[dict[str, ClusterLost], list[str]]:
+        """Which suspects `sky status` agrees are gone or not UP; the others join `failed` (a strike).
+
+        Returns the lost clusters and those of them that still exist (to tear down).
+        """
+        if not suspects:
+            return {}, []
         try:
-            stream = self._call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False,
-                                preload_content=False)
-            try:
-                text = "".join(chunk for chunk in stream if chunk)
-            except Exception as exc:  # noqa: BLE001 - the stream broke mid-way
-                raise self._translate(exc, cluster) from exc
+            records = self._status(sorted(suspects))
+        except BackendUnavailable:
+            raise
+        except BackendError:
+            failed.update(suspects)  # could not confirm: a strike, not a loss
+            return {}, []
+        gone: dict[str, ClusterLost] = {}
+        existing: list[str] = []
+        for cluster, lost in suspects.items():
+            record = records.get(cluster)
+            if record is not None and self._cluster_info(cluster, record, "").state == ClusterState.UP:
+                failed[cluster] = lost  # e.g. a passing INIT refresh on Kubernetes: UP again by now
+                continue
+            gone[cluster] = ClusterLost(cluster, lost.reason + ("; it is being torn down" if record is not None else ""))
+            if record is not None:
+                existing.append(cluster)
+        return gone, existing
+
+    def logs(self, cluster: str, job_id: int) -> str:
+        """The job's output, from `tail_logs` (no follow) into a buffer; downloaded if that is unsupported.
+
+        `preload_content` stays True: with False the SDK only decodes the stream and never calls
+        get(), so a lost cluster or a kubectl failure would read as an empty or partial log
+        (sky/client/sdk.py, tail_logs).
+        """
+        buffer = io.StringIO()
+        try:
+            self._call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False, output_stream=buffer)
+            text = buffer.getvalue()
         except (ClusterLost, BackendUnavailable):
             raise
         except BackendError:
@@ -458,19 +655,11 @@ class SkyPilotBackend(Backend):
 
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
         """Logs of many jobs at once (each fetch is a blocking stream, so they run on threads)."""
-
-        def fetch(item: tuple[str, int]) -> str | BackendError:
-            try:
-                return self.logs(*item)
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                return exc
-
-        if not items:
-            return []
-        with ThreadPoolExecutor(max_workers=min(64, len(items))) as pool:
-            return list(pool.map(fetch, items))
+        results: list[str | BackendError] = self._concurrently(lambda item: self.logs(*item), items)
+        unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
+        if unavailable is not None:
+            raise unavailable
+        return results
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if not job_ids:
@@ -490,11 +679,7 @@ class SkyPilotBackend(Backend):
             raise
         except BackendError as exc:
             raise BackendError(f"{exc}. Is Kubernetes enabled? Run `sky check kubernetes`.") from exc
-        out = []
-        for context, rows in per_context or []:
-            for row in rows:
-                out.append(GpuAvailability(str(context), str(record_field(row, "gpu")),
-                                           int(record_field(row, "capacity")), int(record_field(row, "available"))))
+        out = [GpuAvailability(str(context), *gpu_row(row)) for context, rows in per_context or [] for row in rows]
         return sorted(out, key=lambda g: (g.context, g.accelerator))
 
     def health(self) -> str:
@@ -502,6 +687,13 @@ class SkyPilotBackend(Backend):
         info = self._call("api_info")
         version, status = record_field(info, "version", "?"), enum_value(record_field(info, "status", "?"))
         return f"SkyPilot API server {version} ({status})"
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copy2(source, target)
 
 
 def _first_line(exc: BaseException) -> str:

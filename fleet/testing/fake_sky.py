@@ -8,13 +8,18 @@ CLI processes use it too.
 Behaviour that matters to the backend, kept faithful:
 - Requests return request-id strings and start at once on a thread pool; `get()` waits and re-raises
   the request's exception (same class names as `sky.exceptions`). `FAKE_SKY_LATENCY_S` adds a
-  server-side delay to every request, so concurrency is measurable.
+  delay to every request, so concurrency is measurable: on the server for most, but `exec` and
+  `queue` make their caller wait before the request id comes back, as the real blocking POSTs do.
+- `tail_logs(preload_content=False)` never raises for the cluster (the real one never calls get()).
 - Each cluster has a FIFO job queue with integer ids (a `SlotQueue`: jobs run one at a time as
   local processes, detached from the caller, and survive it).
 - `exec` syncs `task.workdir` into the cluster's one shared `sky_workdir` add-only (new and changed
   files overwrite, nothing is deleted) and queues the run script, which starts in `sky_workdir`
   whenever its turn comes: a queued job sees whatever was synced last, exactly as on a real cluster.
-- `launch` runs the task's setup once; capacity per accelerator is finite.
+- `launch` returns once the cluster is UP; the task's setup then runs as the cluster's next job
+  (detached, beside the GPU queue: SETTING_UP, then SUCCEEDED or FAILED_SETUP, with its own log).
+  A launch on an UP cluster skips setup. Capacity per accelerator is finite.
+- GPU availability rows are plain lists, as they arrive from an API server.
 
 State lives in files under `FAKE_SKY_HOME` (default `<cwd>/.fleet/fake-sky`), so separate
 processes see the same clusters; `fleet.testing.fake_sky_state` keeps it. This module is the SDK's
@@ -24,6 +29,7 @@ re-exported here, so tests reach everything through this one module.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import shutil
@@ -40,6 +46,7 @@ from typing import Any, Iterator
 from fleet.testing import fake_sky_state as state
 from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake through this module
     DEFAULT_CAPACITY,
+    flap_cluster,
     home,
     kill_cluster,
     make_unreachable,
@@ -214,6 +221,9 @@ def _require_up(name: str) -> dict:
     meta = state.meta(name)
     if meta is None:
         raise exceptions.ClusterDoesNotExist(f"Cluster {name!r} does not exist.")
+    if meta["status"] == "UP" and meta.get("flaps") and state.take_flap(name):
+        raise exceptions.ClusterNotUpError(f"Cluster {name!r} is not up (status: INIT).",
+                                           cluster_status=ClusterStatus.INIT)
     if meta["status"] != "UP":
         raise exceptions.ClusterNotUpError(
             f"Cluster {name!r} is not up (status: {meta['status']}).", cluster_status=ClusterStatus(meta["status"]))
@@ -233,6 +243,21 @@ def _latency() -> None:
         time.sleep(delay)
 
 
+_BLOCKING_POSTS = ("exec", "queue")
+
+
+def _blocking_post() -> None:
+    """The part of a request the caller waits for before it gets a request id.
+
+    The real `sky.exec` validates the task (POST /validate), uploads the workdir to a remote API
+    server, then POSTs /exec; `sky.queue` POSTs /queue: each blocks its caller for a round-trip
+    before returning (sky/client/sdk.py), so only threads make many of them concurrent. Their
+    latency is spent here, where the caller waits, instead of on the server.
+    """
+    _check_api()
+    _latency()
+
+
 # --- requests: ids, a thread pool, get() ----------------------------------------------------------
 _pool: ThreadPoolExecutor | None = None
 _requests: dict[str, Future] = {}
@@ -240,15 +265,18 @@ _requests_lock = threading.Lock()
 
 
 def _submit(name: str, fn, *args: Any, **kwargs: Any) -> str:
+    """Start a request; it costs FAKE_SKY_LATENCY_S on the server, unless its caller already paid it."""
     global _pool
     _check_api()
+    server_latency = name not in _BLOCKING_POSTS
     with _requests_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="fake-sky")
         request_id = f"{uuid.uuid4().hex}-{name}"
 
         def run() -> Any:
-            _latency()
+            if server_latency:
+                _latency()
             return fn(*args, **kwargs)
 
         _requests[request_id] = _pool.submit(run)
@@ -283,7 +311,8 @@ def _task_accelerator(task: Task) -> str | None:
 def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | None, down: bool) -> tuple:
     with state.locked():
         meta = state.meta(cluster_name)
-        if meta is not None and meta["status"] == "UP":
+        newly_provisioned = meta is None or meta["status"] != "UP"
+        if not newly_provisioned:
             accelerator = meta["accelerator"]
             wanted = task.accelerator_choices()
             if wanted and accelerator not in wanted:
@@ -299,18 +328,21 @@ def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | No
                                   launched_at=int(time.time()), autostop=idle_minutes_to_autostop or -1,
                                   to_down=bool(down))
     state.sync_workdir(cluster_name, task.workdir)
-    if task.setup:
-        env = {**os.environ, **task.envs, "SKYPILOT_CLUSTER_NAME": cluster_name}
-        log = state.cluster_dir(cluster_name) / "setup.log"
-        with open(log, "ab") as fh:
-            code = subprocess.run(["bash", "-c", task.setup], cwd=state.workdir(cluster_name), env=env,
-                                  stdout=fh, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            raise exceptions.CommandError(code, "setup", f"Failed to setup with return code {code}. "
-                                          f"Check the details in log: {log}", None)
     state.set_meta(cluster_name, status="UP")
-    job_id = _enqueue(cluster_name, task) if task.run else None
-    return job_id, _Handle(cluster_name, accelerator)
+    if not newly_provisioned:
+        # "Setup will be skipped if provisioning was skipped" (sky/execution.py)
+        return (_enqueue(cluster_name, task) if task.run else None), _Handle(cluster_name, accelerator)
+    if task.setup and not task.run:
+        # Detached setup (sky/execution.py `detach_setup`): launch returns once the cluster is UP,
+        # and the setup runs as the cluster's next job (SETTING_UP, then SUCCEEDED or FAILED_SETUP).
+        env = {**task.envs, "SKYPILOT_CLUSTER_NAME": cluster_name, "SKYPILOT_SETUP_NODE_RANK": "0"}
+        job_id = state.add_detached_job(cluster_name, task.name or "sky-cmd", task.setup,
+                                        str(state.workdir(cluster_name)), env, NO_TIMEOUT_S)
+        return job_id, _Handle(cluster_name, accelerator)
+    if task.setup:  # setup and run: one job that runs both (its setup failing shows as FAILED)
+        task = Task(task.name, run=f"{task.setup}\n{task.run}", envs=task.envs, workdir=None,
+                    resources=task.resources)
+    return (_enqueue(cluster_name, task) if task.run else None), _Handle(cluster_name, accelerator)
 
 
 def _enqueue(cluster_name: str, task: Task) -> int:
@@ -347,6 +379,8 @@ def launch(task: Task, cluster_name: str | None = None, retry_until_up: bool = F
 
 def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down: bool = False,  # noqa: A001
          backend: Any = None) -> str:
+    _blocking_post()  # validate, upload the workdir, POST /exec: all before the request id comes back
+
     def run() -> tuple:
         job_id = _enqueue(cluster_name, task)
         return job_id, _Handle(cluster_name, state.meta(cluster_name)["accelerator"])
@@ -358,12 +392,22 @@ _STATES = {"pending": JobStatus.PENDING, "running": JobStatus.RUNNING, "succeede
            "failed": JobStatus.FAILED, "timeout": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
 
 
+_SETUP_STATES = {"pending": JobStatus.PENDING, "running": JobStatus.SETTING_UP, "succeeded": JobStatus.SUCCEEDED,
+                 "failed": JobStatus.FAILED_SETUP, "timeout": JobStatus.FAILED_SETUP,
+                 "cancelled": JobStatus.CANCELLED}
+
+
 def _job_records(cluster_name: str) -> list[_Record]:
     _require_up(cluster_name)
     outcomes = state.job_outcomes(cluster_name)
     records = []
     for job in state.job_queue(cluster_name).jobs():
-        status = _STATES[job.state]
+        if job.state == state.DETACHED:
+            job_id, setup = job.job_id, state.detached_job(cluster_name, job.job_id)
+            job = dataclasses.replace(setup, job_id=job_id) if setup else dataclasses.replace(job, state="failed")
+            status = _SETUP_STATES[job.state]
+        else:
+            status = _STATES[job.state]
         if status == JobStatus.FAILED and str(job.job_id) in outcomes:
             status = JobStatus(outcomes[str(job.job_id)])
         records.append(_Record(job_id=job.job_id, job_name=job.name, username="fake", user_hash="fake",
@@ -373,6 +417,8 @@ def _job_records(cluster_name: str) -> list[_Record]:
 
 
 def queue(cluster_name: str, skip_finished: bool = False, all_users: bool = False) -> str:
+    _blocking_post()
+
     def run() -> list[_Record]:
         records = _job_records(cluster_name)
         if skip_finished:
@@ -396,12 +442,19 @@ def job_status(cluster_name: str, job_ids: list[int] | None = None) -> str:
 
 def tail_logs(cluster_name: str, job_id: int | None, follow: bool, tail: int = 0, output_stream: Any = None,
               *, preload_content: bool = True) -> int | Iterator[str | None]:
-    # Not a request: the real SDK streams the HTTP response back directly.
+    # Not a request: the real SDK streams the HTTP response back directly. With preload_content
+    # (the default) it then calls get() on the logs request, which raises the request's error;
+    # without it, it only decodes the stream, so an error reads as an empty (or cut-short) log.
     if output_stream is not None and not preload_content:
         raise ValueError("output_stream cannot be specified when preload_content is False")
     _check_api()
     _latency()
-    _require_up(cluster_name)
+    try:
+        _require_up(cluster_name)
+    except Exception:
+        if preload_content:
+            raise
+        return iter([None])
     path = state.log_path(cluster_name, job_id)
     lines = path.read_text(errors="replace").splitlines(keepends=True) if path and path.exists() else []
     if tail > 0:
@@ -442,6 +495,8 @@ def cancel(cluster_name: str, all: bool = False, all_users: bool = False,  # noq
         q = state.job_queue(cluster_name)
         ids = q.job_ids() if all or all_users else list(job_ids or [])
         q.cancel([j for j in ids if j in set(q.job_ids())])
+        setups = state.meta(cluster_name).get("setup_jobs", {})
+        state.setup_queue(cluster_name).cancel([setups[str(j)] for j in ids if str(j) in setups])
 
     return _submit("cancel", run)
 
@@ -479,7 +534,8 @@ def realtime_kubernetes_gpu_availability(context: str | None = None, name_filter
     def run() -> list:
         if context not in (None, FAKE_CONTEXT):
             raise ValueError(f"Kubernetes context {context!r} not found.")
-        rows = [RealtimeGpuAvailability(gpu, [1], cap, max(0, cap - state.in_use(gpu)))
+        # Lists, as they arrive from a real API server (encode_realtime_gpu_availability), not namedtuples.
+        rows = [list(RealtimeGpuAvailability(gpu, [1], cap, max(0, cap - state.in_use(gpu))))
                 for gpu, cap in sorted(state.capacities().items())
                 if name_filter is None or name_filter.lower() in gpu.lower()]
         return [(FAKE_CONTEXT, rows)]

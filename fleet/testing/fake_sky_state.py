@@ -5,6 +5,7 @@ State lives under `FAKE_SKY_HOME` (default `<cwd>/.fleet/fake-sky`), so separate
 
     clusters/<name>/meta.json      status, accelerator, autostop; `unreachable` when injected
     clusters/<name>/queue/         the cluster's FIFO job queue (a `SlotQueue`)
+    clusters/<name>/setup_queue/   where a launch's detached setup job really runs (see below)
     clusters/<name>/sky_workdir/   the one shared workdir every `exec` syncs into, add-only
     clusters/<name>/logs/          one log per job
     clusters/<name>/inject.json    forced failures for the next jobs; outcomes.json: their statuses
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +96,42 @@ def job_queue(name: str) -> SlotQueue:
     return SlotQueue(cluster_dir(name) / "queue")
 
 
+def setup_queue(name: str) -> SlotQueue:
+    return SlotQueue(cluster_dir(name) / "setup_queue")
+
+
+DETACHED = "detached"  # the state of a job-queue entry that runs elsewhere (in the setup queue)
+
+
+def add_detached_job(cluster_name: str, job_name: str, script: str, cwd: str, env: dict[str, str],
+                     timeout_s: float) -> int:
+    """Queue a launch's setup as the cluster's next job id, running at once beside the FIFO queue.
+
+    On a real cluster the setup job asks for no GPU (cloud_vm_ray_backend.py `_execute` resets its
+    resources), so the scheduler starts GPU jobs queued after it while it is still SETTING_UP. Here
+    the id is reserved in the cluster's queue (an entry its runner skips) and the script runs in
+    the cluster's setup queue; `fake_sky` reports it under the reserved id, with its own log.
+    """
+    queue = job_queue(cluster_name)
+    queue.jobs_dir.mkdir(parents=True, exist_ok=True)
+    with queue._lock():  # noqa: SLF001 - the queue's own id allocation, as SlotQueue.submit does it
+        ids = queue.job_ids()
+        job_id = (ids[-1] + 1) if ids else 1
+        log = str(cluster_dir(cluster_name) / "logs" / f"{job_id}.log")
+        write_json(queue._state(job_id), {"state": DETACHED})  # noqa: SLF001
+        write_json(queue._spec(job_id), {"name": job_name, "script": "true", "cwd": cwd, "env": {},  # noqa: SLF001
+                                         "timeout_s": timeout_s, "log": log, "submitted_at": time.time()})
+    setup_id = setup_queue(cluster_name).submit(job_name, script, cwd, env, timeout_s, log)
+    set_meta(cluster_name, setup_jobs={**(meta(cluster_name) or {}).get("setup_jobs", {}), str(job_id): setup_id})
+    return job_id
+
+
+def detached_job(cluster_name: str, job_id: int) -> Any:
+    """The setup-queue job behind a detached entry of the cluster's queue (a QueuedJob), or None."""
+    setup_id = (meta(cluster_name) or {}).get("setup_jobs", {}).get(str(job_id))
+    return next((j for j in setup_queue(cluster_name).jobs() if j.job_id == setup_id), None)
+
+
 def workdir(name: str) -> Path:
     return cluster_dir(name) / "sky_workdir"
 
@@ -130,6 +168,7 @@ def remove_cluster(name: str) -> None:
     if not d.exists():
         return
     job_queue(name).kill_all()
+    setup_queue(name).kill_all()
     grave = home() / "graveyard" / f"{name}-{uuid.uuid4().hex[:6]}"
     grave.parent.mkdir(parents=True, exist_ok=True)
     os.replace(d, grave)
@@ -245,12 +284,28 @@ def kill_cluster(name: str) -> None:
 def preempt_cluster(name: str) -> None:
     """The pod is evicted: jobs die and the cluster drops to INIT, so calls raise ClusterNotUpError."""
     job_queue(name).kill_all()
+    setup_queue(name).kill_all()
     set_meta(name, status="INIT")
 
 
 def make_unreachable(name: str, unreachable: bool = True) -> None:
     """Status says UP but every call to the cluster fails (the skylet cannot be reached)."""
     set_meta(name, unreachable=unreachable)
+
+
+def flap_cluster(name: str, calls: int = 1) -> None:
+    """The next `calls` calls to the cluster raise ClusterNotUpError while `sky status` still says UP
+    (on Kubernetes, a status refresh that saw the pod mid-restart)."""
+    set_meta(name, flaps=calls)
+
+
+def take_flap(name: str) -> bool:
+    """Whether this call to the cluster is one that `flap_cluster` made fail."""
+    with locked(f"flap-{name}"):
+        flaps = (meta(name) or {}).get("flaps", 0)
+        if flaps > 0:
+            set_meta(name, flaps=flaps - 1)
+        return flaps > 0
 
 
 def stop_api_server() -> None:
