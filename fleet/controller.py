@@ -114,7 +114,7 @@ class Controller:
         if job is None:
             # Submitted-but-unrecorded jobs are adopted by name above; absent means it never
             # reached the queue (the controller died mid-submit) or the queue lost it.
-            if attempt.job_id is None and self.clock() - attempt.submitted_at < 30:
+            if attempt.job_id is None and self.clock() - attempt.submitted_at < self.backend.submission_grace_s:
                 return None  # a submission may still be in flight in another controller's last moments
             self._requeue(attempt, "job vanished from its cluster queue", report)
             return None

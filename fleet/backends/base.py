@@ -41,6 +41,9 @@ class Backend(abc.ABC):
     """What the controller needs from a fleet of clusters."""
 
     name: str = "abstract"
+    # How long a job submitted by a controller that then died may take to appear in its queue:
+    # a remote API server may still be finishing the request; a local queue write is instant.
+    submission_grace_s: float = 30.0
 
     @abc.abstractmethod
     def up(self, names: Sequence[str], accelerators: Sequence[str]) -> list[ClusterInfo]:

@@ -69,6 +69,7 @@ def default_slots(config: FleetConfig) -> list[str]:
 
 class LocalBackend(Backend):
     name = "local"
+    submission_grace_s = 0.0  # `submit` writes the queue synchronously: absent now means never sent
 
     def __init__(self, workspace: Workspace, config: FleetConfig) -> None:
         self.workspace = workspace
