@@ -3,7 +3,8 @@
 Everything SkyPilot-specific stays in this module and its pure half, `sky_translate.py` (task
 configs, status tables, records; its names are re-exported here): request ids and `sky.exceptions`
 are translated here into the fleet's own errors, `JobStatus` and `ClusterStatus` there into its own
-states. The SDK is chosen once: the `sdk` argument, else the module named by `FLEET_SKY_SDK` (the
+states. The backend's files in `.fleet/` are kept by `sky_state.py`, and what `up` decides between
+its SDK calls (re-adopt, relaunch, wait for setup) is in `sky_setup.py`; neither touches the SDK. The SDK is chosen once: the `sdk` argument, else the module named by `FLEET_SKY_SDK` (the
 test seam: `fleet.testing.fake_sky`), else `import sky`, lazily, because importing it costs seconds.
 
 Every SDK call goes through `_call`, which only allows the functions and keywords listed in
@@ -13,23 +14,17 @@ Why each job selects a snapshot: a cluster has ONE `~/sky_workdir`, re-synced ad
 `sky exec`, and a queued job runs whatever was synced last. So each `sky exec` syncs a staging
 directory holding only its own immutable, content-addressed `snapshots/<id>/` (never every
 snapshot the project ever took), and each job's `FLEET_SNAPSHOT` picks its own.
-
-Why `up` waits for a job: `sky launch` of a task with a setup and no run returns once the cluster is
-UP, with the setup still running as the cluster's detached job 1 (sky/execution.py `detach_setup`;
-backends/cloud_vm_ray_backend.py `_execute`). The cluster is ready only when that job SUCCEEDED.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import io
-import json
 import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -41,13 +36,13 @@ from fleet.backends.base import (
     BackendUnavailable,
     ClusterLost,
     ProvisionFailed,
-    SetupFailed,
 )
+from fleet.backends.sky_setup import await_setups, launch_candidates, plan_up, setup_failure, up_error
+from fleet.backends.sky_state import SkyState, mark_timeouts
 from fleet.backends.sky_translate import (
     CLUSTER_STATES,
     JOB_STATES,
     SETUP_DONE,
-    SETUP_FAILED,
     SETUP_JOB_NAME,
     GpuAvailability,
     build_launch_config,
@@ -63,7 +58,7 @@ from fleet.backends.sky_translate import (
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.task import read_task_yaml
-from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec, JobState
+from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec
 from fleet.workspace import Workspace
 
 # The SDK surface this module uses: function -> keywords passed. Calls are made by keyword only.
@@ -98,7 +93,6 @@ UNREACHABLE_GRACE_S = 120.0  # ...and only once it has failed for this long (a p
 # Concurrent SDK calls per batch: each real `sky exec`/`sky queue` blocks on its POST (and `exec` on
 # a validation and a workdir upload) before it returns a request id, so they go out from threads.
 MAX_CONCURRENT_REQUESTS = 64
-KNOWN, SETUPS, TIMEOUTS = "sky_clusters.json", "sky_setup.json", "sky_timeouts.json"  # in .fleet/
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -140,6 +134,7 @@ class SkyPilotBackend(Backend):
         self._sleep = sleep
         self._clock = clock
         self._sdk = sdk
+        self._files = SkyState(workspace.state)  # known clusters, setup jobs, job timeouts, staged workdirs
         self._task_cache: tuple[float, dict] | None = None
         self._unreachable: dict[str, tuple[int, float]] = {}  # cluster -> (failed polls in a row, since)
         self._last_queue: dict[str, list[JobInfo]] = {}
@@ -223,39 +218,6 @@ class SkyPilotBackend(Backend):
     def _sky_task(self, config: dict) -> Any:
         return self._call("Task.from_yaml_config", config=config)
 
-    # --- the backend's own files in .fleet/: known clusters, setup jobs, job timeouts ----------
-    # The fleet never touches clusters it did not create (sky_clusters.json: name -> accelerator).
-    def _read_state(self, name: str) -> dict:
-        try:
-            return json.loads((self.workspace.state / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def _write_state(self, name: str, data: dict) -> None:
-        path = self.workspace.state / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-
-    def _known(self) -> dict[str, str]:
-        return self._read_state(KNOWN)
-
-    def _remember(self, add: dict[str, str] | None = None, forget: Iterable[str] = ()) -> None:
-        known = {**self._known(), **(add or {})}
-        for name in forget:
-            known.pop(name, None)
-        self._write_state(KNOWN, known)
-
-    def _record_setup(self, cluster: str, job_id: int | None, status: str) -> None:
-        """The cluster's setup jobs (not experiments: `queues` leaves them out) and the last one's status."""
-        setups = self._read_state(SETUPS)
-        entry = setups.setdefault(cluster, {"job_ids": []})
-        if job_id is not None and job_id not in entry["job_ids"]:
-            entry["job_ids"].append(job_id)
-        entry["status"] = status
-        self._write_state(SETUPS, setups)
-
     # --- clusters ----------------------------------------------------------------------------
     def _status(self, names: Sequence[str]) -> dict[str, Any]:
         refresh = self.sdk.StatusRefreshMode.AUTO
@@ -271,11 +233,11 @@ class SkyPilotBackend(Backend):
 
     def clusters(self) -> list[ClusterInfo]:
         """Known clusters; one whose setup has not succeeded is still PROVISIONING, whatever SkyPilot says."""
-        known = self._known()
+        known = self._files.known()
         if not known:
             return []
         records = self._status(sorted(known))
-        setups = self._read_state(SETUPS)
+        setups = self._files.setups()
         out = []
         for name, accelerator in sorted(known.items()):
             record = records.get(name)
@@ -290,31 +252,16 @@ class SkyPilotBackend(Backend):
         if len(names) != len(accelerators):
             raise ValueError(f"{len(names)} cluster names but {len(accelerators)} accelerators")
         task_yaml = self._task_yaml()
-        existing = self._status(names)
-        setups = self._read_state(SETUPS)
-        ready: dict[str, ClusterInfo] = {}
-        setting_up: dict[str, tuple[int, str]] = {}  # cluster -> (its setup job, its accelerator)
-        todo: dict[str, list[str]] = {}
-        broken: list[str] = []
-        for name, accelerator in zip(names, accelerators):
-            record = existing.get(name)
-            info = self._cluster_info(name, record, accelerator) if record is not None else None
-            if info is not None and info.state == ClusterState.UP:
-                setup = setups.get(name, {})
-                status = setup.get("status", SETUP_DONE)
-                if status == SETUP_DONE:
-                    ready[name] = info  # re-adopted as it is, with the accelerator it really has
-                    continue
-                if status not in SETUP_FAILED and setup.get("job_ids"):
-                    setting_up[name] = (setup["job_ids"][-1], info.accelerator)  # an interrupted `fleet up`
-                    continue
-                # Its setup failed. A relaunch of an UP cluster skips setup (sky/execution.py:
-                # "Setup will be skipped if provisioning was skipped"), so it is relaunched afresh.
-                broken.append(name)
-            todo[name] = self._candidates(accelerator, list(accelerators) + task_accelerators(task_yaml))
-        self._remember({name: ready[name].accelerator for name in ready})
-        if broken:
-            self.down(broken)
+        records = self._status(names)
+        existing = {name: self._cluster_info(name, records[name], acc) if name in records else None
+                    for name, acc in zip(names, accelerators)}
+        plan = plan_up(names, accelerators, existing, self._files.setups())
+        ready, setting_up = plan.ready, plan.setting_up
+        others = list(accelerators) + task_accelerators(task_yaml)
+        todo = {name: launch_candidates(acc, others, self.fallback_accelerator) for name, acc in plan.to_launch.items()}
+        self._files.remember({name: ready[name].accelerator for name in ready})
+        if plan.broken:
+            self.down(plan.broken)
         failures: dict[str, str] = {}
         attempt = 0
         while todo:
@@ -340,12 +287,12 @@ class SkyPilotBackend(Backend):
                     continue
                 failures.pop(name, None)
                 accelerator = launched_accelerator(handle) or chosen[name]
-                self._remember({name: accelerator})
+                self._files.remember({name: accelerator})
                 if job_id is None:  # no setup to wait for
-                    self._record_setup(name, None, SETUP_DONE)
+                    self._files.record_setup(name, None, SETUP_DONE)
                     ready[name] = ClusterInfo(name, accelerator, ClusterState.UP)
                 else:
-                    self._record_setup(name, int(job_id), "SETTING_UP")
+                    self._files.record_setup(name, int(job_id), "SETTING_UP")
                     setting_up[name] = (int(job_id), accelerator)
             attempt += 1
             if not retry or attempt >= self.launch_attempts:
@@ -353,69 +300,30 @@ class SkyPilotBackend(Backend):
             self._sleep(self.backoff_s * 2 ** (attempt - 1))
             todo = retry
         setup_failures: dict[str, str] = {}
-        outcomes = self._await_setups({name: job_id for name, (job_id, _) in setting_up.items()})
+        outcomes = await_setups({name: job_id for name, (job_id, _) in setting_up.items()},
+                                lambda items: self._concurrently(lambda item: self._job_status(*item), items),
+                                clock=self._clock, sleep=self._sleep,
+                                timeout_s=self.setup_timeout_s, poll_s=self.setup_poll_s)
         for name, outcome in outcomes.items():
             job_id, accelerator = setting_up[name]
             if outcome == SETUP_DONE:
-                self._record_setup(name, job_id, SETUP_DONE)
+                self._files.record_setup(name, job_id, SETUP_DONE)
                 ready[name] = ClusterInfo(name, accelerator, ClusterState.UP)
             elif isinstance(outcome, BackendError):
                 failures[name] = f"lost while its setup ran: {outcome}"
             else:
-                self._record_setup(name, job_id, outcome)
-                why = (f"setup still running after {self.setup_timeout_s:g}s" if outcome == "TIMEOUT"
-                       else f"setup ended {outcome}")
-                setup_failures[name] = f"{why} (its log: `sky logs {name} {job_id}`)"
+                self._files.record_setup(name, job_id, outcome)
+                setup_failures[name] = setup_failure(name, job_id, outcome, self.setup_timeout_s)
         result = [ready[n] for n in names if n in ready]
-        if setup_failures:
-            also = f" ({len(failures)} more could not be provisioned: {'; '.join(failures.values())})" if failures else ""
-            error: BackendError = SetupFailed(
-                f"the task's setup failed on {len(setup_failures)} of {len(names)} clusters: "
-                + "; ".join(f"{n}: {why}" for n, why in setup_failures.items()) + also
-                + f". Fix `setup:` in {self.config.task}, then run `fleet up` again "
-                "(clusters whose setup failed are relaunched; running ones are re-adopted).")
-        elif failures:
-            error = ProvisionFailed(
-                f"{len(failures)} of {len(names)} clusters could not be provisioned after {attempt} attempt(s): "
-                + "; ".join(f"{n}: {why}" for n, why in failures.items())
-                + ". Check free GPUs with `fleet gpus`, then run `fleet up` again (running clusters are re-adopted).")
-        else:
-            return result
-        error.clusters = result  # type: ignore[attr-defined]
-        error.failed = {**failures, **setup_failures}  # type: ignore[attr-defined]
-        raise error
-
-    def _await_setups(self, jobs: dict[str, int]) -> dict[str, str | BackendError]:
-        """Poll each cluster's setup job until it ends: SUCCEEDED, a failed status, TIMEOUT, or ClusterLost."""
-        outcomes: dict[str, str | BackendError] = {}
-        deadline = self._clock() + self.setup_timeout_s
-        polls = 0
-        while jobs:
-            items = list(jobs.items())
-            for (name, _), status in zip(items, self._concurrently(lambda item: self._job_status(*item), items)):
-                if isinstance(status, BackendUnavailable):
-                    raise status
-                if isinstance(status, ClusterLost) or status == SETUP_DONE or status in SETUP_FAILED:
-                    outcomes[name] = status
-                    del jobs[name]
-                # anything else (still SETTING_UP, or a passing error): ask again
-            if jobs and self._clock() >= deadline:
-                outcomes.update({name: "TIMEOUT" for name in jobs})
-                break
-            if jobs:  # a quick setup is seen at once, a long one (installing a framework) not polled too often
-                self._sleep(min(self.setup_poll_s, 0.25 * 2 ** polls))
-                polls += 1
-        return outcomes
+        error = up_error(names, result, failures, setup_failures, attempt, self.config.task)
+        if error is not None:
+            raise error
+        return result
 
     def _job_status(self, cluster: str, job_id: int) -> str:
         statuses = self._get(self._call("job_status", cluster, cluster_name=cluster, job_ids=[job_id]), cluster)
         status = statuses.get(job_id, statuses.get(str(job_id)))
         return "FAILED_SETUP" if status is None else enum_value(status)  # None: the job is gone
-
-    def _candidates(self, accelerator: str, others: Iterable[str]) -> list[str]:
-        if not self.fallback_accelerator:
-            return [accelerator]
-        return list(dict.fromkeys([accelerator, *(a for a in others if a and a != "cpu")]))
 
     def down(self, clusters: Sequence[str]) -> None:
         requests = {name: self._call("down", name, cluster_name=name) for name in clusters}
@@ -429,12 +337,7 @@ class SkyPilotBackend(Backend):
                 raise
             except BackendError as exc:
                 failed[name] = str(exc)
-        gone = [n for n in clusters if n not in failed]
-        self._remember(forget=gone)
-        for state_file, key_of in ((TIMEOUTS, lambda k: k.rpartition("/")[0]), (SETUPS, lambda k: k)):
-            data = self._read_state(state_file)
-            if any(key_of(k) in gone for k in data):
-                self._write_state(state_file, {k: v for k, v in data.items() if key_of(k) not in gone})
+        self._files.forget([n for n in clusters if n not in failed])
         if failed:
             raise BackendError("; ".join(failed.values()) + ". Run `fleet down` again, or `sky down <name>`.")
 
@@ -452,25 +355,12 @@ class SkyPilotBackend(Backend):
     # --- job timeouts: SkyPilot has none, so the backend cancels overdue jobs when it polls ------
     def _enforce_timeouts(self, out: dict[str, list[JobInfo] | ClusterLost]) -> None:
         """Cancel running jobs past their timeout and report them (now and later) as TIMEOUT."""
-        timeouts = self._read_state(TIMEOUTS)
+        timeouts = self._files.timeouts()
         if not timeouts:
             return
-        overdue: dict[str, list[int]] = {}
-        now = self._clock()
-        for cluster, jobs in out.items():
-            if isinstance(jobs, ClusterLost):
-                continue
-            for i, job in enumerate(jobs):
-                entry = timeouts.get(f"{cluster}/{job.job_id}")
-                if entry is None or entry.get("name") != job.name:
-                    continue
-                if job.state == JobState.RUNNING and job.started_at and now - job.started_at > entry["timeout_s"]:
-                    entry["expired"] = True
-                    overdue.setdefault(cluster, []).append(job.job_id)
-                if entry.get("expired") and job.state in (JobState.RUNNING, JobState.CANCELLED):
-                    jobs[i] = JobInfo(job.job_id, job.name, JobState.TIMEOUT, job.started_at, job.ended_at)
+        overdue = mark_timeouts(out, timeouts, self._clock())
         if overdue:
-            self._write_state(TIMEOUTS, timeouts)
+            self._files.save_timeouts(timeouts)
             requests = {c: self._call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
             for cluster, request_id in requests.items():
                 with contextlib.suppress(ClusterLost):
@@ -478,31 +368,13 @@ class SkyPilotBackend(Backend):
 
     # --- jobs --------------------------------------------------------------------------------
     def _accelerator_for(self, cluster: str, job: JobSpec) -> str:
-        accelerator = job.accelerator or self._known().get(cluster)
+        accelerator = job.accelerator or self._files.known().get(cluster)
         if not accelerator:
             raise BackendError(f"cluster {cluster!r} is not one of this fleet's clusters; run `fleet up` first")
         return accelerator
 
     def _job_workdir(self, snapshot: str) -> str:
-        """A staging directory holding only `snapshots/<snapshot>/` (hard links): what one `sky exec` syncs.
-
-        The cluster's sync is add-only, so syncing the whole project workdir would re-send (and
-        upload to a remote API server) every snapshot ever taken, at every exec.
-        """
-        stage = self.workspace.state / "sky_stage" / snapshot
-        if (stage / "snapshots" / snapshot).is_dir():
-            return str(stage)
-        source = self.workspace.snapshot_dir(snapshot)
-        if not source.is_dir():
-            raise BackendError(f"code snapshot {snapshot} is missing ({source} does not exist); submit the wave again")
-        tmp = stage.with_name(f".{snapshot}.{os.getpid()}.{threading.get_ident()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp / "snapshots" / snapshot, copy_function=_link_or_copy)
-        try:
-            os.rename(tmp, stage)
-        except OSError:  # staged meanwhile by another thread or process
-            shutil.rmtree(tmp, ignore_errors=True)
-        return str(stage)
+        return self._files.stage_snapshot(snapshot, self.workspace.snapshot_dir(snapshot))
 
     def job_config(self, cluster: str, job: JobSpec) -> dict:
         envs = {**job.envs, "FLEET_BACKEND": self.name, "FLEET_SNAPSHOT": job.snapshot,
@@ -537,8 +409,7 @@ class SkyPilotBackend(Backend):
         results: list[int | BackendError] = self._concurrently(submit_one, items)
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
-        if submitted:
-            self._write_state(TIMEOUTS, {**self._read_state(TIMEOUTS), **submitted})
+        self._files.add_timeouts(submitted)
         unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
         if unavailable is not None:
             raise unavailable
@@ -576,7 +447,7 @@ class SkyPilotBackend(Backend):
                 f"none of the {len(alive)} clusters answered `sky queue` (e.g. {example}); the SkyPilot API server "
                 "or Kubernetes is failing, not the clusters. Check `sky api info` and `sky status`.")
         now = self._clock()
-        setups = self._read_state(SETUPS)
+        setups = self._files.setups()
         out: dict[str, list[JobInfo] | ClusterLost] = dict(gone)
         for cluster in alive:
             if cluster in failed:
@@ -687,13 +558,6 @@ class SkyPilotBackend(Backend):
         info = self._call("api_info")
         version, status = record_field(info, "version", "?"), enum_value(record_field(info, "status", "?"))
         return f"SkyPilot API server {version} ({status})"
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem
-        shutil.copy2(source, target)
 
 
 def _first_line(exc: BaseException) -> str:
