@@ -7,9 +7,12 @@ accelerator), and the queue keeps running when the process that submitted them e
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from fleet.types import ClusterInfo, JobInfo, JobSpec
+
+T = TypeVar("T")
 
 
 class BackendError(Exception):
@@ -87,23 +90,20 @@ class Backend(abc.ABC):
     # plane overrides them to send every request first and then collect, so a cycle over 64
     # clusters costs about one round-trip; these defaults simply loop.
     def submit_many(self, items: Sequence[tuple[str, JobSpec]]) -> list[int | BackendError]:
-        out: list[int | BackendError] = []
-        for cluster, job in items:
-            try:
-                out.append(self.submit(cluster, job))
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                out.append(exc)
-        return out
+        return _each(self.submit, items)
 
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
-        out: list[str | BackendError] = []
-        for cluster, job_id in items:
-            try:
-                out.append(self.logs(cluster, job_id))
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                out.append(exc)
-        return out
+        return _each(self.logs, items)
+
+
+def _each(call: Callable[..., T], items: Sequence[tuple]) -> list[T | BackendError]:
+    """Call once per item; a per-item failure is that item's outcome, an unreachable backend stops all."""
+    out: list[T | BackendError] = []
+    for item in items:
+        try:
+            out.append(call(*item))
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            out.append(exc)
+    return out
