@@ -37,18 +37,17 @@ class CycleReport:
     lost_clusters: list[str] = field(default_factory=list)
     held: int = 0
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.submitted or self.finished or self.requeued or self.lost_clusters)
+def budget_seconds(exp: ExperimentRow, default: float | None) -> float | None:
+    """The experiment's TIME_BUDGET knob, else `default` (the workload's own default)."""
+    try:
+        return float(exp.config["TIME_BUDGET"])
+    except (KeyError, ValueError):
+        return default
 
 
 def experiment_timeout(exp: ExperimentRow, default_budget: float | None) -> float:
     """2x the experiment's TIME_BUDGET plus set-up margin (compile, data loading, evaluation)."""
-    budget = exp.config.get("TIME_BUDGET")
-    try:
-        seconds = float(budget) if budget is not None else default_budget
-    except ValueError:
-        seconds = default_budget
+    seconds = budget_seconds(exp, default_budget)
     return DEFAULT_TIMEOUT_S if seconds is None else 2 * seconds + 600
 
 
@@ -228,10 +227,7 @@ class Controller:
         self._submit_all([(pending_rows[d.experiment_id], d.cluster, accelerator[d.cluster]) for d in decisions], report)
 
     def _expected_gpu_hours(self, exp: ExperimentRow) -> float:
-        try:
-            return float(exp.config.get("TIME_BUDGET", 300)) / 3600
-        except ValueError:
-            return 300 / 3600
+        return budget_seconds(exp, 300.0) / 3600
 
     def _apply_budget(self, pending: list[PendingExperiment], report: CycleReport) -> list[PendingExperiment]:
         """Hold experiments that would cross the fleet's or their wave's GPU-hour cap.
@@ -239,6 +235,9 @@ class Controller:
         Experiments the user released with `fleet release` are exempt: releasing is the user
         saying "run these anyway".
         """
+        capped_waves = [w for w in self.ledger.waves() if w.max_gpu_hours is not None]
+        if self.config.max_gpu_hours is None and not capped_waves:
+            return pending  # no cap anywhere: none of the bookkeeping below is needed
         rows = {e.id: e for e in self.ledger.experiments()}
         released = [p for p in pending if rows[p.experiment_id].released]
         capped = [p for p in pending if not rows[p.experiment_id].released]
@@ -247,10 +246,9 @@ class Controller:
         caps: list[tuple[float, set[str] | None, str]] = []
         if self.config.max_gpu_hours is not None:
             caps.append((self.config.max_gpu_hours, None, "max_gpu_hours in fleet.yaml"))
-        for wave in self.ledger.waves():
-            if wave.max_gpu_hours is not None:
-                members = {e.id for e in rows.values() if e.wave_id == wave.id}
-                caps.append((wave.max_gpu_hours, members, f"max_gpu_hours of wave {wave.id}"))
+        for wave in capped_waves:
+            members = {e.id for e in rows.values() if e.wave_id == wave.id}
+            caps.append((wave.max_gpu_hours, members, f"max_gpu_hours of wave {wave.id}"))
         held: list[PendingExperiment] = []
         for cap, members, source in caps:
             scope = (lambda eid: True) if members is None else (lambda eid, m=members: eid in m)
@@ -276,12 +274,13 @@ class Controller:
         reached the cluster.
         """
         items: list[tuple[AttemptRow, str, JobSpec]] = []
+        waves = {w.id: w for w in self.ledger.waves()}
         for exp, cluster, accelerator in decisions:
             attempt = self.ledger.start_attempt(
                 exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.logs / f"{e}.a{n}.log")
             if attempt is None:
                 continue  # cancelled since the pending list was read
-            wave = self.ledger.wave(exp.wave_id)
+            wave = waves[exp.wave_id]
             timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
             items.append((attempt, cluster, job_for(exp, attempt.n, accelerator, timeout)))
         if not items:

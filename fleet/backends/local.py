@@ -230,12 +230,6 @@ class LocalBackend(Backend):
                     return ""
         return ""
 
-    def log_path(self, cluster: str, job_id: int) -> Path | None:
-        for job in SlotQueue(self._slot_dir(cluster)).jobs():
-            if job.job_id == job_id:
-                return Path(job.log)
-        return None
-
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if self._meta(cluster) is not None:
             SlotQueue(self._slot_dir(cluster)).cancel(list(job_ids))

@@ -94,10 +94,15 @@ def cmd_verdict(ctx: Context, args: argparse.Namespace) -> int:
     return _print_verdict(ctx, wave)
 
 
-def _print_verdict(ctx: Context, wave: WaveRow) -> int:
+def _wave_report(ctx: Context, wave: WaveRow, build) -> dict:
+    """A promote or ablate report from the wave's experiments, results and normalized values."""
     ledger = ctx.ledger
     norm = normalized_for(ledger, ctx.config.reference_accelerator)
-    report = promotion_report(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+    return build(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+
+
+def _print_verdict(ctx: Context, wave: WaveRow) -> int:
+    report = _wave_report(ctx, wave, promotion_report)
     ctx.sink.data(report, lambda c: render_verdict(c, report))
     if not report["complete"]:
         ctx.sink.warn(f"{report['unfinished']} experiments of {wave.id} are unfinished; verdicts use what finished")
@@ -163,9 +168,7 @@ def cmd_ablation(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _print_ablation(ctx: Context, wave: WaveRow) -> int:
-    ledger = ctx.ledger
-    norm = normalized_for(ledger, ctx.config.reference_accelerator)
-    report = ablation_report(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+    report = _wave_report(ctx, wave, ablation_report)
     ctx.sink.data(report, lambda c: render_ablation(c, report))
     if not report["complete"]:
         ctx.sink.warn(f"{report['unfinished']} experiments of {wave.id} are unfinished; contributions use what finished")

@@ -11,7 +11,7 @@ from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.daemon import bring_up_local, controller_running, ensure_controller
 from fleet.errors import FleetError, InputError
-from fleet.knobs import check_wave_knobs, load_knob_listing
+from fleet.knobs import KnobListing, check_wave_knobs, load_knob_listing
 from fleet.ledger import NewExperiment
 from fleet.snapshot import take_snapshot
 from fleet.task import load_task
@@ -87,12 +87,10 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     return wave, experiments
 
 
-def _default_budget(listing) -> float | None:
-    knob = listing.knobs.get("TIME_BUDGET") if hasattr(listing, "knobs") else None
-    default = getattr(knob, "default", None) if knob is not None else None
-    if isinstance(default, dict) and default:
-        return max(float(v) for v in default.values())
-    return None
+def _default_budget(listing: KnobListing) -> float | None:
+    """The workload's longest default TIME_BUDGET over its presets (for timeouts and cost)."""
+    knob = listing.knobs.get("TIME_BUDGET")
+    return max(float(v) for v in knob.default.values()) if knob and knob.default else None
 
 
 def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
