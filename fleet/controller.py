@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet.backends.base import Backend, BackendError, ClusterLost, SetupFailed
+from fleet.backends.base import Backend, BackendError, ClusterLost, NotSubmitted, SetupFailed
 from fleet.config import FleetConfig
 from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
@@ -27,6 +27,7 @@ log = logging.getLogger("fleet.controller")
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
 DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
+REFUSED_REST_S = 30.0  # a cluster that refused a submission gets no new work for this long
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Controller:
         self.config = config
         self.clock = clock
         self._log_failures: dict[int, int] = {}  # attempt id -> failed log fetches so far
+        self._resting: dict[str, float] = {}  # cluster -> when it may get new work again
 
     # --- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
@@ -206,7 +208,9 @@ class Controller:
 
     # --- placing work ------------------------------------------------------------------------
     def _submit_pending(self, report: CycleReport) -> None:
-        clusters = self.ledger.clusters([ClusterState.UP])
+        now = self.clock()
+        self._resting = {name: until for name, until in self._resting.items() if until > now}
+        clusters = [c for c in self.ledger.clusters([ClusterState.UP]) if c.name not in self._resting]
         if not clusters:
             return
         depth: dict[str, int] = {c.name: 0 for c in clusters}
@@ -299,6 +303,12 @@ class Controller:
                     lost.add(cluster)
                     self._lose_cluster(cluster, outcome.reason, [], report)
                 self._requeue(attempt, f"cluster {cluster} lost: {outcome.reason}", report)
+            elif isinstance(outcome, NotSubmitted):
+                # Not the experiment's fault and maybe not the cluster's: retry it elsewhere at no
+                # cost, and give that cluster a rest instead of refilling it every cycle.
+                log.warning("%s refused %s, resting it %.0fs: %s", cluster, attempt.experiment_id, REFUSED_REST_S, outcome)
+                self.ledger.abandon_attempt(attempt, f"not submitted: {outcome}")
+                self._resting[cluster] = self.clock() + REFUSED_REST_S
             elif isinstance(outcome, BackendError):
                 log.warning("submit of %s to %s failed: %s", attempt.experiment_id, cluster, outcome)
                 self._requeue(attempt, f"submit failed: {outcome}", report)

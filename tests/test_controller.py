@@ -1,9 +1,9 @@
 """The controller against a scripted backend: decisions and bookkeeping, no processes."""
 from __future__ import annotations
 
-from fleet.backends.base import Backend, BackendError
+from fleet.backends.base import Backend, BackendError, NotSubmitted
 from fleet.config import FleetConfig
-from fleet.controller import MAX_LOG_FETCHES, Controller
+from fleet.controller import MAX_ATTEMPTS, MAX_LOG_FETCHES, REFUSED_REST_S, Controller
 from fleet.ledger import Ledger, NewExperiment
 from fleet.types import ClusterInfo, ClusterState, ExperimentState, JobInfo, JobState
 from fleet.workspace import Workspace
@@ -12,14 +12,17 @@ SUMMARY = "---\nval_bpb: 1.25\nnum_steps: 10\ntraining_seconds: 1.0\nEXPERIMENT_
 
 
 class ScriptedBackend(Backend):
-    """One cluster whose jobs finish at once; log fetches fail `log_failures` times first."""
+    """One cluster whose jobs finish at once; log fetches fail `log_failures` times first, and
+    submissions are refused (NotSubmitted) `refusals` times first."""
 
     name = "scripted"
 
-    def __init__(self, log_failures: int = 0) -> None:
+    def __init__(self, log_failures: int = 0, refusals: int = 0) -> None:
         self.jobs: list[JobInfo] = []
         self.log_failures = log_failures
         self.log_calls = 0
+        self.refusals = refusals
+        self.submit_calls = 0
 
     def up(self, names, accelerators):
         return [ClusterInfo(n, a) for n, a in zip(names, accelerators)]
@@ -28,6 +31,9 @@ class ScriptedBackend(Backend):
         return [ClusterInfo("c1", "H100")]
 
     def submit(self, cluster, job):
+        self.submit_calls += 1
+        if self.submit_calls <= self.refusals:
+            raise NotSubmitted(f"cluster {cluster!r} is not up (status INIT)")
         self.jobs.append(JobInfo(len(self.jobs) + 1, job.job_name, JobState.SUCCEEDED, 1.0, 2.0, 0))
         return len(self.jobs)
 
@@ -47,12 +53,13 @@ class ScriptedBackend(Backend):
         pass
 
 
-def _setup(tmp_path, backend):
+def _setup(tmp_path, backend, clock=None):
     workspace = Workspace(tmp_path).ensure()
     ledger = Ledger(workspace.ledger_path)
     ledger.upsert_cluster("c1", backend.name, "H100", ClusterState.UP)
     ledger.add_wave("w", "screen", {"timeout_s": 60}, "snap", [NewExperiment({}, "k", 0, "", "")])
-    return ledger, Controller(workspace, ledger, backend, FleetConfig())
+    kwargs = {"clock": clock} if clock else {}
+    return ledger, Controller(workspace, ledger, backend, FleetConfig(), **kwargs)
 
 
 def test_a_failed_log_fetch_is_retried_not_recorded_as_a_crash(tmp_path):
@@ -76,3 +83,24 @@ def test_a_log_that_never_comes_gives_up_after_a_few_cycles(tmp_path):
     assert backend.log_calls == MAX_LOG_FETCHES
     saved = (tmp_path / ".fleet" / "logs" / f"{exp.id}.a1.log").read_text()
     assert f"could not fetch logs after {MAX_LOG_FETCHES} tries" in saved
+
+
+def test_a_refused_submission_costs_no_try_and_rests_the_cluster(tmp_path):
+    now = [1000.0]
+    backend = ScriptedBackend(refusals=MAX_ATTEMPTS + 1)  # more refusals than an experiment has tries
+    ledger, controller = _setup(tmp_path, backend, clock=lambda: now[0])
+    controller.cycle()
+    exp = ledger.experiments()[0]
+    assert (exp.state, exp.attempts, backend.submit_calls) == (ExperimentState.PENDING, 0, 1)
+    assert ledger.clusters()[0].state == ClusterState.UP  # one refusal does not lose the cluster
+    controller.cycle()
+    assert backend.submit_calls == 1  # resting: not refilled every cycle
+    for _ in range(MAX_ATTEMPTS + 1):  # refused again after each rest, never counted as a try
+        now[0] += REFUSED_REST_S + 1
+        controller.cycle()
+    now[0] += REFUSED_REST_S + 1
+    controller.cycle()
+    controller.cycle()
+    exp = ledger.experiments()[0]
+    assert (exp.state, exp.attempts) == (ExperimentState.DONE, 1)
+    assert backend.submit_calls == MAX_ATTEMPTS + 2

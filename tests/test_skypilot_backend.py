@@ -13,7 +13,14 @@ import pytest
 import yaml
 
 from backend_contract import BackendContract, wait_terminal, write_contract_project
-from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed, SetupFailed
+from fleet.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    ClusterLost,
+    NotSubmitted,
+    ProvisionFailed,
+    SetupFailed,
+)
 from fleet.backends.skypilot import (
     JOB_STATES,
     SkyPilotBackend,
@@ -433,6 +440,17 @@ def test_a_passing_not_up_is_confirmed_with_status_before_the_cluster_is_lost(pr
     assert [j.job_id for j in queues["gpu-01"]] == list(last)  # its last known queue, not lost
     assert [j.job_id for j in backend.queues(["gpu-01"])["gpu-01"]] == list(last)
     assert fake.get(fake.status(["gpu-01"]))[0].status.value == "UP"
+
+
+def test_an_exec_refused_by_a_passing_not_up_is_not_submitted_not_a_loss(project, fake):
+    backend, _ = make_backend(project)
+    backend.up(["gpu-01"], ["H100"])
+    fake.flap_cluster("gpu-01")  # the exec sees ClusterNotUpError; `sky status` still says UP
+    [refused] = backend.submit_many([("gpu-01", job("exp-1"))])
+    assert isinstance(refused, NotSubmitted) and not isinstance(refused, ClusterLost)
+    assert backend.queues(["gpu-01"])["gpu-01"] == []  # the job never reached the queue
+    backend.submit("gpu-01", job("exp-1"))  # and the cluster takes the retry
+    assert [j.name for j in backend.queues(["gpu-01"])["gpu-01"]] == [job("exp-1").job_name]
 
 
 def test_unreachable_cluster_keeps_its_last_queue_then_is_lost_and_torn_down(project, fake):

@@ -32,6 +32,12 @@ class ClusterLost(BackendError):
         self.reason = reason
 
 
+class NotSubmitted(BackendError):
+    """The job certainly never reached the cluster (it is not taking jobs right now, e.g. a pod
+    restarting): the try does not count against the experiment, and whether the cluster is lost is
+    for the next `queues()` to decide, not a single refused submission."""
+
+
 class SetupFailed(BackendError):
     """The task's setup failed: nothing can run until the user fixes it (not retried)."""
 

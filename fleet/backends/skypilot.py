@@ -35,6 +35,7 @@ from fleet.backends.base import (
     BackendError,
     BackendUnavailable,
     ClusterLost,
+    NotSubmitted,
     ProvisionFailed,
 )
 from fleet.backends.sky_setup import await_setups, launch_candidates, plan_up, setup_failure, up_error
@@ -110,7 +111,8 @@ def load_sdk(sdk: ModuleType | None = None) -> ModuleType:
 
 
 class _NotUp(ClusterLost):
-    """ClusterNotUpError: on Kubernetes also a passing INIT refresh, so `queues` confirms it first."""
+    """ClusterNotUpError: on Kubernetes also a passing INIT refresh, so `queues` confirms it first
+    and a refused `exec` is only NotSubmitted."""
 
 
 class SkyPilotBackend(Backend):
@@ -406,7 +408,8 @@ class SkyPilotBackend(Backend):
             job_id, _ = self._get(request, cluster)
             return int(job_id)
 
-        results: list[int | BackendError] = self._concurrently(submit_one, items)
+        results: list[int | BackendError] = [
+            NotSubmitted(str(r)) if isinstance(r, _NotUp) else r for r in self._concurrently(submit_one, items)]
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
         self._files.add_timeouts(submitted)
