@@ -24,11 +24,11 @@ from fleet.backends.base import (
 from fleet.backends.skypilot import (
     JOB_STATES,
     SkyPilotBackend,
-    _is_connection_error,
     build_launch_config,
     build_task_config,
     job_info,
 )
+from fleet.backends.sky_sdk import is_connection_error
 from fleet.config import FleetConfig
 from fleet.testing import fake_sky
 from fleet.types import ClusterState, JobSpec, JobState
@@ -501,9 +501,9 @@ def test_api_server_down_says_how_to_fix_it(project, fake):
 
 def test_connection_errors_from_requests_count_as_unreachable():
     requests_error = type("ConnectionError", (OSError,), {"__module__": "requests.exceptions"})
-    assert _is_connection_error(requests_error("refused"))
-    assert _is_connection_error(ConnectionRefusedError())
-    assert not _is_connection_error(ValueError("bad"))
+    assert is_connection_error(requests_error("refused"))
+    assert is_connection_error(ConnectionRefusedError())
+    assert not is_connection_error(ValueError("bad"))
 
 
 def test_gpu_availability_per_context(project, fake):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.backends import skypilot
+from fleet.backends import sky_sdk, skypilot
 from fleet.backends.skypilot import CLUSTER_STATES, JOB_STATES, SDK_CALLS, SDK_EXCEPTIONS
 from fleet.testing import fake_sky
 from test_skypilot_backend import FIXTURE_TASK
@@ -208,17 +208,19 @@ def test_fake_exceptions_mirror_the_real_names(probe):
 
 
 def test_the_backend_calls_only_listed_functions_and_keywords():
-    """Every `self._call("fn", ..., kw=...)` in skypilot.py is covered by SDK_CALLS (so by the tests above)."""
-    tree = ast.parse(Path(skypilot.__file__).read_text())
+    """Every `….call("fn", ..., kw=...)` in skypilot.py and sky_sdk.py is covered by SDK_CALLS (so by the tests above)."""
     seen = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
+    for module in (skypilot, sky_sdk):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "call"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                continue
             fn = node.args[0].value
             seen.add(fn)
-            assert fn in SDK_CALLS, f"_call({fn!r}) is not listed in SDK_CALLS"
+            assert fn in SDK_CALLS, f"call({fn!r}) is not listed in SDK_CALLS"
             extra = {k.arg for k in node.keywords} - set(SDK_CALLS[fn])
-            assert not extra, f"_call({fn!r}) passes {extra}, not listed in SDK_CALLS[{fn!r}]"
-    assert seen | {"get", "Task.from_yaml_config"} >= set(SDK_CALLS), set(SDK_CALLS) - seen
+            assert not extra, f"call({fn!r}) passes {extra}, not listed in SDK_CALLS[{fn!r}]"
+    assert seen == set(SDK_CALLS), set(SDK_CALLS) ^ seen
 
 
 # --- (b) offline validation of the real Task / Resources -------------------------------------

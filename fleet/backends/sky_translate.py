@@ -3,7 +3,7 @@
 Outwards: the task config of one job (`sky exec`) or one cluster (`sky launch`). Inwards: SkyPilot's
 job and cluster statuses, `sky.queue` records and GPU availability rows, in the fleet's own words.
 No SDK import and no I/O: everything here is tested with plain tables. SkyPilot's exceptions and
-request ids are handled in `skypilot.py`, the one place that calls the SDK.
+request ids are handled in `sky_sdk.py`, the one place that calls the SDK.
 """
 from __future__ import annotations
 

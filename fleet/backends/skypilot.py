@@ -1,14 +1,11 @@
 """The SkyPilot backend: single-GPU SkyPilot clusters (Kubernetes) fed through their `sky exec` queues.
 
-Everything SkyPilot-specific stays in this module and its pure half, `sky_translate.py` (task
-configs, status tables, records; its names are re-exported here): request ids and `sky.exceptions`
-are translated here into the fleet's own errors, `JobStatus` and `ClusterStatus` there into its own
-states. The backend's files in `.fleet/` are kept by `sky_state.py`, and what `up` decides between
-its SDK calls (re-adopt, relaunch, wait for setup) is in `sky_setup.py`; neither touches the SDK. The SDK is chosen once: the `sdk` argument, else the module named by `FLEET_SKY_SDK` (the
-test seam: `fleet.testing.fake_sky`), else `import sky`, lazily, because importing it costs seconds.
-
-Every SDK call goes through `_call`, which only allows the functions and keywords listed in
-`SDK_CALLS`; a contract test checks that list against the installed `skypilot` package.
+SkyPilot-specific code lives in this module and its helpers, none of which the rest of the fleet
+sees: `sky_sdk.py` is the one place that calls the SDK (only the calls in `SDK_CALLS`, exceptions
+translated into the fleet's own errors); `sky_translate.py` is pure (task configs, status tables,
+records; `JobStatus` and `ClusterStatus` become the fleet's states); `sky_state.py` keeps the
+backend's files in `.fleet/`; `sky_setup.py` decides what `up` does between its SDK calls
+(re-adopt, relaunch, wait for setup). Their public names are re-exported here.
 
 Why each job selects a snapshot: a cluster has ONE `~/sky_workdir`, re-synced add-only by every
 `sky exec`, and a queued job runs whatever was synced last. So each `sky exec` syncs a staging
@@ -18,14 +15,10 @@ snapshot the project ever took), and each job's `FLEET_SNAPSHOT` picks its own.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,6 +30,16 @@ from fleet.backends.base import (
     ClusterLost,
     NotSubmitted,
     ProvisionFailed,
+)
+from fleet.backends.sky_sdk import (
+    SDK_ATTRIBUTES,
+    SDK_CALLS,
+    SDK_EXCEPTIONS,
+    NotUp,
+    SkySdk,
+    concurrently,
+    load_sdk,
+    strip_colour,
 )
 from fleet.backends.sky_setup import await_setups, launch_candidates, plan_up, setup_failure, up_error
 from fleet.backends.sky_state import SkyState, mark_timeouts
@@ -62,57 +65,8 @@ from fleet.task import read_task_yaml
 from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec
 from fleet.workspace import Workspace
 
-# The SDK surface this module uses: function -> keywords passed. Calls are made by keyword only.
-SDK_CALLS: dict[str, tuple[str, ...]] = {
-    "launch": ("task", "cluster_name", "idle_minutes_to_autostop", "down", "retry_until_up"),
-    "exec": ("task", "cluster_name"),
-    "queue": ("cluster_name", "skip_finished", "all_users"),
-    "job_status": ("cluster_name", "job_ids"),
-    "tail_logs": ("cluster_name", "job_id", "follow", "output_stream"),
-    "download_logs": ("cluster_name", "job_ids"),
-    "cancel": ("cluster_name", "job_ids"),
-    "down": ("cluster_name",),
-    "status": ("cluster_names", "refresh"),
-    "get": ("request_id",),
-    "api_info": (),
-    # not re-exported by `sky/__init__.py` in 0.14; the CLI's `sky show-gpus` reaches it the same way
-    "client.sdk.realtime_kubernetes_gpu_availability": ("context", "name_filter"),
-    "Task.from_yaml_config": ("config",),
-}
-SDK_EXCEPTIONS = (
-    "ApiServerConnectionError", "ApiServerAuthenticationError", "ClusterDoesNotExist", "ClusterNotUpError",
-    "ResourcesUnavailableError",
-)
-SDK_ATTRIBUTES = ("StatusRefreshMode.AUTO",)
-
-UNREACHABLE_FIX = (
-    "Start a local API server with `sky api start`, or see which server the SDK talks to with "
-    "`sky api info` (a remote one needs `sky api login -e <URL>`)."
-)
 MAX_UNREACHABLE_POLLS = 3  # consecutive failed polls before a cluster that claims UP counts as lost...
 UNREACHABLE_GRACE_S = 120.0  # ...and only once it has failed for this long (a poll takes about a second)
-# Concurrent SDK calls per batch: each real `sky exec`/`sky queue` blocks on its POST (and `exec` on
-# a validation and a workdir upload) before it returns a request id, so they go out from threads.
-MAX_CONCURRENT_REQUESTS = 64
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def load_sdk(sdk: ModuleType | None = None) -> ModuleType:
-    if sdk is not None:
-        return sdk
-    name = os.environ.get("FLEET_SKY_SDK")
-    if name:
-        return importlib.import_module(name)
-    try:
-        import sky  # noqa: PLC0415 - seconds to import; only commands that talk to clusters pay
-    except ImportError:
-        raise BackendUnavailable("SkyPilot is not installed: `pip install 'skyfleet[sky]'`, then `sky check kubernetes`") from None
-    return sky
-
-
-class _NotUp(ClusterLost):
-    """ClusterNotUpError: on Kubernetes also a passing INIT refresh, so `queues` confirms it first
-    and a refused `exec` is only NotSubmitted."""
 
 
 class SkyPilotBackend(Backend):
@@ -135,72 +89,15 @@ class SkyPilotBackend(Backend):
         self.unreachable_grace_s = unreachable_grace_s
         self._sleep = sleep
         self._clock = clock
-        self._sdk = sdk
+        self.api = SkySdk(sdk)  # every SDK call goes through it
         self._files = SkyState(workspace.state)  # known clusters, setup jobs, job timeouts, staged workdirs
         self._task_cache: tuple[float, dict] | None = None
         self._unreachable: dict[str, tuple[int, float]] = {}  # cluster -> (failed polls in a row, since)
         self._last_queue: dict[str, list[JobInfo]] = {}
 
-    # --- the one place that calls the SDK ----------------------------------------------------
     @property
     def sdk(self) -> ModuleType:
-        if self._sdk is None:
-            self._sdk = load_sdk()
-        return self._sdk
-
-    def _call(self, fn: str, cluster: str | None = None, **kwargs: Any) -> Any:
-        unknown = set(kwargs) - set(SDK_CALLS[fn])
-        if unknown:  # keeps SDK_CALLS (and so the contract test) complete
-            raise TypeError(f"{fn}() keywords {sorted(unknown)} are missing from SDK_CALLS")
-        target: Any = self.sdk
-        for part in fn.split("."):
-            target = getattr(target, part)
-        try:
-            return target(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated; SkyPilot's types never leave this module
-            raise self._translate(exc, cluster) from exc
-
-    def _get(self, request_id: str, cluster: str | None = None) -> Any:
-        return self._call("get", cluster, request_id=request_id)
-
-    @staticmethod
-    def _concurrently(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """`fn` over `items` from a bounded thread pool, in order; a BackendError is returned, not raised.
-
-        Each real SDK call blocks on its own HTTP round-trip(s) before it even returns a request id,
-        so only threads make a batch over many clusters cost about one round-trip.
-        """
-        def guarded(item: Any) -> Any:
-            try:
-                return fn(item)
-            except BackendError as exc:
-                return exc
-
-        if len(items) <= 1:
-            return [guarded(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_REQUESTS, len(items))) as pool:
-            return list(pool.map(guarded, items))
-
-    def _is(self, exc: BaseException, *names: str) -> bool:
-        classes = tuple(c for c in (getattr(self.sdk.exceptions, n, None) for n in names) if isinstance(c, type))
-        return bool(classes) and isinstance(exc, classes)
-
-    def _translate(self, exc: Exception, cluster: str | None) -> BackendError:
-        if isinstance(exc, BackendError):
-            return exc
-        where = f" on cluster {cluster!r}" if cluster else ""
-        if self._is(exc, "ApiServerConnectionError") or _is_connection_error(exc):
-            return BackendUnavailable(f"The SkyPilot API server cannot be reached ({_first_line(exc)}). {UNREACHABLE_FIX}")
-        if self._is(exc, "ApiServerAuthenticationError"):
-            return BackendUnavailable(f"The SkyPilot API server needs a login ({_first_line(exc)}): run `sky api login`.")
-        if cluster and self._is(exc, "ClusterDoesNotExist"):
-            return ClusterLost(cluster, "it no longer exists (deleted, evicted or autodowned)")
-        if cluster and self._is(exc, "ClusterNotUpError"):
-            state = enum_value(getattr(exc, "cluster_status", None) or "unknown")
-            return _NotUp(cluster, f"it is not UP (status {state}; preempted or evicted)")
-        if self._is(exc, "ResourcesUnavailableError"):
-            return ProvisionFailed(f"no capacity{where}: {_first_line(exc)}")
-        return BackendError(f"SkyPilot {type(exc).__name__}{where}: {_first_line(exc)}")
+        return self.api.module
 
     # --- the task file -----------------------------------------------------------------------
     def _task_yaml(self) -> dict:
@@ -218,12 +115,12 @@ class SkyPilotBackend(Backend):
         return str((self.workspace.root / workdir).resolve()) if isinstance(workdir, str) and workdir else None
 
     def _sky_task(self, config: dict) -> Any:
-        return self._call("Task.from_yaml_config", config=config)
+        return self.api.call("Task.from_yaml_config", config=config)
 
     # --- clusters ----------------------------------------------------------------------------
     def _status(self, names: Sequence[str]) -> dict[str, Any]:
         refresh = self.sdk.StatusRefreshMode.AUTO
-        records = self._get(self._call("status", cluster_names=list(names), refresh=refresh))
+        records = self.api.get(self.api.call("status", cluster_names=list(names), refresh=refresh))
         return {record_field(r, "name"): r for r in records}
 
     def _cluster_info(self, name: str, record: Any, fallback_accelerator: str) -> ClusterInfo:
@@ -268,7 +165,7 @@ class SkyPilotBackend(Backend):
         attempt = 0
         while todo:
             chosen = {name: cands[attempt % len(cands)] for name, cands in todo.items()}
-            requests = {name: self._call(
+            requests = {name: self.api.call(
                 "launch", name, task=self._sky_task(build_launch_config(
                     task_yaml, name=SETUP_JOB_NAME, workdir=self._project_workdir(task_yaml), accelerator=acc,
                     infra=self.infra, envs={"FLEET_BACKEND": self.name})),
@@ -277,7 +174,7 @@ class SkyPilotBackend(Backend):
             retry: dict[str, list[str]] = {}
             for name, request_id in requests.items():
                 try:
-                    job_id, handle = self._get(request_id, name)
+                    job_id, handle = self.api.get(request_id, name)
                 except BackendUnavailable:
                     raise
                 except ProvisionFailed as exc:
@@ -303,7 +200,7 @@ class SkyPilotBackend(Backend):
             todo = retry
         setup_failures: dict[str, str] = {}
         outcomes = await_setups({name: job_id for name, (job_id, _) in setting_up.items()},
-                                lambda items: self._concurrently(lambda item: self._job_status(*item), items),
+                                lambda items: concurrently(lambda item: self._job_status(*item), items),
                                 clock=self._clock, sleep=self._sleep,
                                 timeout_s=self.setup_timeout_s, poll_s=self.setup_poll_s)
         for name, outcome in outcomes.items():
@@ -323,16 +220,16 @@ class SkyPilotBackend(Backend):
         return result
 
     def _job_status(self, cluster: str, job_id: int) -> str:
-        statuses = self._get(self._call("job_status", cluster, cluster_name=cluster, job_ids=[job_id]), cluster)
+        statuses = self.api.get(self.api.call("job_status", cluster, cluster_name=cluster, job_ids=[job_id]), cluster)
         status = statuses.get(job_id, statuses.get(str(job_id)))
         return "FAILED_SETUP" if status is None else enum_value(status)  # None: the job is gone
 
     def down(self, clusters: Sequence[str]) -> None:
-        requests = {name: self._call("down", name, cluster_name=name) for name in clusters}
+        requests = {name: self.api.call("down", name, cluster_name=name) for name in clusters}
         failed: dict[str, str] = {}
         for name, request_id in requests.items():
             try:
-                self._get(request_id, name)
+                self.api.get(request_id, name)
             except ClusterLost:
                 pass  # already gone
             except BackendUnavailable:
@@ -349,7 +246,7 @@ class SkyPilotBackend(Backend):
         def request_downs() -> None:
             for name in clusters:
                 with contextlib.suppress(BackendError):
-                    self._call("down", name, cluster_name=name)  # the server acts without our get()
+                    self.api.call("down", name, cluster_name=name)  # the server acts without our get()
 
         if clusters:
             threading.Thread(target=request_downs, name="fleet-down-lost", daemon=True).start()
@@ -363,10 +260,10 @@ class SkyPilotBackend(Backend):
         overdue = mark_timeouts(out, timeouts, self._clock())
         if overdue:
             self._files.save_timeouts(timeouts)
-            requests = {c: self._call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
+            requests = {c: self.api.call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
             for cluster, request_id in requests.items():
                 with contextlib.suppress(ClusterLost):
-                    self._get(request_id, cluster)
+                    self.api.get(request_id, cluster)
 
     # --- jobs --------------------------------------------------------------------------------
     def _accelerator_for(self, cluster: str, job: JobSpec) -> str:
@@ -404,12 +301,12 @@ class SkyPilotBackend(Backend):
             problem = staged[job.snapshot]
             if problem is not None:
                 raise problem
-            request = self._call("exec", cluster, task=self._sky_task(self.job_config(cluster, job)), cluster_name=cluster)
-            job_id, _ = self._get(request, cluster)
+            request = self.api.call("exec", cluster, task=self._sky_task(self.job_config(cluster, job)), cluster_name=cluster)
+            job_id, _ = self.api.get(request, cluster)
             return int(job_id)
 
         results: list[int | BackendError] = [
-            NotSubmitted(str(r)) if isinstance(r, _NotUp) else r for r in self._concurrently(submit_one, items)]
+            NotSubmitted(str(r)) if isinstance(r, NotUp) else r for r in concurrently(submit_one, items)]
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
         self._files.add_timeouts(submitted)
@@ -434,10 +331,10 @@ class SkyPilotBackend(Backend):
         the clusters: BackendUnavailable, and nobody is counted as lost.
         """
         def poll(cluster: str) -> list[Any]:
-            return self._get(self._call("queue", cluster, cluster_name=cluster, skip_finished=False, all_users=False),
+            return self.api.get(self.api.call("queue", cluster, cluster_name=cluster, skip_finished=False, all_users=False),
                              cluster)
 
-        polled = dict(zip(clusters, self._concurrently(poll, list(clusters))))
+        polled = dict(zip(clusters, concurrently(poll, list(clusters))))
         unavailable = next((v for v in polled.values() if isinstance(v, BackendUnavailable)), None)
         if unavailable is not None:
             raise unavailable
@@ -513,23 +410,23 @@ class SkyPilotBackend(Backend):
         """
         buffer = io.StringIO()
         try:
-            self._call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False, output_stream=buffer)
+            self.api.call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False, output_stream=buffer)
             text = buffer.getvalue()
         except (ClusterLost, BackendUnavailable):
             raise
         except BackendError:
             text = self._downloaded_log(cluster, job_id)
-        return _ANSI.sub("", text)
+        return strip_colour(text)
 
     def _downloaded_log(self, cluster: str, job_id: int) -> str:
-        paths = self._call("download_logs", cluster, cluster_name=cluster, job_ids=[str(job_id)])
+        paths = self.api.call("download_logs", cluster, cluster_name=cluster, job_ids=[str(job_id)])
         path = Path(next(iter(paths.values()), "")).expanduser()
         path = path / "run.log" if path.is_dir() else path
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
         """Logs of many jobs at once (each fetch is a blocking stream, so they run on threads)."""
-        results: list[str | BackendError] = self._concurrently(lambda item: self.logs(*item), items)
+        results: list[str | BackendError] = concurrently(lambda item: self.logs(*item), items)
         unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
         if unavailable is not None:
             raise unavailable
@@ -539,7 +436,7 @@ class SkyPilotBackend(Backend):
         if not job_ids:
             return  # never send an empty list: SkyPilot would cancel the cluster's latest job
         try:
-            self._get(self._call("cancel", cluster, cluster_name=cluster, job_ids=[int(j) for j in job_ids]), cluster)
+            self.api.get(self.api.call("cancel", cluster, cluster_name=cluster, job_ids=[int(j) for j in job_ids]), cluster)
         except ClusterLost:
             pass  # its jobs died with it
 
@@ -547,7 +444,7 @@ class SkyPilotBackend(Backend):
     def gpu_availability(self, infra: str | None = None) -> list[GpuAvailability]:
         """GPUs per Kubernetes context (capacity and free now), to size the fleet before `fleet up`."""
         try:
-            per_context = self._get(self._call("client.sdk.realtime_kubernetes_gpu_availability",
+            per_context = self.api.get(self.api.call("client.sdk.realtime_kubernetes_gpu_availability",
                                                context=context_of(infra or self.infra), name_filter=None))
         except BackendUnavailable:
             raise
@@ -558,22 +455,9 @@ class SkyPilotBackend(Backend):
 
     def health(self) -> str:
         """The API server's version; BackendUnavailable (with the fix) when it cannot be reached."""
-        info = self._call("api_info")
+        info = self.api.call("api_info")
         version, status = record_field(info, "version", "?"), enum_value(record_field(info, "status", "?"))
         return f"SkyPilot API server {version} ({status})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Connection refused / DNS / timeouts from `requests` before SkyPilot wraps them."""
-    if isinstance(exc, ConnectionError):
-        return True
-    return any(c.__name__ in ("ConnectionError", "ConnectTimeout") and c.__module__.startswith(("requests", "urllib3"))
-               for c in type(exc).__mro__)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """A fake of the SkyPilot SDK (`import sky`) that runs clusters as local directories and jobs as processes.
 
 It mirrors, by name and keyword, the SDK functions the SkyPilot backend calls (the list is
-`fleet.backends.skypilot.SDK_CALLS`; a contract test compares both signatures with the installed
+`fleet.backends.sky_sdk.SDK_CALLS`; a contract test compares both signatures with the installed
 package). Select it with `FLEET_SKY_SDK=fleet.testing.fake_sky`, so background controllers and
 CLI processes use it too.
 
