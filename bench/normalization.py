@@ -160,6 +160,8 @@ def run(setup: Setup, trials: int, seed: int = RNG_SEED) -> dict[str, float]:
 
     summary = {a: mean(a) for a in TrialResult.__dataclass_fields__ if not a.endswith("error")}
     summary.update(factor_rms=rms("factor_error"), slope_rms=rms("slope_error"))
+    gain = np.array([r.spearman_normalized - r.spearman_raw for r in results])
+    summary.update(gain_se=float(gain.std(ddof=1) / np.sqrt(len(gain))), gain_wins=float(np.mean(gain > 0)))
     return summary
 
 
@@ -188,6 +190,8 @@ def main() -> None:
     s = run(base, TRIALS)
     print(f"headline: {base} over {TRIALS} trials")
     print(_row("headline", s))
+    print(f"normalized - raw Spearman: {s['spearman_normalized'] - s['spearman_raw']:+.4f} "
+          f"(standard error {s['gain_se']:.4f}; normalized higher in {s['gain_wins']:.0%} of trials)")
     print(f"spearman_raw: {s['spearman_raw']:.4f}")
     print(f"spearman_normalized: {s['spearman_normalized']:.4f}")
     print(f"top1_recovery: {s['top1_normalized']:.3f}")
