@@ -449,6 +449,7 @@ def test_an_exec_refused_by_a_passing_not_up_is_not_submitted_not_a_loss(project
     fake.flap_cluster("gpu-01")  # the exec sees ClusterNotUpError; `sky status` still says UP
     [refused] = backend.submit_many([("gpu-01", job("exp-1"))])
     assert isinstance(refused, NotSubmitted) and not isinstance(refused, ClusterLost)
+    assert "'gpu-01' refused the job: it is not UP" in str(refused)
     assert backend.queues(["gpu-01"])["gpu-01"] == []  # the job never reached the queue
     backend.submit("gpu-01", job("exp-1"))  # and the cluster takes the retry
     assert [j.name for j in backend.queues(["gpu-01"])["gpu-01"]] == [job("exp-1").job_name]

@@ -306,7 +306,8 @@ class SkyPilotBackend(Backend):
             return int(job_id)
 
         results: list[int | BackendError] = [
-            NotSubmitted(str(r)) if isinstance(r, NotUp) else r for r in concurrently(submit_one, items)]
+            NotSubmitted(f"cluster {r.cluster!r} refused the job: {r.reason}") if isinstance(r, NotUp) else r
+            for r in concurrently(submit_one, items)]
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
         self._files.add_timeouts(submitted)
