@@ -23,27 +23,35 @@ Behaviour that matters to the backend, kept faithful:
 
 State lives in files under `FAKE_SKY_HOME` (default `<cwd>/.fleet/fake-sky`), so separate
 processes see the same clusters; `fleet.testing.fake_sky_state` keeps it. This module is the SDK's
-surface on top: its functions, enums, exceptions, Task and Resources, and the records it returns.
-Test helpers that inject failures (`kill_cluster`, `preempt_cluster`, `fail_next_jobs`, ...) are
+surface on top: its functions, with its enums, exceptions, Task, Resources and records (defined in
+`fleet.testing.fake_sky_types`) re-exported. Test helpers that inject failures (`kill_cluster`, `preempt_cluster`, `fail_next_jobs`, ...) are
 re-exported here, so tests reach everything through this one module.
 """
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import shutil
-import subprocess
 import threading
 import time
 import uuid
-from collections import namedtuple
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
 from fleet.testing import fake_sky_state as state
+from fleet.testing.fake_sky_types import (  # re-exported: the SDK's names
+    FAKE_CONTEXT,
+    ClusterStatus,
+    Handle,
+    JobStatus,
+    RealtimeGpuAvailability,
+    Record,
+    Resources,
+    StatusRefreshMode,
+    Task,
+    exceptions,
+)
 from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake through this module
     DEFAULT_CAPACITY,
     flap_cluster,
@@ -58,162 +66,8 @@ from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake 
 )
 
 __version__ = "0.14.1-fake"
-FAKE_CONTEXT = "fake-k8s"
 API_URL = "http://127.0.0.1:46580"
 NO_TIMEOUT_S = 10.0 * 365 * 24 * 3600  # SkyPilot jobs have no timeout of their own
-
-
-# --- the SDK's enums and exceptions (same names and values) ---------------------------------------
-class JobStatus(enum.Enum):
-    INIT = "INIT"
-    PENDING = "PENDING"
-    SETTING_UP = "SETTING_UP"
-    RUNNING = "RUNNING"
-    FAILED_DRIVER = "FAILED_DRIVER"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    FAILED_SETUP = "FAILED_SETUP"
-    CANCELLED = "CANCELLED"
-
-
-class ClusterStatus(enum.Enum):
-    INIT = "INIT"
-    UP = "UP"
-    STOPPED = "STOPPED"
-    AUTOSTOPPING = "AUTOSTOPPING"
-    PENDING = "PENDING"
-
-
-class StatusRefreshMode(enum.Enum):
-    NONE = "NONE"
-    AUTO = "AUTO"
-    FORCE = "FORCE"
-
-
-class exceptions:  # noqa: N801 - mirrors the `sky.exceptions` module
-    class ResourcesUnavailableError(Exception):
-        def __init__(self, message: str, no_failover: bool = False, failover_history: list | None = None) -> None:
-            super().__init__(message)
-            self.no_failover = no_failover
-            self.failover_history = list(failover_history or [])
-
-    class ResourcesMismatchError(Exception):
-        pass
-
-    class ClusterNotUpError(Exception):
-        def __init__(self, message: str, cluster_status: Any = None, handle: Any = None) -> None:
-            super().__init__(message)
-            self.cluster_status = cluster_status
-            self.handle = handle
-
-    class ClusterDoesNotExist(ValueError):
-        pass
-
-    class ClusterSetUpError(Exception):
-        pass
-
-    class NotSupportedError(Exception):
-        pass
-
-    class CommandError(Exception):
-        def __init__(self, returncode: int, command: str, error_msg: str, detailed_reason: str | None,
-                     failure: str | None = None) -> None:
-            super().__init__(command, failure or f"failed with return code {returncode}", error_msg, detailed_reason)
-            self.returncode = returncode
-            self.command = command
-            self.error_msg = error_msg
-            self.detailed_reason = detailed_reason
-
-    class ApiServerConnectionError(RuntimeError):
-        def __init__(self, server_url: str) -> None:
-            super().__init__(f"Could not connect to SkyPilot API server at {server_url}. "
-                             f"Please ensure that the server is running. Try: curl {server_url}/api/health")
-
-    class ApiServerAuthenticationError(RuntimeError):
-        def __init__(self, server_url: str) -> None:
-            super().__init__(f"Authentication required for SkyPilot API server at {server_url}.")
-
-    class RequestCancelled(Exception):
-        pass
-
-
-RealtimeGpuAvailability = namedtuple("RealtimeGpuAvailability", ["gpu", "counts", "capacity", "available"])
-
-
-class _Record(dict):
-    """A response record readable both ways, like SkyPilot's ResponseBaseModel: r['name'] and r.name."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-# --- Task and Resources (only what the backend and the fake read) ---------------------------------
-class Resources:
-    def __init__(self, cloud: Any = None, instance_type: str | None = None, cpus: Any = None, memory: Any = None,
-                 accelerators: str | dict[str, int] | None = None, infra: str | None = None,
-                 image_id: Any = None, **_: Any) -> None:
-        if isinstance(accelerators, str):
-            name, _, count = accelerators.partition(":")
-            accelerators = {name: int(count or 1)}
-        self.accelerators = dict(accelerators) if accelerators else None
-        self.infra = infra
-        self.image_id = image_id
-
-    def __repr__(self) -> str:
-        return f"Resources(infra={self.infra!r}, accelerators={self.accelerators!r})"
-
-
-class Task:
-    def __init__(self, name: str | None = None, *, setup: str | None = None, run: str | None = None,
-                 envs: dict[str, str] | None = None, workdir: str | None = None,
-                 resources: Resources | list[Resources] | None = None, **_: Any) -> None:
-        self.name = name
-        self.setup = setup
-        self.run = run
-        self.envs = dict(envs or {})
-        self.workdir = workdir
-        if resources is None:
-            resources = [Resources()]
-        self.resources = list(resources) if isinstance(resources, (list, set, tuple)) else [resources]
-
-    @classmethod
-    def from_yaml_config(cls, config: dict[str, Any], env_overrides: list | None = None,
-                         secrets_overrides: list | None = None) -> "Task":
-        envs = {str(k): "" if v is None else str(v) for k, v in (config.get("envs") or {}).items()}
-        envs.update(dict(env_overrides or []))
-        res = dict(config.get("resources") or {})
-        accs = res.pop("accelerators", None)
-        if isinstance(accs, dict) and len(accs) > 1:
-            resources = [Resources(accelerators={k: v}, **res) for k, v in accs.items()]
-        elif isinstance(accs, list):
-            resources = [Resources(accelerators=a, **res) for a in accs]
-        else:
-            resources = [Resources(accelerators=accs, **res)]
-        return cls(config.get("name"), setup=config.get("setup"), run=config.get("run"), envs=envs,
-                   workdir=config.get("workdir"), resources=resources)
-
-    @classmethod
-    def from_yaml(cls, yaml_path: str) -> "Task":
-        import yaml
-
-        return cls.from_yaml_config(yaml.safe_load(Path(yaml_path).read_text()))
-
-    def accelerator_choices(self) -> list[str]:
-        return [name for r in self.resources for name in (r.accelerators or {})]
-
-
-class _Handle:
-    """Stands in for CloudVmRayResourceHandle: the backend reads `launched_resources.accelerators`."""
-
-    def __init__(self, cluster_name: str, accelerator: str) -> None:
-        self.cluster_name = cluster_name
-        self.launched_resources = Resources(accelerators={accelerator: 1}, infra=f"kubernetes/{FAKE_CONTEXT}")
-
-    def __repr__(self) -> str:
-        return f"_Handle({self.cluster_name!r}, {self.launched_resources!r})"
 
 
 # --- the cluster checks every call makes ----------------------------------------------------------
@@ -297,9 +151,9 @@ def stream_and_get(request_id: str | None = None, log_path: str | None = None, t
     return None if request_id is None else get(request_id)
 
 
-def api_info() -> _Record:
+def api_info() -> Record:
     _check_api()
-    return _Record(status="healthy", api_version="fake", version=__version__, commit="fake", user=None)
+    return Record(status="healthy", api_version="fake", version=__version__, commit="fake", user=None)
 
 
 # --- clusters -------------------------------------------------------------------------------------
@@ -331,18 +185,18 @@ def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | No
     state.set_meta(cluster_name, status="UP")
     if not newly_provisioned:
         # "Setup will be skipped if provisioning was skipped" (sky/execution.py)
-        return (_enqueue(cluster_name, task) if task.run else None), _Handle(cluster_name, accelerator)
+        return (_enqueue(cluster_name, task) if task.run else None), Handle(cluster_name, accelerator)
     if task.setup and not task.run:
         # Detached setup (sky/execution.py `detach_setup`): launch returns once the cluster is UP,
         # and the setup runs as the cluster's next job (SETTING_UP, then SUCCEEDED or FAILED_SETUP).
         env = {**task.envs, "SKYPILOT_CLUSTER_NAME": cluster_name, "SKYPILOT_SETUP_NODE_RANK": "0"}
         job_id = state.add_detached_job(cluster_name, task.name or "sky-cmd", task.setup,
                                         str(state.workdir(cluster_name)), env, NO_TIMEOUT_S)
-        return job_id, _Handle(cluster_name, accelerator)
+        return job_id, Handle(cluster_name, accelerator)
     if task.setup:  # setup and run: one job that runs both (its setup failing shows as FAILED)
         task = Task(task.name, run=f"{task.setup}\n{task.run}", envs=task.envs, workdir=None,
                     resources=task.resources)
-    return (_enqueue(cluster_name, task) if task.run else None), _Handle(cluster_name, accelerator)
+    return (_enqueue(cluster_name, task) if task.run else None), Handle(cluster_name, accelerator)
 
 
 def _enqueue(cluster_name: str, task: Task) -> int:
@@ -383,7 +237,7 @@ def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down
 
     def run() -> tuple:
         job_id = _enqueue(cluster_name, task)
-        return job_id, _Handle(cluster_name, state.meta(cluster_name)["accelerator"])
+        return job_id, Handle(cluster_name, state.meta(cluster_name)["accelerator"])
 
     return _submit("exec", run)
 
@@ -397,7 +251,7 @@ _SETUP_STATES = {"pending": JobStatus.PENDING, "running": JobStatus.SETTING_UP, 
                  "cancelled": JobStatus.CANCELLED}
 
 
-def _job_records(cluster_name: str) -> list[_Record]:
+def _job_records(cluster_name: str) -> list[Record]:
     _require_up(cluster_name)
     outcomes = state.job_outcomes(cluster_name)
     records = []
@@ -410,7 +264,7 @@ def _job_records(cluster_name: str) -> list[_Record]:
             status = _STATES[job.state]
         if status == JobStatus.FAILED and str(job.job_id) in outcomes:
             status = JobStatus(outcomes[str(job.job_id)])
-        records.append(_Record(job_id=job.job_id, job_name=job.name, username="fake", user_hash="fake",
+        records.append(Record(job_id=job.job_id, job_name=job.name, username="fake", user_hash="fake",
                                submitted_at=job.submitted_at, start_at=job.started_at, end_at=job.ended_at,
                                resources="1x[GPU:1]", status=status, log_path=job.log, metadata={}, links={}))
     return records
@@ -419,7 +273,7 @@ def _job_records(cluster_name: str) -> list[_Record]:
 def queue(cluster_name: str, skip_finished: bool = False, all_users: bool = False) -> str:
     _blocking_post()
 
-    def run() -> list[_Record]:
+    def run() -> list[Record]:
         records = _job_records(cluster_name)
         if skip_finished:
             records = [r for r in records if r.status in (JobStatus.INIT, JobStatus.PENDING,
@@ -513,14 +367,14 @@ def down(cluster_name: str, purge: bool = False, graceful: bool = False, gracefu
 
 def status(cluster_names: list[str] | None = None, refresh: StatusRefreshMode = StatusRefreshMode.NONE,
            all_users: bool = False) -> str:
-    def run() -> list[_Record]:
+    def run() -> list[Record]:
         records = []
         for meta in state.cluster_metas():
             if cluster_names is not None and meta["name"] not in cluster_names:
                 continue
-            records.append(_Record(
+            records.append(Record(
                 name=meta["name"], launched_at=meta["launched_at"], status=ClusterStatus(meta["status"]),
-                handle=_Handle(meta["name"], meta["accelerator"]), autostop=meta["autostop"],
+                handle=Handle(meta["name"], meta["accelerator"]), autostop=meta["autostop"],
                 to_down=meta["to_down"], cluster_hash=meta["name"], cluster_ever_up=True, user_hash="fake",
                 user_name="fake", workspace="default", is_managed=False,
                 resources_str=f"1x Kubernetes({meta['accelerator']}:1)"))
@@ -555,3 +409,13 @@ def fail_next_jobs(cluster_name: str, status: str = "FAILED_SETUP", count: int =
     """The next `count` jobs queued on the cluster end in `status` (FAILED_SETUP or FAILED_DRIVER)."""
     JobStatus(status)
     state.force_failures(cluster_name, [status] * count)
+
+
+__all__ = [  # the SDK's surface, then the failure injectors tests drive it with
+    "API_URL", "FAKE_CONTEXT", "ClusterStatus", "Handle", "JobStatus", "RealtimeGpuAvailability", "Record",
+    "Resources", "StatusRefreshMode", "Task", "__version__", "api_info", "cancel", "client", "download_logs",
+    "exceptions", "exec", "get", "job_status", "launch", "queue", "realtime_kubernetes_gpu_availability",
+    "status", "stream_and_get", "tail_logs", "down",
+    "DEFAULT_CAPACITY", "fail_next_jobs", "flap_cluster", "home", "kill_cluster", "make_unreachable",
+    "preempt_cluster", "reset", "set_capacity", "start_api_server", "stop_api_server",
+]
