@@ -109,13 +109,18 @@ def test_controller_killed_mid_wave_resumes_exactly_once(fleet):
     assert len(job_names) == len(set(job_names))
 
 
-def test_budget_cap_holds_work_until_released(fleet):
-    fleet.write("fleet.yaml", "max_gpu_hours: 0.0005\n")  # 1.8 GPU-seconds
-    fleet.write("cap.yaml", "name: cap\nenv: {TIME_BUDGET: 1}\ngrid:\n  DEPTH: [1, 2, 3, 4]\n")
+def _run_capped_wave(fleet, cap_line: str = "") -> list:
+    """Run a 4-experiment wave against a 1.8 GPU-second cap; returns the experiments it held."""
+    fleet.write("cap.yaml", f"name: cap\n{cap_line}env: {{TIME_BUDGET: 1}}\ngrid:\n  DEPTH: [1, 2, 3, 4]\n")
     fleet.json("wave", "cap.yaml", "--wait")
     counts = fleet.ledger.counts("cap")
     assert counts.get("held", 0) >= 2 and counts.get("done", 0) >= 1
-    held = fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
+    return fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
+
+
+def test_budget_cap_holds_work_until_released(fleet):
+    fleet.write("fleet.yaml", "max_gpu_hours: 0.0005\n")  # 1.8 GPU-seconds
+    held = _run_capped_wave(fleet)
     assert "max_gpu_hours" in held[0].reason
     released = fleet.json("release")["released"]
     assert set(released) == {e.id for e in held}
@@ -124,11 +129,7 @@ def test_budget_cap_holds_work_until_released(fleet):
 
 
 def test_wave_budget_cap(fleet):
-    fleet.write("cap.yaml", "name: cap\nmax_gpu_hours: 0.0005\nenv: {TIME_BUDGET: 1}\ngrid:\n  DEPTH: [1, 2, 3, 4]\n")
-    fleet.json("wave", "cap.yaml", "--wait")
-    counts = fleet.ledger.counts("cap")
-    assert counts.get("held", 0) >= 2 and counts.get("done", 0) >= 1
-    held = fleet.ledger.experiments(wave="cap", states=[ExperimentState.HELD])
+    held = _run_capped_wave(fleet, "max_gpu_hours: 0.0005\n")
     assert "max_gpu_hours of wave cap" in held[0].reason
 
 

@@ -28,9 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--baseline", metavar="EXP",
                    help="experiment whose configuration is the baseline (default: the wave's experiment "
                         "described `baseline`, else its base env)")
-    p.add_argument("--wait", action="store_true", help="block until it is done, then print the verdicts")
-    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
-                   help="with --wait: give up after this many seconds (exit 1)")
+    _add_wait(p, "the verdicts")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("verdict", parents=[common], help="keep / discard / inconclusive for a promote wave's candidates")
@@ -44,14 +42,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="experiment whose configuration is the baseline (default: as for `fleet promote`)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     p.add_argument("--tier", default="validate", help="tier that runs the arms (default: validate)")
-    p.add_argument("--wait", action="store_true", help="block until it is done, then print the contributions")
-    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
-                   help="with --wait: give up after this many seconds (exit 1)")
+    _add_wait(p, "the contributions")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("ablation", parents=[common], help="each change's contribution in an ablate wave")
     p.add_argument("wave", help="a wave made by `fleet ablate`")
     p.set_defaults(func=cmd_ablation)
+
+
+def _add_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wait", action="store_true", help=f"block until it is done, then print {what}")
+    p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
+                   help="with --wait: give up after this many seconds (exit 1)")
 
 
 # ---- promote / verdict ----------------------------------------------------------------------------------
