@@ -334,18 +334,20 @@ class Controller:
                 return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
             try:
                 self.cycle()
+                if backoff != poll_s:  # recovered: the "retrying" notice is stale
+                    self.ledger.set_meta("controller_error", "")
                 backoff = poll_s
             except (InputError, SetupFailed) as exc:
                 return self._stop(str(exc))
-            except Exception as exc:  # a bug or the machine (disk full): say so where `fleet wait` looks
-                log.exception("controller crashed")
-                return self._stop(f"the controller crashed: {exc!r}; details in .fleet/logs/controller.log")
-            except BackendError as exc:
+            except BackendError as exc:  # before `Exception`, which it is a kind of
                 log.warning("backend problem, retrying in %.0fs: %s", backoff, exc)
                 self.ledger.set_meta("controller_error", f"retrying: {exc}")
                 sleep(backoff)
                 backoff = min(30.0, backoff * 2 + 1)
                 continue
+            except Exception as exc:  # a bug or the machine (disk full): say so where `fleet wait` looks
+                log.exception("controller crashed")
+                return self._stop(f"the controller crashed: {exc!r}; details in .fleet/logs/controller.log")
             if self.ledger.has_unfinished_work():
                 idle_since = None
             else:

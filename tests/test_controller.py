@@ -1,7 +1,7 @@
 """The controller against a scripted backend: decisions and bookkeeping, no processes."""
 from __future__ import annotations
 
-from fleet.backends.base import Backend, BackendError, NotSubmitted
+from fleet.backends.base import Backend, BackendError, BackendUnavailable, NotSubmitted
 from fleet.config import FleetConfig
 from fleet.controller import MAX_ATTEMPTS, MAX_LOG_FETCHES, REFUSED_REST_S, Controller
 from fleet.ledger import Ledger, NewExperiment
@@ -12,12 +12,14 @@ SUMMARY = "---\nval_bpb: 1.25\nnum_steps: 10\ntraining_seconds: 1.0\nEXPERIMENT_
 
 
 class ScriptedBackend(Backend):
-    """One cluster whose jobs finish at once; log fetches fail `log_failures` times first, and
-    submissions are refused (NotSubmitted) `refusals` times first."""
+    """One cluster whose jobs finish at once; log fetches fail `log_failures` times first,
+    submissions are refused (NotSubmitted) `refusals` times first, and queue polls fail `outages`
+    times first."""
 
     name = "scripted"
 
-    def __init__(self, log_failures: int = 0, refusals: int = 0) -> None:
+    def __init__(self, log_failures: int = 0, refusals: int = 0, outages: int = 0) -> None:
+        self.outages = outages  # queue polls that fail as if the API server were restarting
         self.jobs: list[JobInfo] = []
         self.log_failures = log_failures
         self.log_calls = 0
@@ -38,6 +40,9 @@ class ScriptedBackend(Backend):
         return len(self.jobs)
 
     def queues(self, clusters):
+        if self.outages > 0:
+            self.outages -= 1
+            raise BackendUnavailable("API server restarting")
         return {c: list(self.jobs) for c in clusters}
 
     def logs(self, cluster, job_id):
@@ -104,3 +109,13 @@ def test_a_refused_submission_costs_no_try_and_rests_the_cluster(tmp_path):
     exp = ledger.experiments()[0]
     assert (exp.state, exp.attempts) == (ExperimentState.DONE, 1)
     assert backend.submit_calls == MAX_ATTEMPTS + 2
+
+
+def test_a_passing_backend_outage_is_retried_with_backoff_not_a_crash(tmp_path):
+    backend = ScriptedBackend(outages=3)
+    ledger, controller = _setup(tmp_path, backend)
+    sleeps: list[float] = []
+    assert controller.run(poll_s=0.2, idle_exit_s=0.0, sleep=sleeps.append) == "idle"
+    assert sleeps[:3] == [0.2, 1.4, 3.8]  # backoff doubles (plus 1 s) while the outage lasts
+    assert ledger.experiments()[0].state == ExperimentState.DONE
+    assert ledger.get_meta("controller_error") == ""  # the retry notice went away with the outage
