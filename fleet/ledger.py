@@ -11,8 +11,9 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 from pathlib import Path
 
 from fleet.types import ClusterState, ExperimentState
@@ -162,6 +163,20 @@ def _row(cls, row: sqlite3.Row):
     return cls(**data)
 
 
+T = TypeVar("T")
+
+def retry_locked(call: Callable[[], T], tries: int = 50, sleep: Callable[[float], None] = time.sleep) -> T:
+    """`call()`, retried while SQLite says the database is locked (at most `tries` times)."""
+    for i in range(tries):
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or i == tries - 1:
+                raise
+            sleep(0.05)
+    raise ValueError(f"tries is {tries}, but must be at least 1")
+
+
 class Ledger:
     def __init__(self, path: Path, clock=time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,27 +185,15 @@ class Ledger:
         self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 60000")
-        with self._retry_locked():
-            self._db.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL needs a moment of exclusive access; a few processes opening a fresh
+        # ledger at once may collide, so retry briefly.
+        retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         with self.tx() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-
-    @contextlib.contextmanager
-    def _retry_locked(self, tries: int = 50) -> Iterator[None]:
-        # Switching to WAL needs a moment of exclusive access; a few processes opening a fresh
-        # ledger at once may collide, so retry briefly.
-        for i in range(tries):
-            try:
-                yield
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or i == tries - 1:
-                    raise
-                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from fleet.ledger import Ledger, NewExperiment
+from fleet.ledger import Ledger, NewExperiment, retry_locked
 from fleet.types import ClusterState, ExperimentState
 
 
@@ -96,3 +96,24 @@ def test_many_processes_write_at_once(tmp_path):
     assert len(ledger.waves()) == 6 * 25
     assert ledger.counts() == {"done": 150, "pending": 150}
     assert len({w.id for w in ledger.waves()}) == 150
+
+
+def test_retry_locked_retries_only_a_locked_database():
+    outcomes = [sqlite3.OperationalError("database is locked")] * 2 + ["wal"]
+    sleeps: list[float] = []
+
+    def call():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert retry_locked(call, sleep=sleeps.append) == "wal"
+    assert len(sleeps) == 2
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_locked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("no such table: x")), sleep=sleeps.append)
+    assert len(sleeps) == 2  # other errors are not retried
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_locked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")), tries=3,
+                     sleep=sleeps.append)
+    assert len(sleeps) == 4  # gave up after the third try
