@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fleet.errors import InputError
-from fleet.stats import finite, paired_one_sided, t_interval
+from fleet.stats import check_seeds, finite, paired_one_sided, t_interval
 
 ArmRole = Literal["baseline", "stacked", "without"]
 ContributionVerdict = Literal["keep", "drop", "inconclusive"]
@@ -71,8 +71,7 @@ def leave_one_out(
     baseline: Mapping[str, str], stacked: Mapping[str, str], seeds: int, first_seed: int = 0
 ) -> list[AblationArm]:
     """The ablation wave: baseline, full stack, and the stack without each change in turn."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"`seeds` is {seeds!r}, but must be a positive integer (e.g. `seeds: 3`)")
+    check_seeds(seeds)
     changes = tuple(find_changes(baseline, stacked))
     if not changes:
         raise InputError("the stacked configuration equals the baseline: there is no change to ablate")

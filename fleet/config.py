@@ -59,9 +59,6 @@ class FleetConfig(BaseModel):
     local: LocalConfig = Field(default_factory=LocalConfig)
     reference_accelerator: str = "H100"
 
-    def price(self, accelerator: str) -> float | None:
-        return self.prices.get(accelerator)
-
 
 def load_config(root: Path) -> FleetConfig:
     path = root / CONFIG_FILE

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from fleet.ledger import ExperimentRow, ResultRow
 from fleet.types import ExperimentState
@@ -58,7 +58,7 @@ def build_rows(
 
     ranked = sorted((r for r in rows if key(r) is not None), key=lambda r: (key(r), r.experiment))
     rest = [r for r in rows if key(r) is None]
-    out = [Row(**{**r.as_dict(), "rank": i}) for i, r in enumerate(ranked, start=1)]
+    out = [replace(r, rank=i) for i, r in enumerate(ranked, start=1)]
     return out + rest
 
 

@@ -256,10 +256,6 @@ class Ledger:
     def waves(self) -> list[WaveRow]:
         return [_row(WaveRow, r) for r in self._query("SELECT * FROM waves ORDER BY created_at, id")]
 
-    def latest_wave(self) -> WaveRow | None:
-        rows = self._query("SELECT * FROM waves ORDER BY created_at DESC, rowid DESC LIMIT 1")
-        return _row(WaveRow, rows[0]) if rows else None
-
     # --- experiments -------------------------------------------------------------------------
     def experiments(
         self, wave: str | None = None, states: Iterable[ExperimentState] | None = None
@@ -453,7 +449,3 @@ class Ledger:
             return True
         marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
         return bool(self._query(f"SELECT 1 FROM attempts WHERE state IN ({marks}) LIMIT 1", ACTIVE_ATTEMPT_STATES))
-
-
-def open_ledger(path: Path) -> Ledger:
-    return Ledger(path)

@@ -41,7 +41,7 @@ from typing import Literal
 
 import numpy as np
 
-from fleet.stats import finite, robust_center
+from fleet.stats import finite, mean_std, robust_center
 
 REFERENCE_ACCELERATOR = "H100"
 UNKNOWN_ACCELERATOR = "unknown"
@@ -371,20 +371,20 @@ def rank(records: Iterable[NormalizedRecord], by: Literal["normalized", "raw"] =
 
 
 def _leaderboard_row(key: str, runs: list[NormalizedRecord], by: Literal["normalized", "raw"]) -> LeaderboardRow:
-    raw = finite([n.raw for n in runs])
-    norm = finite([n.normalized for n in runs])
-    withheld = len(raw) - len(norm)
+    raw = mean_std([n.raw for n in runs])
+    norm = mean_std([n.normalized for n in runs])
+    withheld = raw.n - norm.n
     note = f"{withheld} run(s) on hardware of unknown speed left out of the normalized mean" if withheld else ""
     return LeaderboardRow(
         position=0,
         config_key=key,
         sorted_by=by,
-        n_runs=len(raw),
-        raw_mean=float(np.mean(raw)) if raw else None,
-        raw_std=float(np.std(raw, ddof=1)) if len(raw) >= 2 else None,
-        n_normalized=len(norm),
-        normalized_mean=float(np.mean(norm)) if norm else None,
-        normalized_std=float(np.std(norm, ddof=1)) if len(norm) >= 2 else None,
+        n_runs=raw.n,
+        raw_mean=raw.mean,
+        raw_std=raw.std,
+        n_normalized=norm.n,
+        normalized_mean=norm.mean,
+        normalized_std=norm.std,
         accelerators=tuple(sorted({n.record.accelerator for n in runs})),
         note=note,
     )

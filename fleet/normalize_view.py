@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.ledger import Ledger
+from fleet.ledger import ExperimentRow, Ledger, ResultRow
 from fleet.normalize import Calibration, RunRecord, SlopeEstimate, calibrate, estimate_slope, normalize
 from fleet.types import ExperimentState
 
@@ -16,16 +16,16 @@ class NormView:
     summary: str  # one line for people: the factors and what they rest on
 
 
+def run_record(exp: ExperimentRow, res: ResultRow) -> RunRecord:
+    """What normalization needs of one finished experiment (an unnamed device is "unknown")."""
+    return RunRecord(exp.id, exp.config_key, res.accelerator or "unknown", exp.seed, res.val_bpb,
+                     res.num_steps, res.training_seconds)
+
+
 def run_records(ledger: Ledger) -> list[RunRecord]:
     results = ledger.results()
-    out = []
-    for exp in ledger.experiments(states=[ExperimentState.DONE]):
-        res = results.get(exp.id)
-        if res is None:
-            continue
-        out.append(RunRecord(exp.id, exp.config_key, res.accelerator or "unknown", exp.seed, res.val_bpb,
-                             res.num_steps, res.training_seconds))
-    return out
+    return [run_record(exp, results[exp.id])
+            for exp in ledger.experiments(states=[ExperimentState.DONE]) if exp.id in results]
 
 
 def normalized_for(ledger: Ledger, reference: str) -> NormView:

@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 
 from fleet.errors import InputError
 from fleet.normalize import LeaderboardRow
-from fleet.stats import TestMethod, finite, mean_std, paired_one_sided
+from fleet.stats import TestMethod, check_seeds, finite, mean_std, paired_one_sided
 
 VerdictLabel = Literal["keep", "discard", "inconclusive"]
 DEFAULT_ALPHA = 0.01
@@ -77,8 +77,7 @@ def plan_validation(
     baseline first in each seed, so pairs finish close together even if the wave is cut short.
     A candidate identical to the baseline, or to an earlier candidate, is planned once.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"`seeds` is {seeds!r}, but must be a positive integer (e.g. `seeds: 3`)")
+    check_seeds(seeds)
     baseline = dict(baseline_config)
     unique: list[dict[str, str]] = []
     for c in candidates:

@@ -48,10 +48,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.ablate import AblationArm, Change, contributions, leave_one_out
+from fleet.ablate import AblationArm, Change, contributions, find_changes, leave_one_out
 from fleet.errors import FleetError, InputError
 from fleet.ledger import ExperimentRow, ResultRow, WaveRow
-from fleet.normalize import LeaderboardRow, NormalizedRecord, RunRecord, rank
+from fleet.normalize import LeaderboardRow, NormalizedRecord, rank
+from fleet.normalize_view import run_record
 from fleet.promote import DEFAULT_ALPHA, DEFAULT_FLOOR_MULTIPLE, plan_validation, select_candidates, verdict
 from fleet.stats import finite, mean_std
 from fleet.types import ExperimentState
@@ -100,8 +101,7 @@ def rank_screen(
     records = []
     for e in done:
         r = results[e.id]
-        record = RunRecord(e.id, e.config_key, r.accelerator or "unknown", e.seed, r.val_bpb, r.num_steps,
-                           r.training_seconds)
+        record = run_record(e, r)
         # Ranked through the "normalized" column either way; with nothing normalizable it holds raw values.
         value = normalized.get(e.id) if use_normalized else r.val_bpb
         records.append(NormalizedRecord(record, value, None))
@@ -182,7 +182,7 @@ def _changes_label(baseline: Mapping[str, str], config: Mapping[str, str]) -> st
 
 def changes_vs(baseline: Mapping[str, str], config: Mapping[str, str]) -> dict[str, str | None]:
     """Knobs where ``config`` differs from ``baseline`` (None: the config leaves it at its default)."""
-    return {k: config.get(k) for k in sorted(set(baseline) | set(config)) if baseline.get(k) != config.get(k)}
+    return {c.knob: c.stacked_value for c in find_changes(baseline, config)}
 
 
 # ---- reading a validation wave back -----------------------------------------------------------------

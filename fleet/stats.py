@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from scipy import stats as _sps
 
+from fleet.errors import InputError
+
 # sd ≈ 1.4826 * MAD for normal data; the median's standard error is ≈ sqrt(pi/2) * sd / sqrt(n).
 MAD_TO_SD = 1.4826
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
@@ -37,13 +39,6 @@ class MeanStd:
     mean: float | None
     std: float | None
 
-    def __str__(self) -> str:
-        if self.mean is None:
-            return "n/a"
-        if self.std is None:
-            return f"{self.mean:.4f} (n={self.n})"
-        return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
-
 
 @dataclass(frozen=True)
 class PairedTest:
@@ -55,6 +50,12 @@ class PairedTest:
     p_value: float | None  # None when it cannot be computed (fewer than 2 pairs)
     method: TestMethod
     note: str = ""
+
+
+def check_seeds(seeds: object) -> None:
+    """Paired statistics need a whole, positive number of seeds per arm."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"`seeds` is {seeds!r}, but must be a positive integer (e.g. `seeds: 3`)")
 
 
 def finite(values: Sequence[float | None]) -> list[float]:
@@ -69,19 +70,6 @@ def mean_std(values: Sequence[float | None]) -> MeanStd:
     arr = np.asarray(xs)
     std = float(arr.std(ddof=1)) if arr.size >= 2 else None
     return MeanStd(int(arr.size), float(arr.mean()), std)
-
-
-def noise_floor(baseline_values: Sequence[float | None], multiple: float = 2.0) -> float | None:
-    """``multiple`` × the baseline's seed std; None with fewer than 2 baseline seeds."""
-    std = mean_std(baseline_values).std
-    return None if std is None else multiple * std
-
-
-def effect_size(delta: float, baseline_std: float | None) -> float | None:
-    """Cohen-style d = delta / baseline seed std; None when the std is unknown or zero."""
-    if baseline_std is None or baseline_std == 0.0:
-        return None
-    return delta / baseline_std
 
 
 def robust_center(values: Sequence[float], weights: Sequence[float] | None = None) -> tuple[float, float | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -135,6 +135,14 @@ def concurrently(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return [guarded(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_REQUESTS, len(items))) as pool:
         return list(pool.map(guarded, items))
+
+
+def raise_unavailable(outcomes: Iterable[Any]) -> None:
+    """Raise the first BackendUnavailable among a batch's outcomes: the control plane is down, so
+    the batch failed as a whole, not item by item."""
+    unavailable = next((o for o in outcomes if isinstance(o, BackendUnavailable)), None)
+    if unavailable is not None:
+        raise unavailable
 
 
 def strip_colour(text: str) -> str:

@@ -39,6 +39,7 @@ from fleet.backends.sky_sdk import (
     SkySdk,
     concurrently,
     load_sdk,
+    raise_unavailable,
     strip_colour,
 )
 from fleet.backends.sky_setup import await_setups, launch_candidates, plan_up, setup_failure, up_error
@@ -311,9 +312,7 @@ class SkyPilotBackend(Backend):
         submitted = {f"{c}/{r}": {"name": j.job_name, "timeout_s": j.timeout_s}
                      for (c, j), r in zip(items, results) if not isinstance(r, BackendError)}
         self._files.add_timeouts(submitted)
-        unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
-        if unavailable is not None:
-            raise unavailable
+        raise_unavailable(results)
         return results
 
     def submit(self, cluster: str, job: JobSpec) -> int:
@@ -336,9 +335,7 @@ class SkyPilotBackend(Backend):
                              cluster)
 
         polled = dict(zip(clusters, concurrently(poll, list(clusters))))
-        unavailable = next((v for v in polled.values() if isinstance(v, BackendUnavailable)), None)
-        if unavailable is not None:
-            raise unavailable
+        raise_unavailable(polled.values())
         failed = {c: v for c, v in polled.items() if isinstance(v, BackendError) and not isinstance(v, ClusterLost)}
         gone, to_down = self._confirm_lost({c: v for c, v in polled.items() if isinstance(v, ClusterLost)}, failed)
         alive = [c for c in clusters if c not in gone]
@@ -428,9 +425,7 @@ class SkyPilotBackend(Backend):
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
         """Logs of many jobs at once (each fetch is a blocking stream, so they run on threads)."""
         results: list[str | BackendError] = concurrently(lambda item: self.logs(*item), items)
-        unavailable = next((r for r in results if isinstance(r, BackendUnavailable)), None)
-        if unavailable is not None:
-            raise unavailable
+        raise_unavailable(results)
         return results
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
