@@ -188,11 +188,9 @@ class Controller:
 
     def _cancel_requested(self) -> None:
         """Experiments the user cancelled that still have a job queued or running on a cluster."""
-        cancelled = {e.id for e in self.ledger.experiments(states=[ExperimentState.CANCELLED])}
         by_cluster: dict[str, list[AttemptRow]] = {}
-        for attempt in self.ledger.attempts(active=True):
-            if attempt.experiment_id in cancelled:
-                by_cluster.setdefault(attempt.cluster, []).append(attempt)
+        for attempt in self.ledger.attempts(active=True, of_state=ExperimentState.CANCELLED):
+            by_cluster.setdefault(attempt.cluster, []).append(attempt)
         for cluster, attempts in by_cluster.items():
             ids = [a.job_id for a in attempts if a.job_id is not None]
             try:

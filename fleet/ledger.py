@@ -339,15 +339,21 @@ class Ledger:
     def attempt(self, attempt_id: int) -> AttemptRow:
         return _row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
 
-    def attempts(self, experiment_id: str | None = None, active: bool = False) -> list[AttemptRow]:
-        sql, args = "SELECT * FROM attempts WHERE 1=1", []
+    def attempts(self, experiment_id: str | None = None, active: bool = False,
+                 of_state: ExperimentState | None = None) -> list[AttemptRow]:
+        """Attempts, optionally of one experiment, only active ones, or only of experiments in `of_state`."""
+        sql, args = "SELECT a.* FROM attempts a", []
+        if of_state is not None:
+            sql += " JOIN experiments e ON e.id = a.experiment_id AND e.state = ?"
+            args.append(of_state.value)
+        sql += " WHERE 1=1"
         if experiment_id is not None:
-            sql += " AND experiment_id = ?"
+            sql += " AND a.experiment_id = ?"
             args.append(experiment_id)
         if active:
-            sql += f" AND state IN ({','.join('?' * len(ACTIVE_ATTEMPT_STATES))})"
+            sql += f" AND a.state IN ({','.join('?' * len(ACTIVE_ATTEMPT_STATES))})"
             args += ACTIVE_ATTEMPT_STATES
-        return [_row(AttemptRow, r) for r in self._query(sql + " ORDER BY id", args)]
+        return [_row(AttemptRow, r) for r in self._query(sql + " ORDER BY a.id", args)]
 
     def update_attempt(self, attempt_id: int, **fields) -> None:
         allowed = {"job_id", "state", "started_at", "ended_at", "exit_code", "log_path"}

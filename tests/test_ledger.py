@@ -59,6 +59,18 @@ def test_requeue_keeps_attempt_count_and_gives_up(tmp_path):
     assert "gave up after 2 attempts" in ledger.result(eid).reason
 
 
+def test_active_attempts_of_cancelled_experiments(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _, rows = ledger.add_wave("w", "screen", {}, "s", exps(3))
+    attempts = [ledger.start_attempt(r.id, "c1", "H100", lambda k: f"/logs/{k}") for r in rows]
+    ledger.set_state(rows[0].id, ExperimentState.CANCELLED, "by user")
+    ledger.set_state(rows[1].id, ExperimentState.CANCELLED, "by user")
+    ledger.update_attempt(attempts[1].id, state="cancelled")  # its job is already stopped
+    found = ledger.attempts(active=True, of_state=ExperimentState.CANCELLED)
+    assert [a.id for a in found] == [attempts[0].id]
+    assert len(ledger.attempts(active=True)) == 2
+
+
 def test_set_state_only_from(tmp_path):
     ledger = Ledger(tmp_path / "l.db")
     _, rows = ledger.add_wave("w", "screen", {}, "s", exps(1))

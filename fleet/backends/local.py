@@ -222,13 +222,11 @@ class LocalBackend(Backend):
         return out
 
     def logs(self, cluster: str, job_id: int) -> str:
-        for job in SlotQueue(self._slot_dir(cluster)).jobs():
-            if job.job_id == job_id:
-                try:
-                    return Path(job.log).read_text(errors="replace")
-                except FileNotFoundError:
-                    return ""
-        return ""
+        log = SlotQueue(self._slot_dir(cluster)).log_path(job_id)
+        try:
+            return "" if log is None else Path(log).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if self._meta(cluster) is not None:

@@ -158,6 +158,11 @@ class SlotQueue:
             )
         return out
 
+    def log_path(self, job_id: int) -> str | None:
+        """Where the job writes its output; None for a job this queue does not have."""
+        spec = _read_json(self._spec(job_id))
+        return None if spec is None else spec["log"]
+
     def cancel(self, job_ids: list[int]) -> None:
         for job_id in job_ids:
             if self._spec(job_id).exists():
