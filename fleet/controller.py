@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fleet.backends.base import Backend, BackendError, ClusterLost, NotSubmitted, SetupFailed
 from fleet.config import FleetConfig
@@ -19,7 +20,7 @@ from fleet.errors import InputError
 from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
 from fleet.results import parse_run_log
 from fleet.schedule import ClusterSlot, PendingExperiment, assign, within_budget
-from fleet.types import ClusterState, ExperimentState, JobInfo, JobSpec, JobState
+from fleet.types import ClusterState, ExperimentState, JobInfo, JobSpec, JobState, job_name
 from fleet.workspace import Workspace
 
 log = logging.getLogger("fleet.controller")
@@ -131,7 +132,7 @@ class Controller:
 
     @staticmethod
     def _find_job(attempt: AttemptRow, queue: list[JobInfo]) -> JobInfo | None:
-        name = f"{attempt.experiment_id}.a{attempt.n}"
+        name = job_name(attempt.experiment_id, attempt.n)
         if attempt.job_id is not None:
             return next((j for j in queue if j.job_id == attempt.job_id), None)
         return next((j for j in queue if j.name == name), None)
@@ -178,9 +179,14 @@ class Controller:
                                      reason=reason, **common):
             report.finished += 1
 
+    def _log_path(self, experiment_id: str, attempt: int) -> Path:
+        # From the workspace, not the attempt's stored path: a project moved to another directory
+        # still finds its logs.
+        return self.workspace.logs / f"{job_name(experiment_id, attempt)}.log"
+
     def _save_log(self, attempt: AttemptRow, text: str) -> str:
         """Keep the job's log in `.fleet/logs/` (remote clusters may vanish later)."""
-        path = self.workspace.logs / f"{attempt.experiment_id}.a{attempt.n}.log"
+        path = self._log_path(attempt.experiment_id, attempt.n)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.stat().st_size < len(text.encode()):
             path.write_text(text)
@@ -279,7 +285,7 @@ class Controller:
         waves = {w.id: w for w in self.ledger.waves()}
         for exp, cluster, accelerator in decisions:
             attempt = self.ledger.start_attempt(
-                exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.logs / f"{e}.a{n}.log")
+                exp.id, cluster, accelerator, lambda n, e=exp.id: self._log_path(e, n))
             if attempt is None:
                 continue  # cancelled since the pending list was read
             wave = waves[exp.wave_id]

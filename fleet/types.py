@@ -80,9 +80,14 @@ class JobSpec:
 
     @property
     def job_name(self) -> str:
-        # The name carries the experiment id and attempt so a restarted controller can re-adopt
-        # jobs it submitted before it died instead of submitting them twice.
-        return f"{self.experiment_id}.a{self.attempt}"
+        return job_name(self.experiment_id, self.attempt)
+
+
+def job_name(experiment_id: str, attempt: int) -> str:
+    """`<experiment>.a<attempt>`: the name carries the experiment id and attempt so a restarted
+    controller can re-adopt jobs it submitted before it died instead of submitting them twice;
+    the attempt's log in `.fleet/logs/` is named after it too."""
+    return f"{experiment_id}.a{attempt}"
 
 
 def parse_job_name(name: str | None) -> tuple[str, int] | None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.cost import cost_summary, describe_spend, dollars_for
-from fleet.daemon import controller_running
+from fleet.daemon import backend_name, controller_running
 from fleet.errors import InputError
 from fleet.leaderboard import autoresearch_status
 from fleet.types import ClusterState
@@ -66,7 +66,7 @@ def status_payload(ctx: Context) -> dict:
     best = next((r for r in board["rows"] if r["rank"] == 1), None)
     idle = [c["name"] for c in clusters if c["state"] == "up" and c["queue_depth"] == 0]
     return {
-        "backend": ledger.get_meta("backend") or "local",
+        "backend": backend_name(ledger),
         "controller": {"running": controller_running(ctx.workspace),
                        "error": ledger.get_meta("controller_error") or None},
         "clusters": clusters,
