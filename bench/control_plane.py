@@ -8,7 +8,7 @@ whose queue is short. Sequential SDK calls would cost about 64 x 0.3 s = 19 s pe
 
 - `backend_cycle_seconds`: that cycle with the backend's batched calls (`queues`, `logs_many`,
   `submit_many`: every request goes out, then all are collected).
-- `controller_cycle_seconds`: `Controller.cycle()` from fleet/controller.py (ledger included), when
+- `controller_cycle_seconds`: `Controller.cycle()` from fleet/core/controller.py (ledger included), when
   it exists; the final `poll_cycle_seconds` line reports it, else the backend cycle.
 
     python bench/control_plane.py [--clusters 64] [--latency 0.3] [--job-seconds 2.0]
@@ -132,8 +132,9 @@ def main() -> int:
 
 def time_controller(root, workspace, backend, config, names, accelerators, args) -> float | None:
     try:
-        from fleet.controller import Controller
-        from fleet.ledger import Ledger, NewExperiment
+        from fleet.core.controller import Controller
+        from fleet.core.ledger import Ledger
+        from fleet.core.ledger_rows import NewExperiment
     except ImportError:
         return None
     if not hasattr(Controller, "cycle"):

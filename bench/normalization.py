@@ -16,13 +16,13 @@ Setup of one trial (the numbers are the fields of ``Setup``; everything is seede
   Variant ``calibration_wave``: one seed per config, plus the baseline once on every GPU.
 - Steps in a 300 s budget: 1000 x cost multiplier x accelerator factor (H100 1.0, H200
   ``h200_factor`` = 1.09), times per-run jitter (lognormal, ``step_jitter`` = 1%).
-- val_bpb = a_c - ``slope`` * ln(steps) + N(0, ``seed_sd``): the model fleet.normalize assumes.
+- val_bpb = a_c - ``slope`` * ln(steps) + N(0, ``seed_sd``): the model fleet.research.normalize assumes.
   ``slope`` = 0.08 (an H200 run scores ~0.0069 lower, several times the seed noise, so a raw
-  leaderboard partly ranks hardware). It is deliberately not fleet.normalize.PRIOR_SLOPE (0.1), so
+  leaderboard partly ranks hardware). It is deliberately not fleet.research.normalize.PRIOR_SLOPE (0.1), so
   an estimator that fell back on its prior would show it. ``seed_sd`` = 0.0015 bpb.
 
 The best idea leads the runner-up by ``winner_margin_sds`` = 2 seed sds (0.003 bpb): the fleet's
-own noise floor (fleet.promote keeps a change only if it beats the baseline by more than
+own noise floor (fleet.research.promote keeps a change only if it beats the baseline by more than
 DEFAULT_FLOOR_MULTIPLE = 2 x the seed std). That is the smallest lead at which "the best
 configuration" is a fact an experiment of this size can establish; the lead is set to exactly that
 floor, the hardest case that still has an answer. With ideas drawn from N(0, idea_sd) and no lead
@@ -49,8 +49,15 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.normalize import Calibration, RunRecord, calibrate, estimate_slope, normalize, rank  # noqa: E402
-from fleet.promote import DEFAULT_FLOOR_MULTIPLE  # noqa: E402
+from fleet.research.normalize import (  # noqa: E402
+    Calibration,
+    RunRecord,
+    calibrate,
+    estimate_slope,
+    normalize,
+    rank,
+)
+from fleet.research.promote import DEFAULT_FLOOR_MULTIPLE  # noqa: E402
 
 TRIALS = 400
 SENSITIVITY_TRIALS = 100

@@ -54,7 +54,7 @@ def main() -> int:
     knobs.write_text(knobs.read_text().replace('"HANG": ("int", 0, 0),', '"HANG": ("int", 0, 0),\n    "SLEEP_S": ("float", 1.0, 0.0),'))
 
     from fleet.cli.main import main as fleet
-    from fleet.ledger import Ledger
+    from fleet.core.ledger import Ledger
 
     submitted = time.time()
     assert fleet(["wave", "wave.yaml", "-q"]) == 0, "submission failed"

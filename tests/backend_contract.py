@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleet.backends.base import ClusterLost
-from fleet.snapshot import take_snapshot
+from fleet.core.snapshot import take_snapshot
 from fleet.types import ClusterState, JobSpec, JobState
 
 CONTRACT_TASK = """\

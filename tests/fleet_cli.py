@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fleet.cli.main import main
-from fleet.ledger import Ledger
+from fleet.core.ledger import Ledger
 
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
 

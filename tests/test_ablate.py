@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.ablate import Change, contributions, find_changes, leave_one_out
 from fleet.errors import InputError
+from fleet.research.ablate import Change, contributions, find_changes, leave_one_out
 
 BASELINE = {"LR": "0.01", "DEPTH": "8", "WARMUP": "100"}
 STACKED = {"LR": "0.02", "DEPTH": "12", "WARMUP": "100", "ROPE": "yarn"}  # 3 changes, one a new knob

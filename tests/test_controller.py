@@ -3,8 +3,14 @@ from __future__ import annotations
 
 from fleet.backends.base import Backend, BackendError, BackendUnavailable, NotSubmitted
 from fleet.config import FleetConfig
-from fleet.controller import MAX_ATTEMPTS, MAX_LOG_FETCHES, REFUSED_REST_S, Controller
-from fleet.ledger import Ledger, NewExperiment
+from fleet.core.controller import (
+    MAX_ATTEMPTS,
+    MAX_LOG_FETCHES,
+    REFUSED_REST_S,
+    Controller,
+)
+from fleet.core.ledger import Ledger
+from fleet.core.ledger_rows import NewExperiment
 from fleet.types import ClusterInfo, ClusterState, ExperimentState, JobInfo, JobState
 from fleet.workspace import Workspace
 

@@ -33,9 +33,10 @@ import yaml
 
 from fleet.cli.main import build_parser, main
 from fleet.config import FleetConfig
+from fleet.core.expand import expand_wave
+from fleet.core.knobs import check_wave_knobs, load_knob_listing
+from fleet.core.wave import TOP_LEVEL_KEYS, load_wave
 from fleet.errors import InputError
-from fleet.knobs import check_wave_knobs, load_knob_listing
-from fleet.wave import TOP_LEVEL_KEYS, expand_wave, load_wave
 
 REPO = Path(__file__).resolve().parent.parent
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"

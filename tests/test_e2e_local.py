@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import sys
+import time
 
 import pytest
-
 from fleet_cli import make_project, teardown
+
 from fleet.types import ExperimentState
 
 GRID = """\

@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from fleet.core.expand import expand_wave
+from fleet.core.knobs import (
+    check_wave_knobs,
+    load_knob_listing,
+    parse_knob_listing,
+    unknown_knob_errors,
+)
+from fleet.core.wave import load_wave
+from fleet.core.wave_spec import WaveSpec
 from fleet.errors import InputError
-from fleet.knobs import check_wave_knobs, load_knob_listing, parse_knob_listing, unknown_knob_errors
-from fleet.wave import WaveSpec, expand_wave, load_wave
 
 # A stand-in for train/train.py that speaks the knob contract (and nothing else).
 FAKE_WORKLOAD = '''\

@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from fleet.ledger import Ledger, NewExperiment, retry_locked
+from fleet.core.ledger import Ledger, retry_locked
+from fleet.core.ledger_rows import NewExperiment
 from fleet.types import ClusterState, ExperimentState
 
 

@@ -5,7 +5,13 @@ import os
 import signal
 import time
 
-from backend_contract import BackendContract, snapshot, wait_terminal, write_contract_project
+from backend_contract import (
+    BackendContract,
+    snapshot,
+    wait_terminal,
+    write_contract_project,
+)
+
 from fleet.backends.local import LocalBackend
 from fleet.config import FleetConfig, LocalConfig
 from fleet.types import JobSpec, JobState

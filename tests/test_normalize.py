@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fleet.normalize import (
+from fleet.research.normalize import (
     PRIOR_SLOPE,
     NormalizedRecord,
     RunRecord,

@@ -17,10 +17,18 @@ from fleet.cli import observe_cmds
 from fleet.cli.context import Context
 from fleet.cli.main import main
 from fleet.cli.output import Sink
-from fleet.cost import Usage, describe_spend, dollars_for, ledger_usages_by_wave, spend, spend_by_wave
-from fleet.dashboard import render_dashboard, sparkline, utilization
-from fleet.ledger import Ledger, NewExperiment
-from fleet.plot import plot_data
+from fleet.core.ledger import Ledger
+from fleet.core.ledger_rows import NewExperiment
+from fleet.observe.cost import (
+    Usage,
+    describe_spend,
+    dollars_for,
+    ledger_usages_by_wave,
+    spend,
+    spend_by_wave,
+)
+from fleet.observe.dashboard import render_dashboard, sparkline, utilization
+from fleet.observe.plot import plot_data
 from fleet.types import ClusterState, ExperimentState
 from fleet.workspace import Workspace
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import InputError
-from fleet.normalize import LeaderboardRow
-from fleet.promote import plan_validation, select_candidates, verdict
-from fleet.stats import paired_one_sided
+from fleet.research.normalize import LeaderboardRow
+from fleet.research.promote import plan_validation, select_candidates, verdict
+from fleet.research.stats import paired_one_sided
 
 BASE = {0: 1.000, 1: 1.002, 2: 0.998, 3: 1.001, 4: 0.999}  # seed std ≈ 0.0016
 NOISE = [0.0004, -0.0006, 0.0003, -0.0002, 0.0001]  # per-seed jitter of a candidate

@@ -7,13 +7,18 @@ for every configuration, so paired differences are exact and the verdicts are kn
 from __future__ import annotations
 
 import pytest
-
-from fleet.errors import FleetError, InputError
-from fleet.ledger import ExperimentRow, ResultRow, WaveRow
-from fleet.research import choose_snapshot, plan_promotion, rank_screen, resolve_baseline
-from fleet.types import ExperimentState
-from fleet.wave import config_key
 from fleet_cli import make_project, teardown
+
+from fleet.core.expand import config_key
+from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
+from fleet.errors import FleetError, InputError
+from fleet.research.plans import (
+    choose_snapshot,
+    plan_promotion,
+    rank_screen,
+    resolve_baseline,
+)
+from fleet.types import ExperimentState
 
 SCREEN = """\
 name: screen

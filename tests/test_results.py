@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.results import MAX_LINE, TAIL_LINES, clean_lines, parse_run_log, parse_value
+from fleet.core.results import (
+    MAX_LINE,
+    TAIL_LINES,
+    clean_lines,
+    parse_run_log,
+    parse_value,
+)
 
 SUMMARY = """\
 step 00100 | loss 3.21 | 12000 tok/s

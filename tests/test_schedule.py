@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.schedule import Assignment, ClusterSlot, PendingExperiment, assign, eligible_clusters, within_budget
+from fleet.core.schedule import (
+    Assignment,
+    ClusterSlot,
+    PendingExperiment,
+    assign,
+    eligible_clusters,
+    within_budget,
+)
 
 TIERS = {"screen": ["H100"], "validate": ["H200"], "any": []}
 

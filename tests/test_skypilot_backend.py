@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from backend_contract import BackendContract, wait_terminal, write_contract_project
+
 from fleet.backends.base import (
     BackendError,
     BackendUnavailable,
@@ -21,6 +21,7 @@ from fleet.backends.base import (
     ProvisionFailed,
     SetupFailed,
 )
+from fleet.backends.sky_sdk import is_connection_error
 from fleet.backends.skypilot import (
     JOB_STATES,
     SkyPilotBackend,
@@ -28,7 +29,6 @@ from fleet.backends.skypilot import (
     build_task_config,
     job_info,
 )
-from fleet.backends.sky_sdk import is_connection_error
 from fleet.config import FleetConfig
 from fleet.testing import fake_sky
 from fleet.types import ClusterState, JobSpec, JobState
@@ -566,8 +566,9 @@ def test_launch_task_golden():
 def test_wave_survives_two_clusters_dying(project, fake):
     """40 experiments on 8 clusters (H100 + H200); 2 clusters vanish mid-wave; each experiment finishes once."""
     from fleet.config import Tier
-    from fleet.controller import Controller
-    from fleet.ledger import ATTEMPT_LOST, Ledger, NewExperiment
+    from fleet.core.controller import Controller
+    from fleet.core.ledger import Ledger
+    from fleet.core.ledger_rows import ATTEMPT_LOST, NewExperiment
     from fleet.types import ExperimentState
 
     snap_dir = project.snapshot_dir("s1")

@@ -20,11 +20,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fleet.backends import sky_sdk, skypilot
-from fleet.backends.skypilot import CLUSTER_STATES, JOB_STATES, SDK_CALLS, SDK_EXCEPTIONS
-from fleet.testing import fake_sky
 from test_skypilot_backend import FIXTURE_TASK
+
+from fleet.backends import sky_clusters, sky_sdk, skypilot
+from fleet.backends.skypilot import (
+    CLUSTER_STATES,
+    JOB_STATES,
+    SDK_CALLS,
+    SDK_EXCEPTIONS,
+)
+from fleet.testing import fake_sky
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,9 +213,9 @@ def test_fake_exceptions_mirror_the_real_names(probe):
 
 
 def test_the_backend_calls_only_listed_functions_and_keywords():
-    """Every `….call("fn", ..., kw=...)` in skypilot.py and sky_sdk.py is covered by SDK_CALLS (so by the tests above)."""
+    """Every `….call("fn", ..., kw=...)` in skypilot.py, sky_clusters.py and sky_sdk.py is covered by SDK_CALLS (so by the tests above)."""
     seen = set()
-    for module in (skypilot, sky_sdk):
+    for module in (skypilot, sky_clusters, sky_sdk):
         for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "call"
                     and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):

@@ -10,8 +10,8 @@ import os
 import signal
 
 import pytest
-
 from fleet_cli import make_project, teardown
+
 from fleet.testing import fake_sky
 
 WAVE = "name: big\nenv: {TIME_BUDGET: 0.3}\ngrid:\n  MATRIX_LR: [0.01, 0.02, 0.03, 0.04, 0.05]\n  DEPTH: [1, 2, 3, 4, 5, 6, 7, 8]\n"

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from fleet.core.snapshot import (
+    adopt_snapshot,
+    read_tree,
+    snapshot_diff,
+    snapshot_root,
+    take_snapshot,
+)
 from fleet.errors import FleetError, InputError
-from fleet.snapshot import adopt_snapshot, read_tree, snapshot_diff, snapshot_root, take_snapshot
 
 
 def make_workload(root: Path) -> Path:
@@ -128,7 +134,7 @@ def test_concurrent_snapshotting_yields_one_directory(work, store):
 def test_losing_the_rename_race_keeps_the_winner(work, store, monkeypatch):
     import shutil
 
-    import fleet.snapshot as snapshot
+    import fleet.core.snapshot as snapshot
 
     real_rename = os.rename
 

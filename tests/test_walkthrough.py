@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 
 import yaml
-
 from fleet_cli import make_project, teardown
-from test_docs import doc_commands, fenced_blocks, REPO
+from test_docs import REPO, doc_commands, fenced_blocks
 
 INSTRUCTIONS = "instructions.md"
 

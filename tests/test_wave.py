@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import InputError
-from fleet.wave import (
-    WaveFile,
-    WaveSpec,
+from fleet.core.expand import (
     check_size,
     config_key,
     count_experiments,
     env_value,
     expand_wave,
-    load_wave,
-    wave_json_schema,
 )
+from fleet.core.wave import WaveFile, load_wave, wave_json_schema
+from fleet.core.wave_spec import WaveSpec
+from fleet.errors import InputError
 
 TIERS = ["screen", "validate"]
 
@@ -325,7 +323,7 @@ def test_wave_names_skypilot_would_reject_are_refused(tmp_path, name):
 def test_default_names_from_odd_file_names_are_valid(tmp_path):
     import re as _re
 
-    from fleet.wave import NAME_PATTERN, default_wave_name
+    from fleet.core.wave import NAME_PATTERN, default_wave_name
 
     for stem in ("LR  sweep__v2", "--x--", "a---b", "__"):
         assert _re.match(NAME_PATTERN, default_wave_name(tmp_path / f"{stem}.yaml"))

@@ -1,5 +1,8 @@
 """Backends: where experiments run. `local` (default) runs them on this machine; `sky` on SkyPilot clusters.
 
+Layer rule: may import only the base modules (`fleet.config`, `fleet.types`, `fleet.errors`,
+`fleet.workspace`, `fleet.task`), never `fleet.core` or anything above it.
+
 Kept import-free: the local slot runner starts as `python -m fleet.backends.slot_queue` for every
 slot, and `fleet status` must never import SkyPilot.
 """
@@ -21,7 +24,9 @@ def make_backend(name: str, workspace: Workspace, config: FleetConfig) -> Backen
 
         return LocalBackend(workspace, config)
     if name in ("sky", "skypilot"):
-        from fleet.backends.skypilot import SkyPilotBackend  # imports `sky` lazily, on first SDK call
+        from fleet.backends.skypilot import (
+            SkyPilotBackend,  # imports `sky` lazily, on first SDK call
+        )
 
         return SkyPilotBackend(workspace, config)
     from fleet.errors import InputError

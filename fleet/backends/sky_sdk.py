@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed
+from fleet.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    ClusterLost,
+    ProvisionFailed,
+)
 from fleet.backends.sky_translate import enum_value
 
 # The SDK surface the backend uses: function -> keywords passed. Calls are made by keyword only.

@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fleet.backends.base import BackendError, BackendUnavailable, ClusterLost, ProvisionFailed, SetupFailed
+from fleet.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    ClusterLost,
+    ProvisionFailed,
+    SetupFailed,
+)
 from fleet.backends.sky_translate import SETUP_DONE, SETUP_FAILED
 from fleet.types import ClusterInfo, ClusterState
 

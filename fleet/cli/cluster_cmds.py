@@ -8,8 +8,8 @@ import sys
 from rich.table import Table
 
 from fleet.cli.context import Context
-from fleet.controller import MAX_ATTEMPTS
-from fleet.daemon import bring_up_local, ensure_controller
+from fleet.core.controller import MAX_ATTEMPTS
+from fleet.core.daemon import bring_up_local, ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.types import ClusterState
 

@@ -6,9 +6,9 @@ import argparse
 from rich.syntax import Syntax
 
 from fleet.cli.context import Context
+from fleet.core.snapshot import adopt_snapshot, snapshot_diff
+from fleet.core.wave import wave_json_schema
 from fleet.errors import InputError
-from fleet.snapshot import adopt_snapshot, snapshot_diff
-from fleet.wave import wave_json_schema
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

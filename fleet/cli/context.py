@@ -9,8 +9,8 @@ from fleet.backends import make_backend
 from fleet.backends.base import Backend
 from fleet.cli.output import Sink
 from fleet.config import FleetConfig, load_config
+from fleet.core.ledger import Ledger
 from fleet.errors import InputError
-from fleet.ledger import Ledger
 from fleet.types import ClusterState
 from fleet.workspace import Workspace
 

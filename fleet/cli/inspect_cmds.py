@@ -12,10 +12,10 @@ from rich.table import Table
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
-from fleet.cost import cost_summary, describe_spend, dollars_for
-from fleet.daemon import backend_name, controller_running
+from fleet.core.daemon import backend_name, controller_running
 from fleet.errors import InputError
-from fleet.leaderboard import autoresearch_status
+from fleet.observe.cost import cost_summary, describe_spend, dollars_for
+from fleet.observe.leaderboard import autoresearch_status
 from fleet.types import ClusterState
 
 

@@ -12,10 +12,17 @@ import traceback
 
 from fleet import __version__
 from fleet.backends.base import BackendError
-from fleet.cli import cluster_cmds, code_cmds, inspect_cmds, observe_cmds, research_cmds, wave_cmds
+from fleet.cli import (
+    cluster_cmds,
+    code_cmds,
+    inspect_cmds,
+    observe_cmds,
+    research_cmds,
+    wave_cmds,
+)
 from fleet.cli.context import Context
 from fleet.cli.output import Sink
-from fleet.daemon import ensure_controller
+from fleet.core.daemon import ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 

@@ -13,14 +13,26 @@ from pathlib import Path
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
 from fleet.cli.results_view import leaderboard_payload
-from fleet.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
-from fleet.dashboard import ClusterLine, CrashLine, FleetSnapshot, WaveLine, render_dashboard, utilization
+from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
-from fleet.leaderboard import Row
-from fleet.ledger import Ledger
-from fleet.normalize_view import normalized_for
-from fleet.plot import PlotData, plot_data, render_png
-from fleet.report import PROMOTE_KIND, ConfigVerdict, render_report, verdicts_from_reports
+from fleet.observe.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
+from fleet.observe.dashboard import (
+    ClusterLine,
+    CrashLine,
+    FleetSnapshot,
+    WaveLine,
+    render_dashboard,
+    utilization,
+)
+from fleet.observe.leaderboard import Row
+from fleet.observe.plot import PlotData, plot_data, render_png
+from fleet.observe.report import (
+    PROMOTE_KIND,
+    ConfigVerdict,
+    render_report,
+    verdicts_from_reports,
+)
+from fleet.research.normalize_view import normalized_for
 from fleet.types import ClusterState, ExperimentState
 
 
@@ -117,9 +129,9 @@ def _budget_s(value: object, default: object) -> float | None:
 
 
 def promote_verdicts(ctx: Context) -> list[ConfigVerdict]:
-    """The verdicts `fleet verdict` gives, for every promote wave (none where fleet.research is absent)."""
+    """The verdicts `fleet verdict` gives, for every promote wave (none where fleet.research.plans is absent)."""
     try:
-        from fleet.research import promotion_report
+        from fleet.research.plans import promotion_report
     except ImportError:
         return []
     ledger = ctx.ledger

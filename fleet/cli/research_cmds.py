@@ -1,5 +1,5 @@
 """`fleet promote`, `fleet verdict`, `fleet ablate`, `fleet ablation`: validating winners and measuring
-what each change is worth. The rules and JSON shapes are documented in `fleet/research.py`."""
+what each change is worth. The rules and JSON shapes are documented in `fleet/research/plans.py`."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +9,23 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.cli.context import Context
-from fleet.cli.wave_cmds import UNFINISHED, block_until_done, positive_seconds, submit_planned
+from fleet.cli.wave_cmds import (
+    UNFINISHED,
+    block_until_done,
+    positive_seconds,
+    submit_planned,
+)
+from fleet.core.ledger_rows import WaveRow
 from fleet.errors import InputError
-from fleet.ledger import WaveRow
-from fleet.normalize_view import normalized_for
-from fleet.research import (
-    Baseline, WavePlan, ablation_report, plan_ablation, plan_promotion, promotion_report, resolve_baseline,
+from fleet.research.normalize_view import normalized_for
+from fleet.research.plans import (
+    Baseline,
+    WavePlan,
+    ablation_report,
+    plan_ablation,
+    plan_promotion,
+    promotion_report,
+    resolve_baseline,
 )
 
 

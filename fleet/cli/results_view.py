@@ -5,8 +5,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.cli.context import Context
-from fleet.leaderboard import build_rows
-from fleet.normalize_view import normalized_for
+from fleet.observe.leaderboard import build_rows
+from fleet.research.normalize_view import normalized_for
 
 
 def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normalized") -> dict:

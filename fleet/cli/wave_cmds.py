@@ -5,18 +5,25 @@ import argparse
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
-from fleet.daemon import bring_up_local, controller_running, ensure_controller
+from fleet.core.daemon import bring_up_local, controller_running, ensure_controller
+from fleet.core.expand import check_size, count_experiments, expand_wave
+from fleet.core.knobs import KnobListing, check_wave_knobs, load_knob_listing
+from fleet.core.ledger_rows import NewExperiment
+from fleet.core.snapshot import take_snapshot
+from fleet.core.wave import load_wave
 from fleet.errors import FleetError, InputError
-from fleet.knobs import KnobListing, check_wave_knobs, load_knob_listing
-from fleet.ledger import NewExperiment
-from fleet.snapshot import take_snapshot
 from fleet.task import load_task
 from fleet.types import ClusterState, ExperimentState
-from fleet.wave import check_size, count_experiments, expand_wave, load_wave
 
 UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
 

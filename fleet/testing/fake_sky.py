@@ -40,18 +40,6 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from fleet.testing import fake_sky_state as state
-from fleet.testing.fake_sky_types import (  # re-exported: the SDK's names
-    FAKE_CONTEXT,
-    ClusterStatus,
-    Handle,
-    JobStatus,
-    RealtimeGpuAvailability,
-    Record,
-    Resources,
-    StatusRefreshMode,
-    Task,
-    exceptions,
-)
 from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake through this module
     DEFAULT_CAPACITY,
     flap_cluster,
@@ -63,6 +51,18 @@ from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake 
     set_capacity,
     start_api_server,
     stop_api_server,
+)
+from fleet.testing.fake_sky_types import (  # re-exported: the SDK's names
+    FAKE_CONTEXT,
+    ClusterStatus,
+    Handle,
+    JobStatus,
+    RealtimeGpuAvailability,
+    Record,
+    Resources,
+    StatusRefreshMode,
+    Task,
+    exceptions,
 )
 
 __version__ = "0.14.1-fake"

@@ -13,7 +13,6 @@ import pytest
 from .conftest import prepare
 
 
-
 def write_shard(path: Path, index: int, docs: int = 60) -> None:
     """A FineWeb-style parquet file (a `text` column plus others) of real English, ~100 KB."""
     texts = prepare.offline_documents("train")[index * docs:(index + 1) * docs]

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, TRAIN_PY, clean_env, evaluate, parse_summary, prepare, run_train
+from .conftest import (
+    REPO,
+    TRAIN_PY,
+    clean_env,
+    evaluate,
+    parse_summary,
+    prepare,
+    run_train,
+)
 
 REQUIRED_KEYS = {"val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
                  "num_steps", "steps_per_sec", "tokens_per_sec", "num_params_M", "device", "seed",

@@ -1,6 +1,6 @@
 """`fleet report`: a shareable Markdown summary of a research run (pure: records in, text out).
 
-Verdicts are those of `fleet verdict`: `fleet.research.promotion_report` judges each candidate of a
+Verdicts are those of `fleet verdict`: `fleet.research.plans.promotion_report` judges each candidate of a
 promote wave against its baseline on paired seeds; `verdicts_from_reports` flattens its output.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from fleet.dashboard import WaveLine
-from fleet.leaderboard import Row
+from fleet.observe.dashboard import WaveLine
+from fleet.observe.leaderboard import Row
 
 PROMOTE_KIND = "promote"
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fleet.errors import InputError
-from fleet.stats import check_seeds, finite, paired_one_sided, t_interval
+from fleet.research.stats import check_seeds, finite, paired_one_sided, t_interval
 
 ArmRole = Literal["baseline", "stacked", "without"]
 ContributionVerdict = Literal["keep", "drop", "inconclusive"]

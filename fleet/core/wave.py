@@ -16,8 +16,8 @@ experiments:              # explicit override sets on top of `env`; each may car
 ```
 
 `load_wave` reads and validates a file (I/O at the edge). Expanding the resulting `WaveSpec` into
-experiments (`expand_wave`, `count_experiments`, `check_size`) is pure and lives in `fleet.expand`;
-those names are re-exported here.
+experiments (`expand_wave`, `count_experiments`, `check_size`) is pure and lives in `fleet.core.expand`;
+the validated plain records (`WaveSpec`) live in `fleet.core.wave_spec`, which both modules import.
 """
 from __future__ import annotations
 
@@ -25,28 +25,27 @@ import difflib
 import re
 import reprlib
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo
-from pydantic import WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from fleet.core.expand import RESERVED_KNOBS, duplicate_warnings
+from fleet.core.wave_spec import ExplicitExperiment, Scalar, WaveSpec
 from fleet.errors import InputError, field_path
-from fleet.expand import (
-    RESERVED_KNOBS,
-    PlannedExperiment,
-    check_size,
-    config_key,
-    count_experiments,
-    duplicate_warnings,
-    env_value,
-    expand_wave,
-)
-
-Scalar = Union[bool, int, float, str]
 
 # Single '-' or '_' between runs of letters and digits: job names (`<wave>-001.a1`) must pass
 # SkyPilot's name check, which rejects triple separators and a separator at either end.
@@ -137,38 +136,6 @@ class WaveFile(BaseModel):
 
 
 TOP_LEVEL_KEYS = tuple(WaveFile.model_fields)
-
-
-@dataclass(frozen=True)
-class ExplicitExperiment:
-    overrides: dict[str, Scalar]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class WaveSpec:
-    """A validated wave, as plain data."""
-
-    name: str
-    tier: str = "screen"
-    seeds: int | None = None  # None: the tier's seeds
-    description: str = ""
-    max_gpu_hours: float | None = None
-    env: dict[str, Scalar] = field(default_factory=dict)
-    grid: dict[str, list[Scalar]] = field(default_factory=dict)
-    experiments: list[ExplicitExperiment] = field(default_factory=list)
-    source: str = ""  # the file it came from, for messages
-    warnings: tuple[str, ...] = ()  # not fatal (duplicate configurations); the CLI prints them on stderr
-
-    def to_json(self) -> dict[str, Any]:
-        """The wave as the user meant it, JSON-ready (for the ledger and `--json` output)."""
-        return {
-            "name": self.name, "tier": self.tier, "seeds": self.seeds, "description": self.description,
-            "max_gpu_hours": self.max_gpu_hours, "env": dict(self.env),
-            "grid": {k: list(v) for k, v in self.grid.items()},
-            "experiments": [{**e.overrides, "description": e.description} if e.description else dict(e.overrides)
-                            for e in self.experiments],
-        }
 
 
 def wave_json_schema() -> dict[str, Any]:
@@ -352,17 +319,4 @@ def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
     return spec
 
 
-__all__ = [
-    "ExplicitExperiment",
-    "PlannedExperiment",
-    "WaveFile",
-    "WaveSpec",
-    "check_size",
-    "config_key",
-    "count_experiments",
-    "duplicate_warnings",
-    "env_value",
-    "expand_wave",
-    "load_wave",
-    "wave_json_schema",
-]
+__all__ = ["TOP_LEVEL_KEYS", "WaveFile", "load_wave", "wave_json_schema"]

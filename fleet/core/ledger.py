@@ -12,156 +12,24 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
+from fleet.core.ledger_rows import (
+    ACTIVE_ATTEMPT_STATES,
+    ATTEMPT_LOST,
+    ATTEMPT_NOT_SUBMITTED,
+    ATTEMPT_SUBMITTING,
+    SCHEMA,
+    AttemptRow,
+    ClusterRow,
+    ExperimentRow,
+    NewExperiment,
+    ResultRow,
+    WaveRow,
+    decode_row,
+)
 from fleet.types import ClusterState, ExperimentState
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS waves (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'grid',
-    spec TEXT NOT NULL, base TEXT NOT NULL DEFAULT '{}', snapshot TEXT NOT NULL, parent TEXT,
-    max_gpu_hours REAL, created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS experiments (
-    id TEXT PRIMARY KEY, wave_id TEXT NOT NULL REFERENCES waves(id), seq INTEGER NOT NULL,
-    config TEXT NOT NULL, config_key TEXT NOT NULL, seed INTEGER NOT NULL, description TEXT NOT NULL,
-    label TEXT NOT NULL, snapshot TEXT NOT NULL, tier TEXT NOT NULL, state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
-    released INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
-CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
-    n INTEGER NOT NULL, cluster TEXT NOT NULL, accelerator TEXT NOT NULL, job_id INTEGER,
-    state TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL, ended_at REAL,
-    exit_code INTEGER, log_path TEXT NOT NULL DEFAULT '', UNIQUE (experiment_id, n)
-);
-CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
-CREATE TABLE IF NOT EXISTS clusters (
-    name TEXT PRIMARY KEY, backend TEXT NOT NULL, accelerator TEXT NOT NULL, state TEXT NOT NULL,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    experiment_id TEXT PRIMARY KEY REFERENCES experiments(id), attempt_id INTEGER,
-    outcome TEXT NOT NULL, val_bpb REAL, num_steps REAL, training_seconds REAL,
-    peak_memory_mb REAL, device TEXT, accelerator TEXT, metrics TEXT NOT NULL DEFAULT '{}',
-    reason TEXT NOT NULL DEFAULT '', tail TEXT NOT NULL DEFAULT '', gpu_seconds REAL,
-    recorded_at REAL NOT NULL
-);
-"""
-
-# Attempt states: the backend job states plus the controller's own bookkeeping.
-ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a crash is detectable
-ATTEMPT_LOST = "lost"  # its cluster died; the experiment went back to pending
-ATTEMPT_NOT_SUBMITTED = "not_submitted"  # never reached a cluster (setup failed): does not count
-ACTIVE_ATTEMPT_STATES = ("submitting", "pending", "running")
-
-
-@dataclass(frozen=True)
-class WaveRow:
-    id: str
-    name: str
-    tier: str
-    kind: str
-    spec: dict
-    base: dict
-    snapshot: str
-    parent: str | None
-    max_gpu_hours: float | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class ExperimentRow:
-    id: str
-    wave_id: str
-    seq: int
-    config: dict[str, str]
-    config_key: str
-    seed: int
-    description: str
-    label: str
-    snapshot: str
-    tier: str
-    state: ExperimentState
-    attempts: int
-    reason: str
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    released: bool = False  # the user released it past the budget caps (`fleet release`)
-
-
-@dataclass(frozen=True)
-class AttemptRow:
-    id: int
-    experiment_id: str
-    n: int
-    cluster: str
-    accelerator: str
-    job_id: int | None
-    state: str
-    submitted_at: float
-    started_at: float | None
-    ended_at: float | None
-    exit_code: int | None
-    log_path: str
-
-
-@dataclass(frozen=True)
-class ClusterRow:
-    name: str
-    backend: str
-    accelerator: str
-    state: ClusterState
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    experiment_id: str
-    attempt_id: int | None
-    outcome: str
-    val_bpb: float | None
-    num_steps: float | None
-    training_seconds: float | None
-    peak_memory_mb: float | None
-    device: str | None
-    accelerator: str | None
-    metrics: dict
-    reason: str
-    tail: str
-    gpu_seconds: float | None
-    recorded_at: float
-
-
-@dataclass(frozen=True)
-class NewExperiment:
-    config: dict[str, str]
-    config_key: str
-    seed: int
-    description: str
-    label: str
-
-
-def _row(cls, row: sqlite3.Row):
-    data = dict(row)
-    for key in ("spec", "base", "config", "metrics"):
-        if key in data and isinstance(data[key], str):
-            data[key] = json.loads(data[key])
-    if cls is ExperimentRow:
-        data["state"] = ExperimentState(data["state"])
-        data["released"] = bool(data["released"])
-    if cls is ClusterRow:
-        data["state"] = ClusterState(data["state"])
-    return cls(**data)
-
 
 T = TypeVar("T")
 
@@ -251,10 +119,10 @@ class Ledger:
 
     def wave(self, wave_id: str) -> WaveRow | None:
         rows = self._query("SELECT * FROM waves WHERE id = ?", (wave_id,))
-        return _row(WaveRow, rows[0]) if rows else None
+        return decode_row(WaveRow, rows[0]) if rows else None
 
     def waves(self) -> list[WaveRow]:
-        return [_row(WaveRow, r) for r in self._query("SELECT * FROM waves ORDER BY created_at, id")]
+        return [decode_row(WaveRow, r) for r in self._query("SELECT * FROM waves ORDER BY created_at, id")]
 
     # --- experiments -------------------------------------------------------------------------
     def experiments(
@@ -269,11 +137,11 @@ class Ledger:
             sql += f" AND e.state IN ({','.join('?' * len(states))})"
             args += states
         sql += " ORDER BY w.created_at, w.rowid, e.seq"
-        return [_row(ExperimentRow, r) for r in self._query(sql, args)]
+        return [decode_row(ExperimentRow, r) for r in self._query(sql, args)]
 
     def experiment(self, experiment_id: str) -> ExperimentRow | None:
         rows = self._query("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
-        return _row(ExperimentRow, rows[0]) if rows else None
+        return decode_row(ExperimentRow, rows[0]) if rows else None
 
     def set_state(
         self, experiment_id: str, state: ExperimentState, reason: str = "", *, only_from: Iterable[ExperimentState] | None = None
@@ -337,7 +205,7 @@ class Ledger:
             ).rowcount > 0
 
     def attempt(self, attempt_id: int) -> AttemptRow:
-        return _row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
+        return decode_row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
 
     def attempts(self, experiment_id: str | None = None, active: bool = False,
                  of_state: ExperimentState | None = None) -> list[AttemptRow]:
@@ -353,7 +221,7 @@ class Ledger:
         if active:
             sql += f" AND a.state IN ({','.join('?' * len(ACTIVE_ATTEMPT_STATES))})"
             args += ACTIVE_ATTEMPT_STATES
-        return [_row(AttemptRow, r) for r in self._query(sql + " ORDER BY a.id", args)]
+        return [decode_row(AttemptRow, r) for r in self._query(sql + " ORDER BY a.id", args)]
 
     def update_attempt(self, attempt_id: int, **fields) -> None:
         allowed = {"job_id", "state", "started_at", "ended_at", "exit_code", "log_path"}
@@ -412,14 +280,14 @@ class Ledger:
 
     def result(self, experiment_id: str) -> ResultRow | None:
         rows = self._query("SELECT * FROM results WHERE experiment_id = ?", (experiment_id,))
-        return _row(ResultRow, rows[0]) if rows else None
+        return decode_row(ResultRow, rows[0]) if rows else None
 
     def results(self, wave: str | None = None) -> dict[str, ResultRow]:
         sql, args = "SELECT r.* FROM results r JOIN experiments e ON e.id = r.experiment_id", []
         if wave is not None:
             sql += " WHERE e.wave_id = ?"
             args.append(wave)
-        return {r["experiment_id"]: _row(ResultRow, r) for r in self._query(sql, args)}
+        return {r["experiment_id"]: decode_row(ResultRow, r) for r in self._query(sql, args)}
 
     # --- clusters ----------------------------------------------------------------------------
     def upsert_cluster(self, name: str, backend: str, accelerator: str, state: ClusterState) -> None:
@@ -432,7 +300,7 @@ class Ledger:
             )
 
     def clusters(self, states: Iterable[ClusterState] | None = None) -> list[ClusterRow]:
-        rows = [_row(ClusterRow, r) for r in self._query("SELECT * FROM clusters ORDER BY name")]
+        rows = [decode_row(ClusterRow, r) for r in self._query("SELECT * FROM clusters ORDER BY name")]
         if states is not None:
             wanted = set(states)
             rows = [r for r in rows if r.state in wanted]

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.core.ledger_rows import ExperimentRow, ResultRow
 from fleet.errors import FleetError
-from fleet.ledger import ExperimentRow, ResultRow
 from fleet.types import ExperimentState
 
 MISSING_MATPLOTLIB = ("plotting needs matplotlib, which is not installed; install the plot extra: "

@@ -48,15 +48,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.ablate import AblationArm, Change, contributions, find_changes, leave_one_out
+from fleet.core.expand import PlannedExperiment, config_key, env_value
+from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
-from fleet.ledger import ExperimentRow, ResultRow, WaveRow
-from fleet.normalize import LeaderboardRow, NormalizedRecord, rank
-from fleet.normalize_view import run_record
-from fleet.promote import DEFAULT_ALPHA, DEFAULT_FLOOR_MULTIPLE, plan_validation, select_candidates, verdict
-from fleet.stats import finite, mean_std
+from fleet.research.ablate import (
+    AblationArm,
+    Change,
+    contributions,
+    find_changes,
+    leave_one_out,
+)
+from fleet.research.normalize import LeaderboardRow, NormalizedRecord, rank
+from fleet.research.normalize_view import run_record
+from fleet.research.promote import (
+    DEFAULT_ALPHA,
+    DEFAULT_FLOOR_MULTIPLE,
+    plan_validation,
+    select_candidates,
+    verdict,
+)
+from fleet.research.stats import finite, mean_std
 from fleet.types import ExperimentState
-from fleet.wave import PlannedExperiment, config_key, env_value
 
 BASELINE_DESCRIPTION = "baseline"
 ABLATION_ALPHA = 0.05

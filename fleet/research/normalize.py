@@ -41,7 +41,7 @@ from typing import Literal
 
 import numpy as np
 
-from fleet.stats import finite, mean_std, robust_center
+from fleet.research.stats import finite, mean_std, robust_center
 
 REFERENCE_ACCELERATOR = "H100"
 UNKNOWN_ACCELERATOR = "unknown"

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from fleet.core.expand import PlannedExperiment
 from fleet.errors import InputError, format_validation_error
-from fleet.wave import PlannedExperiment
 
 DEFAULT_SCRIPT = "train/train.py"
 LISTING_TIMEOUT_S = 120.0  # the workload imports torch before answering; a cold import can be slow

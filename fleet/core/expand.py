@@ -1,7 +1,7 @@
 """Expanding a validated wave into experiments (pure): configurations x seeds, duplicates dropped.
 
 `expand_wave`, `count_experiments`, `check_size` and `duplicate_warnings` are pure functions over the
-`WaveSpec` that `fleet.wave.load_wave` returns; nothing here reads files. A configuration is the knob
+`WaveSpec` (`fleet.core.wave_spec`) that `fleet.core.wave.load_wave` returns; nothing here reads files. A configuration is the knob
 overrides of one run, SEED excluded: the fleet sets SEED=0..seeds-1 for each, so it is reserved.
 """
 from __future__ import annotations
@@ -12,12 +12,9 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from fleet.core.wave_spec import Scalar, WaveSpec
 from fleet.errors import InputError
-
-if TYPE_CHECKING:  # fleet.wave imports this module (duplicate warnings at load time)
-    from fleet.wave import Scalar, WaveSpec
 
 RESERVED_KNOBS = ("SEED",)  # set by the fleet for each run
 
@@ -175,14 +172,3 @@ def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
             planned.append(PlannedExperiment(cfg.config, seed, cfg.description, key, label, cfg.origins))
     return planned
 
-
-__all__ = [
-    "PlannedExperiment",
-    "RESERVED_KNOBS",
-    "check_size",
-    "config_key",
-    "count_experiments",
-    "duplicate_warnings",
-    "env_value",
-    "expand_wave",
-]

@@ -16,8 +16,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from fleet.cost import describe_spend
-from fleet.leaderboard import Row
+from fleet.observe.cost import describe_spend
+from fleet.observe.leaderboard import Row
 
 SPARK = " ▁▂▃▄▅▆▇█"
 UTILIZATION_WINDOW_S = 3600.0
@@ -81,7 +81,7 @@ class FleetSnapshot:
     calibration: str
     crashes: tuple[CrashLine, ...]  # most recent first
     utilization: Utilization
-    cost: dict = field(default_factory=dict)  # fleet.cost.spend() plus cap_gpu_hours
+    cost: dict = field(default_factory=dict)  # fleet.observe.cost.spend() plus cap_gpu_hours
 
 
 # --- utilization ---------------------------------------------------------------------------------

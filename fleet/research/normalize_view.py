@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.ledger import ExperimentRow, Ledger, ResultRow
-from fleet.normalize import Calibration, RunRecord, SlopeEstimate, calibrate, estimate_slope, normalize
+from fleet.core.ledger import Ledger
+from fleet.core.ledger_rows import ExperimentRow, ResultRow
+from fleet.research.normalize import (
+    Calibration,
+    RunRecord,
+    SlopeEstimate,
+    calibrate,
+    estimate_slope,
+    normalize,
+)
 from fleet.types import ExperimentState
 
 

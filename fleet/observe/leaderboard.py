@@ -5,7 +5,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from fleet.ledger import ExperimentRow, ResultRow
+from fleet.core.ledger_rows import ExperimentRow, ResultRow
 from fleet.types import ExperimentState
 
 

@@ -18,12 +18,12 @@ from fleet.backends import make_backend
 from fleet.backends.local import default_slots
 from fleet.backends.slot_queue import try_flock
 from fleet.config import FleetConfig, load_config
-from fleet.controller import Controller
-from fleet.ledger import Ledger
+from fleet.core.controller import Controller
+from fleet.core.ledger import Ledger
 from fleet.types import ClusterState
 from fleet.workspace import Workspace
 
-log = logging.getLogger("fleet.daemon")
+log = logging.getLogger("fleet.core.daemon")
 
 
 def controller_lock(workspace: Workspace) -> contextlib.AbstractContextManager[bool]:
@@ -54,7 +54,7 @@ def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = 
     workspace.logs.mkdir(parents=True, exist_ok=True)
     out = open(workspace.logs / "controller.log", "ab")
     subprocess.Popen(
-        [sys.executable, "-m", "fleet.daemon", str(workspace.root)],
+        [sys.executable, "-m", "fleet.core.daemon", str(workspace.root)],
         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=str(workspace.root),
     )
     out.close()

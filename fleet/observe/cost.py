@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fleet.config import FleetConfig
-from fleet.ledger import Ledger
+from fleet.core.ledger import Ledger
 
 
 @dataclass(frozen=True)

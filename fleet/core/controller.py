@@ -14,16 +14,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.backends.base import Backend, BackendError, ClusterLost, NotSubmitted, SetupFailed
+from fleet.backends.base import (
+    Backend,
+    BackendError,
+    ClusterLost,
+    NotSubmitted,
+    SetupFailed,
+)
 from fleet.config import FleetConfig
+from fleet.core.ledger import Ledger
+from fleet.core.ledger_rows import ATTEMPT_LOST, AttemptRow, ExperimentRow
+from fleet.core.results import parse_run_log
+from fleet.core.schedule import ClusterSlot, PendingExperiment, assign, within_budget
 from fleet.errors import InputError
-from fleet.ledger import ATTEMPT_LOST, AttemptRow, ExperimentRow, Ledger
-from fleet.results import parse_run_log
-from fleet.schedule import ClusterSlot, PendingExperiment, assign, within_budget
-from fleet.types import ClusterState, ExperimentState, JobInfo, JobSpec, JobState, job_name
+from fleet.types import (
+    ClusterState,
+    ExperimentState,
+    JobInfo,
+    JobSpec,
+    JobState,
+    job_name,
+)
 from fleet.workspace import Workspace
 
-log = logging.getLogger("fleet.controller")
+log = logging.getLogger("fleet.core.controller")
 
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from fleet.errors import InputError
-from fleet.normalize import LeaderboardRow
-from fleet.stats import TestMethod, check_seeds, finite, mean_std, paired_one_sided
+from fleet.research.normalize import LeaderboardRow
+from fleet.research.stats import (
+    TestMethod,
+    check_seeds,
+    finite,
+    mean_std,
+    paired_one_sided,
+)
 
 VerdictLabel = Literal["keep", "discard", "inconclusive"]
 DEFAULT_ALPHA = 0.01

@@ -1,0 +1,153 @@
+"""The ledger's tables and the plain records its rows become (frozen dataclasses, read everywhere above)."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from fleet.types import ClusterState, ExperimentState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS waves (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'grid',
+    spec TEXT NOT NULL, base TEXT NOT NULL DEFAULT '{}', snapshot TEXT NOT NULL, parent TEXT,
+    max_gpu_hours REAL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY, wave_id TEXT NOT NULL REFERENCES waves(id), seq INTEGER NOT NULL,
+    config TEXT NOT NULL, config_key TEXT NOT NULL, seed INTEGER NOT NULL, description TEXT NOT NULL,
+    label TEXT NOT NULL, snapshot TEXT NOT NULL, tier TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    released INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
+CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
+    n INTEGER NOT NULL, cluster TEXT NOT NULL, accelerator TEXT NOT NULL, job_id INTEGER,
+    state TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL, ended_at REAL,
+    exit_code INTEGER, log_path TEXT NOT NULL DEFAULT '', UNIQUE (experiment_id, n)
+);
+CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY, backend TEXT NOT NULL, accelerator TEXT NOT NULL, state TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    experiment_id TEXT PRIMARY KEY REFERENCES experiments(id), attempt_id INTEGER,
+    outcome TEXT NOT NULL, val_bpb REAL, num_steps REAL, training_seconds REAL,
+    peak_memory_mb REAL, device TEXT, accelerator TEXT, metrics TEXT NOT NULL DEFAULT '{}',
+    reason TEXT NOT NULL DEFAULT '', tail TEXT NOT NULL DEFAULT '', gpu_seconds REAL,
+    recorded_at REAL NOT NULL
+);
+"""
+
+# Attempt states: the backend job states plus the controller's own bookkeeping.
+ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a crash is detectable
+ATTEMPT_LOST = "lost"  # its cluster died; the experiment went back to pending
+ATTEMPT_NOT_SUBMITTED = "not_submitted"  # never reached a cluster (setup failed): does not count
+ACTIVE_ATTEMPT_STATES = ("submitting", "pending", "running")
+
+
+@dataclass(frozen=True)
+class WaveRow:
+    id: str
+    name: str
+    tier: str
+    kind: str
+    spec: dict
+    base: dict
+    snapshot: str
+    parent: str | None
+    max_gpu_hours: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    id: str
+    wave_id: str
+    seq: int
+    config: dict[str, str]
+    config_key: str
+    seed: int
+    description: str
+    label: str
+    snapshot: str
+    tier: str
+    state: ExperimentState
+    attempts: int
+    reason: str
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    released: bool = False  # the user released it past the budget caps (`fleet release`)
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    id: int
+    experiment_id: str
+    n: int
+    cluster: str
+    accelerator: str
+    job_id: int | None
+    state: str
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    log_path: str
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    name: str
+    backend: str
+    accelerator: str
+    state: ClusterState
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    experiment_id: str
+    attempt_id: int | None
+    outcome: str
+    val_bpb: float | None
+    num_steps: float | None
+    training_seconds: float | None
+    peak_memory_mb: float | None
+    device: str | None
+    accelerator: str | None
+    metrics: dict
+    reason: str
+    tail: str
+    gpu_seconds: float | None
+    recorded_at: float
+
+
+@dataclass(frozen=True)
+class NewExperiment:
+    config: dict[str, str]
+    config_key: str
+    seed: int
+    description: str
+    label: str
+
+
+def decode_row(cls, row: sqlite3.Row):
+    """A ledger row as its record: JSON columns decoded, states as enums."""
+    data = dict(row)
+    for key in ("spec", "base", "config", "metrics"):
+        if key in data and isinstance(data[key], str):
+            data[key] = json.loads(data[key])
+    if cls is ExperimentRow:
+        data["state"] = ExperimentState(data["state"])
+        data["released"] = bool(data["released"])
+    if cls is ClusterRow:
+        data["state"] = ClusterState(data["state"])
+    return cls(**data)
