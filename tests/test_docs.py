@@ -1,6 +1,6 @@
-"""Every shell command the docs show either runs here or says why it cannot.
+"""Every shell command the docs show either runs here or says why it cannot; every link they make resolves.
 
-Fenced ```bash blocks of README.md, instructions.md and skills/**/SKILL.md are split into command
+Fenced ```bash blocks of README.md, docs/**/*.md, instructions.md and skills/**/SKILL.md are split into command
 lines (`\\` continuations joined, comment lines skipped). Each line is either
 
 - a `fleet ...` command, run in order against the local backend in one scratch project that uses the
@@ -13,6 +13,11 @@ Placeholders (PLACEHOLDERS) are replaced by real ids of a screen wave, its promo
 ablation that the test runs first. A wave file a command names (`fleet wave waves/lr-wd.yaml`) is
 written as a tiny stand-in wave of the same name. Wave and fleet.yaml examples in ```yaml blocks are
 validated against the real workload's knobs and the real config model.
+
+README.md is the front page: it leads with the two set-up commands, stays under README_MAX_BYTES and
+links every page of docs/ (one click to any reference page). Every relative Markdown link in the docs
+(README.md, AGENTS.md, docs/, instructions.md, skills/) names a file that exists and, for a Markdown
+file, a heading that exists in it (GitHub's anchors).
 """
 from __future__ import annotations
 
@@ -40,7 +45,12 @@ from fleet.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
-DOCS = ["README.md", "instructions.md", *sorted(str(p.relative_to(REPO)) for p in REPO.glob("skills/**/SKILL.md"))]
+REFERENCE = sorted(str(p.relative_to(REPO)) for p in REPO.glob("docs/**/*.md"))
+DOCS = ["README.md", *REFERENCE, "instructions.md",
+        *sorted(str(p.relative_to(REPO)) for p in REPO.glob("skills/**/SKILL.md"))]
+# Where relative links are checked: the docs above, plus every other Markdown file a reader lands on.
+LINKED_DOCS = sorted({*DOCS, "AGENTS.md", *(str(p.relative_to(REPO)) for p in REPO.glob("skills/**/*.md"))})
+README_MAX_BYTES = 12_000
 NEEDS = {
     "install": "installs software or builds the environment (slow, changes the machine)",
     "cluster": "a real SkyPilot API server and a Kubernetes cluster",
@@ -164,10 +174,23 @@ def parse_fleet_args(argv: list[str]) -> None:
 # ---- the static checks -------------------------------------------------------------------------
 
 
+def runs_fleet(doc: str) -> bool:
+    """Whether a doc shows a `fleet` command without a `# needs:` marker (so it runs here)."""
+    return any(c.marker is None for c in doc_commands(doc))
+
+
+RUNNABLE_DOCS = [doc for doc in DOCS if runs_fleet(doc)]
+
+
 def test_every_doc_has_commands():
     assert {"README.md", "instructions.md", "skills/fleet/SKILL.md", "skills/skypilot/SKILL.md"} <= set(DOCS)
     for doc in DOCS:
-        assert doc_commands(doc), f"{doc} has no ```bash commands"
+        # A reference page may be prose alone (docs/concepts.md); the front page and the agent docs may not.
+        if doc not in REFERENCE:
+            assert doc_commands(doc), f"{doc} has no ```bash commands"
+    # The reference pages are checked too, and their fleet commands run against the local backend.
+    assert {"docs/cli.md", "docs/wave-files.md", "docs/workload.md", "docs/kubernetes.md"} <= set(REFERENCE)
+    assert {"README.md", "docs/cli.md", "docs/local-backend.md", "docs/observe.md", "docs/statistics.md"} <= set(RUNNABLE_DOCS)
 
 
 def test_readme_leads_with_the_two_setup_commands():
@@ -243,8 +266,15 @@ def test_yaml_examples_are_valid(doc, body, knob_listing, tmp_path):
     check_wave_knobs(planned, knob_listing, REPO, f"{doc} example")
 
 
-def test_readme_knob_table_matches_the_workload(knob_listing):
-    text = (REPO / "README.md").read_text()
+def test_moved_examples_are_validated():
+    """The wave-file and fleet.yaml references live in docs/; their examples are among those validated."""
+    examples = [(p.values[0], yaml.safe_load(p.values[1])) for p in yaml_examples()]
+    assert any(doc == "docs/wave-files.md" and "grid" in data for doc, data in examples)
+    assert any(doc == "docs/configuration.md" and "queue_depth" in data for doc, data in examples)
+
+
+def test_workload_knob_table_matches_the_workload(knob_listing):
+    text = (REPO / "docs" / "workload.md").read_text()
     rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| (\w+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", text, re.M)
     table = {name: (kind, gpu.strip(), cpu.strip(), tiny.strip()) for name, kind, gpu, cpu, tiny in rows}
     data = json.loads(subprocess.run([sys.executable, "train/train.py", "--knobs"], cwd=REPO, capture_output=True,
@@ -255,7 +285,7 @@ def test_readme_knob_table_matches_the_workload(knob_listing):
 
     expected = {n: (k["type"], *(shown(k["default"][p]) for p in ("gpu", "cpu", "tiny")))
                 for n, k in data["knobs"].items()}
-    assert table == expected, "README's knob table differs from `python train/train.py --knobs`"
+    assert table == expected, "docs/workload.md's knob table differs from `python train/train.py --knobs`"
 
 
 def test_examples_are_valid_waves(knob_listing):
@@ -263,6 +293,99 @@ def test_examples_are_valid_waves(knob_listing):
     for path in sorted((REPO / "examples").glob("*.yaml")):
         spec = load_wave(path, config.tiers.keys())
         check_wave_knobs(expand_wave(spec, config.tiers[spec.tier].seeds), knob_listing, REPO, str(path))
+
+
+# ---- the front page and its links -------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^()\s]+)\)")  # [text](target) and ![alt](target); no titles in our docs
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def outside_fences(text: str) -> list[str]:
+    """The lines outside fenced code blocks (a `# Journal` inside an example is no heading, a link there no link)."""
+    out, fence = [], None
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if fence is None and stripped.startswith(("```", "~~~")):
+            fence = stripped[:3]
+        elif fence is not None and stripped.startswith(fence):
+            fence = None
+        elif fence is None:
+            out.append(line)
+    return out
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lowercase, punctuation dropped (not - or _), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading's anchor in a Markdown text; a repeated heading gets -1, -2, ... as on GitHub."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in outside_fences(text):
+        if found := HEADING.match(line):
+            slug = github_anchor(found.group(2))
+            out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def relative_links(text: str) -> list[str]:
+    """Link targets that point into the repository (not http(s), mailto or other schemes); code spans hold none."""
+    lines = [re.sub(r"`[^`]*`", "", line) for line in outside_fences(text)]
+    targets = [m.group(1) for line in lines for m in LINK.finditer(line)]
+    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+def broken_links(path: Path, text: str) -> list[str]:
+    """Each relative link in `text` (the file at `path`) whose file or #anchor does not exist."""
+    problems = []
+    for target in relative_links(text):
+        file_part, _, anchor = target.partition("#")
+        if not file_part:  # a heading of this very page
+            if anchor not in anchors(text):
+                problems.append(f"{path.name}: link to {target}: no heading #{anchor} in {path.name}")
+            continue
+        dest = (path.parent / file_part).resolve()
+        if not dest.exists():
+            problems.append(f"{path.name}: link to {target}: no file {file_part}")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+            problems.append(f"{path.name}: link to {target}: no heading #{anchor} in {dest.name}")
+    return problems
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS)
+def test_relative_links_resolve(doc):
+    text = (REPO / doc).read_text()
+    assert not broken_links(REPO / doc, text), "\n".join(broken_links(REPO / doc, text))
+
+
+def test_the_link_check_catches_a_missing_file_or_heading(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "cli.md").write_text("# The `fleet` command\n\n## Exit codes\n\n```bash\n# not a heading\n```\n")
+    page = tmp_path / "README.md"
+    good = "[cli](docs/cli.md), [codes](docs/cli.md#exit-codes), [top](docs/cli.md#the-fleet-command), [x](#a-b)"
+    assert broken_links(page, "# A: b\n" + good + " `[code](nowhere.md)` [web](https://example.com/x.md)") == []
+    bad = broken_links(page, "[a](docs/missing.md) [b](docs/cli.md#exit-code) [c](docs/cli.md#not-a-heading) [d](#nope)")
+    assert [p.split(": ", 2)[-1] for p in bad] == [
+        "no file docs/missing.md", "no heading #exit-code in cli.md", "no heading #not-a-heading in cli.md",
+        "no heading #nope in README.md"]
+
+
+def test_repeated_headings_get_numbered_anchors():
+    assert anchors("## Cost\n\n## Cost\n\n### Cost\n") == {"cost", "cost-1", "cost-2"}
+    assert github_anchor("Output: `--json`, `-q`, hints") == "output---json--q-hints"
+    assert github_anchor("`bench/control_plane.py`") == "benchcontrol_planepy"
+
+
+def test_readme_is_a_front_page():
+    size = len((REPO / "README.md").read_bytes())
+    assert size < README_MAX_BYTES, f"README.md is {size} bytes; keep it a front page (< {README_MAX_BYTES}) and move reference to docs/"
+    linked = {(REPO / target.partition("#")[0]).resolve() for target in relative_links((REPO / "README.md").read_text())}
+    unlinked = [doc for doc in REFERENCE if (REPO / doc).resolve() not in linked]
+    assert not unlinked, f"README.md must link every reference page (one click away): {unlinked}"
 
 
 # ---- running the commands ----------------------------------------------------------------------
@@ -325,6 +448,9 @@ def project(tmp_path_factory):
         best = next(r for r in board["rows"] if r["rank"] == 1)
         p.json("promote", "base", "--top", "2", "--seeds", "2", "--wait")
         p.json("ablate", best["experiment"], "--seeds", "2", "--wait")
+        # The README's tour promotes the quick start's wave by name.
+        (root / "quickstart.yaml").write_text(STAND_IN_WAVE)
+        p.json("wave", "quickstart.yaml", "--wait")
         p.ids = {"WAVE": "base", "EXP": best["experiment"], "EXP_A": "base-001", "EXP_B": "base-002",
                  "CLUSTER": "local-01"}
         yield p
@@ -338,7 +464,7 @@ def project(tmp_path_factory):
                 os.environ[k] = v
 
 
-@pytest.mark.parametrize("doc", DOCS)
+@pytest.mark.parametrize("doc", RUNNABLE_DOCS)
 def test_documented_fleet_commands_run(doc, project):
     ran, failures = 0, []
     for cmd in doc_commands(doc):
