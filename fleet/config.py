@@ -2,7 +2,12 @@
 
 ```yaml
 task: experiment.yaml        # the SkyPilot task that runs one experiment
-workload: train              # the directory snapshotted for each experiment
+workload: train              # the directory snapshotted for each experiment (`.`: the project root)
+script: train.py             # the training script, relative to the workload directory
+knobs: auto                  # env: knobs are environment variables the script lists with `--knobs`;
+                             # constants: its module-level ALL_CAPS constants; auto: env if it mentions --knobs
+snapshot: null               # what a snapshot holds: paths or globs under the workload (null: everything)
+metric: {name: val_bpb, direction: minimize}  # the summary key experiments are judged by
 queue_depth: 2               # jobs kept in each cluster's queue (one running, one waiting)
 tiers:
   screen:   {accelerators: [H100], seeds: 1}
@@ -18,7 +23,9 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet.errors import InputError, format_validation_error
 
@@ -43,10 +50,25 @@ class LocalConfig(BaseModel):
     )
 
 
+class MetricConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("val_bpb", pattern=r"^[a-z][A-Za-z0-9_]*$",
+                      description="the key of the run's `---` summary that judges it (e.g. val_bpb)")
+    direction: Literal["minimize", "maximize"] = Field("minimize", description="minimize: lower is better")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "maximize"
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = "experiment.yaml"
     workload: str = "train"
+    script: str = Field("train.py", min_length=1, description="the training script, relative to the workload")
+    knobs: Literal["auto", "env", "constants"] = "auto"
+    snapshot: list[str] | None = Field(None, min_length=1, description="paths or globs the snapshot holds")
+    metric: MetricConfig = Field(default_factory=MetricConfig)
     queue_depth: int = Field(2, ge=1, le=16)
     tiers: dict[str, Tier] = Field(
         default_factory=lambda: {
@@ -58,6 +80,13 @@ class FleetConfig(BaseModel):
     max_gpu_hours: float | None = Field(None, gt=0)
     local: LocalConfig = Field(default_factory=LocalConfig)
     reference_accelerator: str = "H100"
+
+    @field_validator("script")
+    @classmethod
+    def _relative_script(cls, script: str) -> str:
+        if script.startswith("/") or ".." in script.split("/"):
+            raise ValueError("must be a path inside the workload directory, e.g. `train.py`")
+        return script
 
 
 def load_config(root: Path) -> FleetConfig:

@@ -13,7 +13,6 @@ from fleet.core.expand import config_key
 from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
 from fleet.research.plans import (
-    choose_snapshot,
     plan_promotion,
     rank_screen,
     resolve_baseline,
@@ -193,12 +192,6 @@ def test_screen_ranks_raw_when_nothing_normalizes_and_skips_crashes():
     assert sorted_by == "raw" and [r.config_key for r in rows] == [b.config_key, a.config_key]
     rows, sorted_by = rank_screen([a, b], {a.id: result(a, 1.2), b.id: result(b, 1.1)}, {a.id: 1.0, b.id: 1.3})
     assert sorted_by == "normalized" and rows[0].config_key == a.config_key
-
-
-def test_snapshot_rule():
-    assert choose_snapshot(["s1", "s1"]) == "s1"
-    with pytest.raises(InputError, match="2 different code snapshots"):
-        choose_snapshot(["s1", "s2"])
 
 
 def test_plan_promotion_pairs_seeds_and_refuses_empty_waves():

@@ -71,7 +71,8 @@ REJECTIONS = [
     ("tiers: screen\n", "`tiers`", None, "did you mean `tier`? valid keys: name, tier, seeds"),
     ("gird: {A: [1]}\n", "`gird`", None, "valid keys: name, tier, seeds, description, max_gpu_hours, env, grid"),
     ("env: [1, 2]\n", "`env`", "[1, 2]", "mapping of knob names"),
-    ("env: {TIME_BUDGET: [1, 2]}\n", "`env.TIME_BUDGET`", "[1, 2]", "single number, string or boolean, not a list"),
+    ("env: {TIME_BUDGET: [[1, 2]]}\n", "`env.TIME_BUDGET`", "[[1, 2]]", "flat list (a tuple knob's), not a list of lists"),
+    ("env: {ADAM_BETAS: []}\n", "`env.ADAM_BETAS`", "[]", "not be an empty list"),
     ("env: {TIME_BUDGET: null}\n", "`env.TIME_BUDGET`", "None", "not an empty value"),
     ("env: {TIME_BUDGET: .inf}\n", "`env.TIME_BUDGET`", "inf", "finite number"),
     ("env: {time_budget: 3}\n", "`env.time_budget`", None, "UPPER_CASE"),
@@ -80,7 +81,7 @@ REJECTIONS = [
     ("grid: [1, 2]\n", "`grid`", "[1, 2]", "mapping of knob names to non-empty lists"),
     ("grid: {MATRIX_LR: []}\n", "`grid.MATRIX_LR`", None, "empty list; give at least one value"),
     ("grid: {MATRIX_LR: 0.04}\n", "`grid.MATRIX_LR`", "0.04", "must be a list of values"),
-    ("grid: {MATRIX_LR: [0.04, [1]]}\n", "`grid.MATRIX_LR[1]`", "[1]", "not a list"),
+    ("grid: {MATRIX_LR: [0.04, [[1]]]}\n", "`grid.MATRIX_LR[1]`", "[[1]]", "not a list of lists"),
     ("grid: {MATRIX_LR: [0.04, {a: 1}]}\n", "`grid.MATRIX_LR[1]`", "{...}", "not a mapping"),
     ("grid: {MATRIX_LR: [.nan]}\n", "`grid.MATRIX_LR[0]`", "nan", "finite number"),
     ("grid: {SEED: [0, 1]}\n", "`grid.SEED`", None, "SEED is set by the fleet"),
@@ -91,7 +92,9 @@ REJECTIONS = [
     ("experiments:\n  - {descripton: x}\n", "`experiments[0].descripton`", None, "did you mean `description`?"),
     ("experiments:\n  - {description: 5}\n", "`experiments[0].description`", "= 5", "text"),
     ("experiments:\n  - {}\n  - {SEED: 1}\n", "`experiments[1].SEED`", None, "set `seeds: N` instead"),
-    ("experiments:\n  - {MATRIX_LR: [1, 2]}\n", "`experiments[0].MATRIX_LR`", "[1, 2]", "not a list"),
+    ("experiments:\n  - {MATRIX_LR: [{a: 1}]}\n", "`experiments[0].MATRIX_LR`", "[{'a': 1}]", "not a list of mappings"),
+    ("experiments:\n  - {code: main, patch: x.diff}\n", "`experiments[0]`", None, "give `code` or `patch`, not both"),
+    ("experiments:\n  - {code: 5}\n", "`experiments[0].code`", "= 5", "string"),
 ]
 
 

@@ -118,7 +118,7 @@ def results_tsv(ctx: Context, wave: str | None) -> str:
     ledger = ctx.ledger
     experiments = ledger.experiments(wave=wave)
     results = ledger.results(wave=wave)
-    status = autoresearch_status(experiments, results)
+    status = autoresearch_status(experiments, results, ctx.config.metric.higher_is_better)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["experiment", "val_bpb", "memory_gb", "status", "description"])

@@ -15,9 +15,10 @@ from fleet.cli.wave_cmds import (
     positive_seconds,
     submit_planned,
 )
+from fleet.core.expand import variant_of
 from fleet.core.ledger_rows import WaveRow
 from fleet.errors import InputError
-from fleet.research.normalize_view import normalized_for
+from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import (
     Baseline,
     WavePlan,
@@ -77,8 +78,10 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else ctx.config.tiers[tier].seeds
     experiments = ledger.experiments(wave=wave.id)
     baseline = resolve_baseline(wave, experiments, _experiment(ctx, args.baseline, "--baseline"))
-    norm = normalized_for(ledger, ctx.config.reference_accelerator)
-    plan = plan_promotion(wave, experiments, ledger.results(wave=wave.id), norm.values, baseline, args.top, seeds)
+    higher = ctx.config.metric.higher_is_better
+    norm = normalized_for(ledger, ctx.config.reference_accelerator, higher)
+    plan = plan_promotion(wave, experiments, research_results(ledger.results(wave=wave.id), higher), norm.values,
+                          baseline, args.top, seeds)
     unfinished = sum(e.state in UNFINISHED for e in experiments)
     if unfinished:
         ctx.sink.warn(f"{unfinished} experiments of {wave.id} are unfinished; promoting from those that finished")
@@ -110,8 +113,14 @@ def cmd_verdict(ctx: Context, args: argparse.Namespace) -> int:
 def _wave_report(ctx: Context, wave: WaveRow, build) -> dict:
     """A promote or ablate report from the wave's experiments, results and normalized values."""
     ledger = ctx.ledger
-    norm = normalized_for(ledger, ctx.config.reference_accelerator)
-    return build(wave, ledger.experiments(wave=wave.id), ledger.results(wave=wave.id), norm.values)
+    higher = ctx.config.metric.higher_is_better
+    norm = normalized_for(ledger, ctx.config.reference_accelerator, higher)
+    report = build(wave, ledger.experiments(wave=wave.id), research_results(ledger.results(wave=wave.id), higher),
+                   norm.values)
+    metric = ctx.config.metric
+    report["metric_name"] = metric.name
+    report["direction"] = metric.direction  # maximize: values above are negated (lower is better there)
+    return report
 
 
 def _print_verdict(ctx: Context, wave: WaveRow) -> int:
@@ -144,6 +153,9 @@ def render_verdict(console: Console, report: dict[str, Any]) -> None:
     rule = report["rule"]
     console.print(f"[dim]keep = p < {rule['alpha']} ({rule['test']}) and gain > {rule['floor_multiple']:g} × "
                   "baseline seed std; Δ < 0 is better[/dim]")
+    if report.get("direction") == "maximize":
+        console.print(f"[dim]{report['metric_name']} is higher-is-better: values are shown negated, so lower is "
+                      "better throughout[/dim]")
 
 
 # ---- ablate / ablation ----------------------------------------------------------------------------------
@@ -155,7 +167,7 @@ def cmd_ablate(ctx: Context, args: argparse.Namespace) -> int:
     stacked = _experiment(ctx, args.experiment, "experiment")
     wave = ledger.wave(stacked.wave_id)
     baseline = resolve_baseline(wave, ledger.experiments(wave=wave.id), _experiment(ctx, args.baseline, "--baseline"))
-    plan = plan_ablation(stacked, baseline, args.seeds)
+    plan = plan_ablation(stacked, baseline, args.seeds, snapshot=wave.snapshot)
     _warn_other_code(ctx, baseline, plan)
     new = _submit(ctx, plan, tier, kind="ablate", parent=wave.id, base=dict(baseline.config))
     knobs = ", ".join(c["knob"] for c in plan.spec["changes"])
@@ -241,8 +253,8 @@ def _warn_other_code(ctx: Context, baseline: Baseline, plan: WavePlan) -> None:
     if baseline.experiment is None:
         return
     exp = ctx.ledger.experiment(baseline.experiment)
-    if exp is not None and exp.snapshot != plan.snapshot:
-        ctx.sink.warn(f"the baseline {exp.id} ran code {exp.snapshot}; its configuration now runs on the "
+    if exp is not None and exp.code != plan.snapshot and variant_of(exp.config) is None:
+        ctx.sink.warn(f"the baseline {exp.id} ran code {exp.code}; its configuration now runs on the "
                       f"candidates' code {plan.snapshot}, so the comparison is of knobs only")
 
 

@@ -13,11 +13,16 @@ def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normaliz
     ledger = ctx.ledger
     experiments = ledger.experiments(wave=wave)
     results = ledger.results(wave=wave)
-    norm = normalized_for(ledger, ctx.config.reference_accelerator)
-    sort = sort_by if any(v is not None for v in norm.values.values()) else "raw"
-    rows = build_rows(experiments, results, norm.values, sort_by=sort)
+    metric = ctx.config.metric
+    norm = normalized_for(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
+    sign = -1.0 if metric.higher_is_better else 1.0  # normalized values come lower-is-better: back to the metric's
+    normalized = {k: None if v is None else sign * v for k, v in norm.values.items()}
+    sort = sort_by if any(v is not None for v in normalized.values()) else "raw"
+    rows = build_rows(experiments, results, normalized, sort_by=sort, higher_is_better=metric.higher_is_better)
     return {
         "wave": wave,
+        "metric": metric.name,
+        "direction": metric.direction,
         "sorted_by": sort,
         "reference_accelerator": ctx.config.reference_accelerator,
         "calibration": norm.summary,

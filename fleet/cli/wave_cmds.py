@@ -16,11 +16,11 @@ from rich.progress import (
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import bring_up_local, controller_running, ensure_controller
-from fleet.core.expand import check_size, count_experiments, expand_wave
-from fleet.core.knobs import KnobListing, check_wave_knobs, load_knob_listing
-from fleet.core.ledger_rows import NewExperiment
-from fleet.core.snapshot import take_snapshot
+from fleet.core.expand import check_size, count_experiments, expand_wave, variant_entries
+from fleet.core.materialize import CodeStore, choices_from, prepare_experiments, resolve_variants
 from fleet.core.wave import load_wave
+from fleet.core.wave_spec import WaveSpec
+from fleet.core.workload import workload_for
 from fleet.errors import FleetError, InputError
 from fleet.task import load_task
 from fleet.types import ClusterState, ExperimentState
@@ -69,35 +69,32 @@ def positive_seconds(flag: str):
 
 def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
                    parent: str | None = None, max_gpu_hours: float | None = None, source: str = "wave",
-                   snapshot: str | None = None, base: dict | None = None):
-    """Snapshot the workload, check every knob, then record the wave: all or nothing."""
-    workload = ctx.workspace.root / ctx.config.workload
-    if not workload.is_dir():
-        raise InputError(f"workload directory {workload} does not exist; set `workload:` in fleet.yaml")
+                   snapshot: str | None = None, base: dict | None = None, choices: dict | None = None,
+                   wave_spec: WaveSpec | None = None):
+    """Snapshot the workload, check every knob, write each experiment's code, then record the wave:
+    all or nothing. `snapshot` is the wave's code (default: the working tree now); `choices` the code of
+    each variant its experiments name (default: the variants that already ran)."""
+    workload = workload_for(ctx.workspace.root, ctx.config)
     ctx.workspace.ensure()
     load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
-    snapshot = snapshot or take_snapshot(workload, ctx.workspace.snapshots)
-    snapshot_root = ctx.workspace.snapshot_dir(snapshot)
-    listing = load_knob_listing(snapshot_root)
-    check_wave_knobs(planned, listing, snapshot_root, source)
-    spec = {**spec, "default_budget": _default_budget(listing)}
+    snapshot = snapshot or workload.snapshot(ctx.workspace.snapshots)
+    codes = CodeStore(workload, ctx.workspace.snapshots)
+    if choices is None:
+        choices = choices_from(ctx.ledger.experiments())
+    prepared = prepare_experiments(planned, codes, snapshot, choices, source, wave_spec)
+    metric = ctx.config.metric
+    spec = {**spec, "default_budget": prepared.default_budget, "knobs": prepared.knobs,
+            "metric": {"name": metric.name, "direction": metric.direction}}
     backend = ctx.backend_name()
     if not ctx.ledger.clusters([ClusterState.UP]):
         if backend != "local":
             raise FleetError(f"no {backend} clusters are up: run `fleet up --backend {backend} --clusters N` first")
         bring_up_local(ctx.workspace, ctx.ledger, ctx.config)  # the default backend needs no `fleet up`
     ctx.ledger.set_meta("backend", backend)
-    news = [NewExperiment(p.config, p.config_key, p.seed, p.description, p.label) for p in planned]
-    wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, news, kind=kind, parent=parent,
-                                            max_gpu_hours=max_gpu_hours, base=base)
+    wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, prepared.experiments, kind=kind,
+                                            parent=parent, max_gpu_hours=max_gpu_hours, base=base)
     ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
     return wave, experiments
-
-
-def _default_budget(listing: KnobListing) -> float | None:
-    """The workload's longest default TIME_BUDGET over its presets (for timeouts and cost)."""
-    knob = listing.knobs.get("TIME_BUDGET")
-    return max(float(v) for v in knob.default.values()) if knob and knob.default else None
 
 
 def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
@@ -111,11 +108,20 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
         ctx.sink.data({"wave": spec.name, "experiments": [p.__dict__ for p in planned]},
                       lambda c: [c.print(f"{p.label}  SEED={p.seed}") for p in planned])
         return 0
+    ctx.workspace.ensure()
+    workload = workload_for(ctx.workspace.root, ctx.config)
+    snapshot = workload.snapshot(ctx.workspace.snapshots)
+    choices: dict = {}
+    if variant_entries(spec):  # each variant becomes its own code; the experiments name what it resolved to
+        spec, choices = resolve_variants(spec, CodeStore(workload, ctx.workspace.snapshots), snapshot,
+                                         args.file.resolve().parent)
+        planned = expand_wave(spec, tiers[spec.tier].seeds)
     raw = spec.to_json()
     if args.timeout is not None:
         raw["timeout_s"] = args.timeout
     wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),
-                                       max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env))
+                                       max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env), snapshot=snapshot,
+                                       choices=choices, wave_spec=spec)
     payload = {"wave": wave.id, "experiments": len(experiments), "tier": wave.tier, "snapshot": wave.snapshot,
                "backend": ctx.backend_name()}
     ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, code {wave.snapshot})")

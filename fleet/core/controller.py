@@ -22,6 +22,7 @@ from fleet.backends.base import (
     SetupFailed,
 )
 from fleet.config import FleetConfig
+from fleet.core.expand import knob_values
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ATTEMPT_LOST, AttemptRow, ExperimentRow
 from fleet.core.results import parse_run_log
@@ -68,7 +69,7 @@ def experiment_timeout(exp: ExperimentRow, default_budget: float | None) -> floa
 
 
 def job_for(exp: ExperimentRow, attempt: int, accelerator: str, timeout_s: float) -> JobSpec:
-    envs = {**exp.config, "SEED": str(exp.seed)}
+    envs = {**knob_values(exp.config), "SEED": str(exp.seed)}
     return JobSpec(exp.id, attempt, exp.snapshot, envs, timeout_s, None if accelerator == "cpu" else accelerator)
 
 
@@ -177,7 +178,7 @@ class Controller:
 
     def _finish(self, attempt: AttemptRow, job: JobInfo, text: str, report: CycleReport) -> None:
         gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
-        parsed = parse_run_log(text, attempt.experiment_id, job.exit_code)
+        parsed = parse_run_log(text, attempt.experiment_id, job.exit_code, metric=self.config.metric.name)
         common = dict(metrics=parsed.metrics, tail="\n".join(parsed.tail), accelerator=attempt.accelerator,
                       gpu_seconds=gpu_seconds)
         if job.state == JobState.CANCELLED:

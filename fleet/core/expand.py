@@ -2,7 +2,10 @@
 
 `expand_wave`, `count_experiments`, `check_size` and `duplicate_warnings` are pure functions over the
 `WaveSpec` (`fleet.core.wave_spec`) that `fleet.core.wave.load_wave` returns; nothing here reads files. A configuration is the knob
-overrides of one run, SEED excluded: the fleet sets SEED=0..seeds-1 for each, so it is reserved.
+overrides of one run, SEED excluded (the fleet sets SEED=0..seeds-1 for each, so it is reserved), plus
+its code variant when it has one: `code` (a git ref) or `patch` (a diff file), lowercase keys beside
+the UPPER_CASE knobs, so that a variant is a configuration of its own everywhere (keys, labels,
+promotion, ablation). The grid runs on the wave's code and again on each variant.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from fleet.core.wave_spec import Scalar, WaveSpec
+from fleet.core.wave_spec import VARIANT_KEYS, ExplicitExperiment, KnobValue, WaveSpec
 from fleet.errors import InputError
 
 RESERVED_KNOBS = ("SEED",)  # set by the fleet for each run
@@ -32,8 +35,18 @@ class PlannedExperiment:
 
     @property
     def envs(self) -> dict[str, str]:
-        """The environment the run gets: the configuration plus its SEED."""
-        return {**self.config, "SEED": str(self.seed)}
+        """The environment the run gets: the configuration's knobs plus its SEED."""
+        return {**knob_values(self.config), "SEED": str(self.seed)}
+
+
+def knob_values(config: Mapping[str, str]) -> dict[str, str]:
+    """A configuration's knobs, without its code variant."""
+    return {k: v for k, v in config.items() if k not in VARIANT_KEYS}
+
+
+def variant_of(config: Mapping[str, str]) -> tuple[str, str] | None:
+    """("code", value) or ("patch", value) when the configuration runs a code variant."""
+    return next(((k, config[k]) for k in VARIANT_KEYS if k in config), None)
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,11 @@ class _Config:
     where: str  # for messages: "experiments[1]", "grid point MATRIX_LR=0.04"
 
 
-def env_value(value: Scalar) -> str:
-    """A knob value as an environment string: bools are 1/0, floats keep their shortest repr (0.1 -> "0.1")."""
+def env_value(value: KnobValue) -> str:
+    """A knob value as an environment string: bools are 1/0, floats keep their shortest repr (0.1 -> "0.1"),
+    a list (a tuple knob's value) is JSON."""
+    if isinstance(value, list):
+        return json.dumps(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
@@ -63,7 +79,7 @@ def _base(spec: WaveSpec) -> tuple[dict[str, str], dict[str, str]]:
     return {k: env_value(v) for k, v in spec.env.items()}, {k: f"env.{k}" for k in spec.env}
 
 
-def _distinct(values: list[Scalar]) -> list[tuple[int, str]]:
+def _distinct(values: list[KnobValue]) -> list[tuple[int, str]]:
     seen: dict[str, int] = {}
     for index, value in enumerate(values):
         seen.setdefault(env_value(value), index)
@@ -81,16 +97,28 @@ def _grid_configs(spec: WaveSpec) -> Iterator[_Config]:
 
 
 def _explicit_configs(spec: WaveSpec) -> list[_Config]:
+    """One configuration per plain entry; a variant entry's on each grid point when there is a grid."""
     base, base_origins = _base(spec)
-    return [
-        _Config(
-            {**base, **{k: env_value(v) for k, v in exp.overrides.items()}},
-            exp.description,
-            {**base_origins, **{k: f"experiments[{i}].{k}" for k in exp.overrides}},
-            f"experiments[{i}]",
-        )
-        for i, exp in enumerate(spec.experiments)
-    ]
+    out = []
+    for i, exp in enumerate(spec.experiments):
+        own = {k: env_value(v) for k, v in exp.overrides.items()}
+        origins = {k: f"experiments[{i}].{k}" for k in exp.overrides}
+        variant = exp.variant
+        if variant is not None:
+            own[variant[0]] = variant[1]
+            origins[variant[0]] = f"experiments[{i}].{variant[0]}"
+        if variant is None or not spec.grid:
+            out.append(_Config({**base, **own}, exp.description, {**base_origins, **origins}, f"experiments[{i}]"))
+            continue
+        for point in _grid_configs(spec):
+            out.append(_Config({**point.config, **own}, exp.description, {**point.origins, **origins},
+                               f"experiments[{i}] on {point.where}"))
+    return out
+
+
+def variant_entries(spec: WaveSpec) -> list[tuple[int, ExplicitExperiment]]:
+    """The entries that name a code variant, with their index."""
+    return [(i, e) for i, e in enumerate(spec.experiments) if e.variant is not None]
 
 
 def _in_grid(spec: WaveSpec, config: dict[str, str]) -> bool:
@@ -106,14 +134,19 @@ def _explicit_duplicates(spec: WaveSpec) -> dict[int, str]:
     """Explicit experiments that repeat an earlier configuration -> what they repeat (no grid expansion)."""
     repeats: dict[int, str] = {}
     first: dict[str, str] = {}
-    for index, cfg in enumerate(_explicit_configs(spec)):
-        key = config_key(cfg.config)
-        if _in_grid(spec, cfg.config):
-            repeats[index] = "a grid point (" + " ".join(f"{k}={cfg.config[k]}" for k in spec.grid) + ")"
+    plain = [(i, e) for i, e in enumerate(spec.experiments) if e.variant is None or not spec.grid]
+    base, _ = _base(spec)
+    for index, exp in plain:
+        config = {**base, **{k: env_value(v) for k, v in exp.overrides.items()}}
+        if exp.variant is not None:
+            config[exp.variant[0]] = exp.variant[1]
+        key = config_key(config)
+        if _in_grid(spec, config):
+            repeats[index] = "a grid point (" + " ".join(f"{k}={config[k]}" for k in spec.grid) + ")"
         elif key in first:
             repeats[index] = f"`{first[key]}`"
         else:
-            first[key] = cfg.where
+            first[key] = f"experiments[{index}]"
     return repeats
 
 
@@ -133,7 +166,8 @@ def duplicate_warnings(spec: WaveSpec) -> list[str]:
 def count_experiments(spec: WaveSpec, default_seeds: int) -> int:
     """How many experiments `expand_wave` would return, without expanding (check size before expanding)."""
     grid = math.prod(len(_distinct(v)) for v in spec.grid.values()) if spec.grid else 0
-    configs = grid + len(spec.experiments) - len(_explicit_duplicates(spec))
+    on_grid = len(variant_entries(spec)) if spec.grid else 0  # each runs the whole grid
+    configs = grid * (1 + on_grid) + len(spec.experiments) - on_grid - len(_explicit_duplicates(spec))
     return max(configs, 1) * (spec.seeds or default_seeds)
 
 
@@ -165,9 +199,15 @@ def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
             configs[key] = _Config(kept.config, cfg.description, kept.origins, kept.where)
     knobs = list(dict.fromkeys(k for cfg in configs.values() for k in cfg.config))
     varying = [k for k in knobs if len({cfg.config.get(k) for cfg in configs.values()}) > 1]
+    varying.sort(key=lambda k: k not in VARIANT_KEYS)  # the code first: `code=idea MATRIX_LR=0.04`
+    shared = {cfg.description for cfg in configs.values() if cfg.description and " on grid point " in cfg.where}
     planned = []
     for key, cfg in configs.items():
-        label = cfg.description or " ".join(f"{k}={cfg.config[k]}" for k in varying if k in cfg.config) or "base"
+        knobs_label = " ".join(f"{k}={cfg.config[k]}" for k in varying if k in cfg.config)
+        if cfg.description in shared:  # one description for a variant's whole grid: say which point
+            label = f"{cfg.description}: {knobs_label}" if knobs_label else cfg.description
+        else:
+            label = cfg.description or knobs_label or "base"
         for seed in range(seeds):
             planned.append(PlannedExperiment(cfg.config, seed, cfg.description, key, label, cfg.origins))
     return planned

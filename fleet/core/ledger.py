@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
+    ADDED_COLUMNS,
     ATTEMPT_LOST,
     ATTEMPT_NOT_SUBMITTED,
     ATTEMPT_SUBMITTING,
@@ -62,6 +63,10 @@ class Ledger:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for table, column, declaration in ADDED_COLUMNS:
+                have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -111,9 +116,11 @@ class Ledger:
             for seq, exp in enumerate(experiments, start=1):
                 db.execute(
                     "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
-                    " snapshot, tier, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (f"{wave_id}-{seq:0{width}d}", wave_id, seq, json.dumps(exp.config), exp.config_key,
-                     exp.seed, exp.description, exp.label, snapshot, tier, ExperimentState.PENDING.value, now, now),
+                     exp.seed, exp.description, exp.label, exp.snapshot or snapshot, tier,
+                     ExperimentState.PENDING.value, now, now, exp.code_snapshot, exp.base_snapshot, exp.seeding),
                 )
         return self.wave(wave_id), self.experiments(wave=wave_id)
 
@@ -269,7 +276,9 @@ class Ledger:
             db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (experiment_id, attempt_id, outcome, val_bpb, num("num_steps"), num("training_seconds"),
-                 num("peak_memory_mb"), str(metrics.get("device")) if "device" in metrics else None,
+                 # autoresearch's train.py says peak_vram_mb; this project's says peak_memory_mb
+                 num("peak_memory_mb") if num("peak_memory_mb") is not None else num("peak_vram_mb"),
+                 str(metrics.get("device")) if "device" in metrics else None,
                  accelerator, json.dumps(metrics), reason, tail, gpu_seconds, now),
             )
             db.execute(

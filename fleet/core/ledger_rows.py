@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     label TEXT NOT NULL, snapshot TEXT NOT NULL, tier TEXT NOT NULL, state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
-    released INTEGER NOT NULL DEFAULT 0
+    released INTEGER NOT NULL DEFAULT 0, code_snapshot TEXT, base_snapshot TEXT,
+    seeding TEXT NOT NULL DEFAULT 'seed'
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
@@ -43,6 +44,14 @@ CREATE TABLE IF NOT EXISTS results (
     recorded_at REAL NOT NULL
 );
 """
+
+# Columns added since the first release: a ledger made before them gets them on open (ALTER TABLE).
+ADDED_COLUMNS = (
+    ("experiments", "code_snapshot", "TEXT"),
+    ("experiments", "base_snapshot", "TEXT"),
+    ("experiments", "seeding", "TEXT NOT NULL DEFAULT 'seed'"),
+)
+SEEDED, REPLICATE = "seed", "replicate"
 
 # Attempt states: the backend job states plus the controller's own bookkeeping.
 ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a crash is detectable
@@ -84,6 +93,15 @@ class ExperimentRow:
     updated_at: float
     finished_at: float | None
     released: bool = False  # the user released it past the budget caps (`fleet release`)
+    code_snapshot: str | None = None  # the code before its knob values were written (None: `snapshot`)
+    base_snapshot: str | None = None  # the code its change is relative to, what `fleet adopt` merges from
+    # "seed": `seed` is the SEED it ran with, so runs pair by seed; "replicate": the workload has no
+    # SEED knob, `seed` only numbers the run, and runs compare unpaired.
+    seeding: str = SEEDED
+
+    @property
+    def code(self) -> str:
+        return self.code_snapshot or self.snapshot
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,10 @@ class NewExperiment:
     seed: int
     description: str
     label: str
+    snapshot: str | None = None  # the code it runs; None: the wave's snapshot
+    code_snapshot: str | None = None
+    base_snapshot: str | None = None
+    seeding: str = SEEDED
 
 
 def decode_row(cls, row: sqlite3.Row):

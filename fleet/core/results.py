@@ -45,7 +45,7 @@ EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\
 @dataclass(frozen=True)
 class ParsedRun:
     outcome: str  # "done" | "crash"
-    val_bpb: float | None  # only for done runs
+    val_bpb: float | None  # only for done runs: the value of the configured metric (val_bpb by default)
     metrics: dict[str, float | str] = field(default_factory=dict)
     reason: str = ""  # why it crashed; "" when done
     tail: list[str] = field(default_factory=list)  # the last lines of the log, cleaned
@@ -104,17 +104,17 @@ def summary_blocks(lines: list[str], trusted: list[bool]) -> list[dict[str, floa
     return blocks
 
 
-def _val_bpb_problem(value: float | str | None) -> str | None:
+def _metric_problem(value: float | str | None, metric: str = "val_bpb") -> str | None:
     if value is None:
-        return "no val_bpb in summary"
+        return f"no {metric} in summary"
     if isinstance(value, float):
         return None
     word = value.strip().lower().lstrip("+-")
     if word in ("nan", "inf", "infinity"):
-        return f"val_bpb is {word}"
+        return f"{metric} is {word}"
     if not value.strip():
-        return "val_bpb is empty"
-    return f"val_bpb is not a number: {value[:40]!r}"
+        return f"{metric} is empty"
+    return f"{metric} is not a number: {value[:40]!r}"
 
 
 def _wrapper_lines(
@@ -153,8 +153,9 @@ def _crash_reason(lines: list[str], exit_code: int | None, statuses: set[str]) -
     return None
 
 
-def parse_run_log(text: str, experiment_id: str, exit_code: int | None) -> ParsedRun:
-    """Classify one attempt's log as done (with a finite val_bpb) or crash (with a reason)."""
+def parse_run_log(text: str, experiment_id: str, exit_code: int | None, metric: str = "val_bpb") -> ParsedRun:
+    """Classify one attempt's log as done (with a finite value of `metric`, fleet.yaml's `metric.name`,
+    kept in `val_bpb` whatever its name) or crash (with a reason)."""
     lines, trusted = clean_lines(text)
     tail = lines[-TAIL_LINES:]
     parsed_trusted = list(trusted)
@@ -168,10 +169,10 @@ def parse_run_log(text: str, experiment_id: str, exit_code: int | None) -> Parse
         metrics.setdefault(key, value)
     reason = _crash_reason(lines, exit_code, statuses)
     if reason is None:
-        if not blocks and "val_bpb" not in result_line:
+        if not blocks and metric not in result_line:
             reason = "no summary (`---` block) in log"
         else:
-            reason = _val_bpb_problem(metrics.get("val_bpb"))
+            reason = _metric_problem(metrics.get(metric), metric)
     if reason is not None:
         return ParsedRun("crash", None, metrics, reason, tail)
-    return ParsedRun("done", float(metrics["val_bpb"]), metrics, "", tail)
+    return ParsedRun("done", float(metrics[metric]), metrics, "", tail)

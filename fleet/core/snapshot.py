@@ -86,15 +86,19 @@ def take_snapshot(workload_dir: Path, store: Path) -> str:
             f"workload directory {workload_dir} not found; set `workload:` in fleet.yaml to the directory "
             "your experiments run (e.g. `workload: train`)"
         )
-    files = read_tree(workload_dir)
-    sid = snapshot_id(workload_dir.name, files)
+    return store_tree(workload_dir.name, read_tree(workload_dir), store)
+
+
+def store_tree(name: str, files: dict[str, SnapshotFile], store: Path) -> str:
+    """Store a tree (files keyed by path relative to the workload) as snapshot `store/<id>/<name>/`."""
+    sid = snapshot_id(name, files)
     target = Path(store) / sid
     if target.is_dir():
         return sid
     Path(store).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sid}-", dir=store))
     try:
-        _write_files(tmp / workload_dir.name, files, read_only=True)
+        _write_files(tmp / name, files, read_only=True)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -160,19 +164,24 @@ def diff_trees(a: dict[str, SnapshotFile], b: dict[str, SnapshotFile]) -> str:
     return "".join(out)
 
 
-def _prefixed(root: Path) -> dict[str, SnapshotFile]:
-    """A tree keyed by paths that start with the workload name (`train/train.py`)."""
-    return {
-        f"{root.name}/{rel}": SnapshotFile(f"{root.name}/{rel}", f.executable, f.content)
-        for rel, f in read_tree(root).items()
-    }
+def prefixed(files: dict[str, SnapshotFile], prefix: str) -> dict[str, SnapshotFile]:
+    """A tree keyed by paths under `prefix` (`train/train.py`); the same tree for an empty prefix."""
+    if not prefix:
+        return dict(files)
+    return {f"{prefix}/{rel}": SnapshotFile(f"{prefix}/{rel}", f.executable, f.content) for rel, f in files.items()}
 
 
-def snapshot_diff(store: Path, a: str, b: str) -> str:
-    """How snapshot b differs from snapshot a, as a unified diff with `a/...` and `b/...` paths."""
+def snapshot_diff(store: Path, a: str, b: str, prefix: str | None = None) -> str:
+    """How snapshot b differs from snapshot a, as a unified diff with `a/...` and `b/...` paths.
+
+    Paths start with `prefix` (default: the workload's name; "" for a workload at the project root,
+    so the diff reads like `git diff` there).
+    """
     if a == b:
         return ""
-    return diff_trees(_prefixed(snapshot_root(store, a)), _prefixed(snapshot_root(store, b)))
+    root_a, root_b = snapshot_root(store, a), snapshot_root(store, b)
+    return diff_trees(prefixed(read_tree(root_a), root_a.name if prefix is None else prefix),
+                      prefixed(read_tree(root_b), root_b.name if prefix is None else prefix))
 
 
 def adopt_snapshot(store: Path, sid: str, workload_dir: Path, dry_run: bool = False) -> list[str]:

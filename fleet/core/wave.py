@@ -13,6 +13,7 @@ grid:                     # factorial product of knob values
 experiments:              # explicit override sets on top of `env`; each may carry a description
   - {description: baseline}
   - {MATRIX_LR: 0.06, description: hot}
+  - {code: my-branch}     # a code variant: a git ref's workload, or `patch: idea.diff`; the grid runs on it too
 ```
 
 `load_wave` reads and validates a file (I/O at the edge). Expanding the resulting `WaveSpec` into
@@ -40,11 +41,12 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from fleet.core.expand import RESERVED_KNOBS, duplicate_warnings
-from fleet.core.wave_spec import ExplicitExperiment, Scalar, WaveSpec
+from fleet.core.wave_spec import ExplicitExperiment, KnobValue, Scalar, WaveSpec
 from fleet.errors import InputError, field_path
 
 # Single '-' or '_' between runs of letters and digits: job names (`<wave>-001.a1`) must pass
@@ -52,6 +54,19 @@ from fleet.errors import InputError, field_path
 NAME_PATTERN = r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$"
 NAME_MAX = 40
 KNOB_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+
+
+def _value(value: object) -> KnobValue:
+    """One knob value: a scalar, or a flat list of scalars (the value of a tuple or list knob)."""
+    if isinstance(value, list):
+        if not value:
+            raise PydanticCustomError("value_list", "must not be an empty list")
+        for item in value:
+            if isinstance(item, (list, dict)):
+                raise PydanticCustomError("value_list", "must be one value or a flat list (a tuple knob's), not a "
+                                          "list of {kind}", {"kind": "lists" if isinstance(item, list) else "mappings"})
+        return [_scalar(item) for item in value]
+    return _scalar(value)
 
 
 def _scalar(value: object) -> Scalar:
@@ -65,7 +80,7 @@ def _scalar(value: object) -> Scalar:
         return value
     if isinstance(value, (bool, int)):
         return value
-    kinds = {dict: "a mapping", list: "a list", type(None): "an empty value (null)"}
+    kinds = {dict: "a mapping", list: "a list of lists", type(None): "an empty value (null)"}
     kind = kinds.get(type(value), type(value).__name__)
     raise PydanticCustomError("scalar_type", "must be a single number, string or boolean, not {kind}", {"kind": kind})
 
@@ -85,18 +100,32 @@ def _knob_name(name: str) -> str:
 
 
 SCALAR_SCHEMA = {"type": ["boolean", "integer", "number", "string"]}
-ScalarValue = Annotated[Scalar, PlainValidator(_scalar), WithJsonSchema(SCALAR_SCHEMA)]
+VALUE_SCHEMA = {"anyOf": [SCALAR_SCHEMA, {"type": "array", "items": SCALAR_SCHEMA, "minItems": 1}]}
+ScalarValue = Annotated[KnobValue, PlainValidator(_value), WithJsonSchema(VALUE_SCHEMA)]
 KnobName = Annotated[str, AfterValidator(_knob_name)]
 
 
 class ExperimentEntry(BaseModel):
-    """One explicit override set: knob overrides on top of `env`, with an optional description."""
+    """One explicit override set: knob overrides on top of `env`, with an optional description, on the
+    wave's code or on a code variant (`code:` a git ref, or `patch:` a diff file)."""
 
     model_config = ConfigDict(
-        extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$|^description$"}}
+        extra="allow",
+        json_schema_extra={"propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$|^description$|^code$|^patch$"}},
     )
     description: str = Field("", description="what this configuration tries", strict=True)
+    code: str | None = Field(None, min_length=1, strict=True,
+                             description="run this git commit, branch or tag's workload instead of the working tree")
+    patch: str | None = Field(None, min_length=1, strict=True,
+                              description="a unified diff file applied to the wave's code")
     __pydantic_extra__: dict[KnobName, ScalarValue]
+
+    @model_validator(mode="after")
+    def _one_variant(self) -> "ExperimentEntry":
+        if self.code is not None and self.patch is not None:
+            raise PydanticCustomError("one_variant", "give `code` or `patch`, not both (commit the patch on the "
+                                      "branch and name the branch in `code`)")
+        return self
 
 
 class WaveFile(BaseModel):
@@ -156,10 +185,11 @@ HINTS = {
     "max_gpu_hours": "allowed: a positive number of GPU-hours (e.g. `max_gpu_hours: 20`), or leave it out",
     "env": "allowed: a mapping of knob names to single values (e.g. `env: {TIME_BUDGET: 300}`)",
     "grid": "allowed: a mapping of knob names to non-empty lists of values (e.g. `grid: {MATRIX_LR: [0.03, 0.04]}`)",
-    "experiments": "allowed: a list of mappings of knob overrides, each may carry `description` "
-    "(e.g. `- {MATRIX_LR: 0.06, description: hot}`)",
+    "experiments": "allowed: a list of mappings of knob overrides, each may carry `description`, and `code` "
+    "(a git ref) or `patch` (a diff file) (e.g. `- {MATRIX_LR: 0.06, description: hot}`)",
 }
-CUSTOM_ERRORS = {"finite_scalar", "scalar_nul", "scalar_type", "reserved_knob", "knob_name", "unknown_tier"}
+CUSTOM_ERRORS = {"finite_scalar", "scalar_nul", "scalar_type", "reserved_knob", "knob_name", "unknown_tier",
+                 "value_list", "one_variant"}
 
 
 _SHORT = reprlib.Repr()
@@ -308,7 +338,8 @@ def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
         env=dict(model.env),
         grid={k: list(v) for k, v in (model.grid or {}).items()},
         experiments=[
-            ExplicitExperiment(overrides=dict(e.__pydantic_extra__ or {}), description=e.description)
+            ExplicitExperiment(overrides=dict(e.__pydantic_extra__ or {}), description=e.description,
+                               code=e.code, patch=e.patch)
             for e in (model.experiments or [])
         ],
         source=source,

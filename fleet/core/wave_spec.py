@@ -8,12 +8,25 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 Scalar = Union[bool, int, float, str]
+KnobValue = Union[Scalar, list]  # a list (of scalars) is the value of a tuple or list knob
+VARIANT_KEYS = ("code", "patch")  # a configuration's code variant, beside its (UPPER_CASE) knobs
 
 
 @dataclass(frozen=True)
 class ExplicitExperiment:
-    overrides: dict[str, Scalar]
+    overrides: dict[str, KnobValue]
     description: str = ""
+    code: str | None = None  # a git ref whose workload this configuration runs
+    patch: str | None = None  # a diff file applied to the wave's code
+
+    @property
+    def variant(self) -> tuple[str, str] | None:
+        """("code", ref) or ("patch", file), or None for the wave's own code."""
+        if self.code is not None:
+            return ("code", self.code)
+        if self.patch is not None:
+            return ("patch", self.patch)
+        return None
 
 
 @dataclass(frozen=True)
@@ -25,8 +38,8 @@ class WaveSpec:
     seeds: int | None = None  # None: the tier's seeds
     description: str = ""
     max_gpu_hours: float | None = None
-    env: dict[str, Scalar] = field(default_factory=dict)
-    grid: dict[str, list[Scalar]] = field(default_factory=dict)
+    env: dict[str, KnobValue] = field(default_factory=dict)
+    grid: dict[str, list[KnobValue]] = field(default_factory=dict)
     experiments: list[ExplicitExperiment] = field(default_factory=list)
     source: str = ""  # the file it came from, for messages
     warnings: tuple[str, ...] = ()  # not fatal (duplicate configurations); the CLI prints them on stderr
@@ -37,6 +50,13 @@ class WaveSpec:
             "name": self.name, "tier": self.tier, "seeds": self.seeds, "description": self.description,
             "max_gpu_hours": self.max_gpu_hours, "env": dict(self.env),
             "grid": {k: list(v) for k, v in self.grid.items()},
-            "experiments": [{**e.overrides, "description": e.description} if e.description else dict(e.overrides)
-                            for e in self.experiments],
+            "experiments": [_entry_json(e) for e in self.experiments],
         }
+
+
+def _entry_json(entry: ExplicitExperiment) -> dict[str, Any]:
+    out: dict[str, Any] = dict(entry.overrides)
+    for key in ("description", "code", "patch"):
+        if getattr(entry, key):
+            out[key] = getattr(entry, key)
+    return out

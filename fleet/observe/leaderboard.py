@@ -36,8 +36,11 @@ def build_rows(
     results: Mapping[str, ResultRow],
     normalized: Mapping[str, float | None] | None = None,
     sort_by: str = "raw",
+    higher_is_better: bool = False,
 ) -> list[Row]:
-    """Finished experiments first, best first by `sort_by` ("raw" or "normalized"), then the rest."""
+    """Finished experiments first, best first by `sort_by` ("raw" or "normalized"), then the rest.
+
+    `val_bpb` holds the configured metric's value; best is lowest unless `higher_is_better`."""
     normalized = normalized or {}
     rows = []
     for exp in experiments:
@@ -56,18 +59,21 @@ def build_rows(
         value = row.normalized if sort_by == "normalized" else row.val_bpb
         return value if value is not None and math.isfinite(value) else None
 
-    ranked = sorted((r for r in rows if key(r) is not None), key=lambda r: (key(r), r.experiment))
+    sign = -1.0 if higher_is_better else 1.0
+    ranked = sorted((r for r in rows if key(r) is not None), key=lambda r: (sign * key(r), r.experiment))
     rest = [r for r in rows if key(r) is None]
     out = [replace(r, rank=i) for i, r in enumerate(ranked, start=1)]
     return out + rest
 
 
-def autoresearch_status(experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow]) -> dict[str, str]:
+def autoresearch_status(experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow],
+                        higher_is_better: bool = False) -> dict[str, str]:
     """keep / discard / crash per finished experiment, in the autoresearch `results.tsv` sense.
 
     `keep` marks a new running best at the time it finished; `discard` a finished run that did
     not beat it; `crash` a run that crashed or timed out.
     """
+    sign = -1.0 if higher_is_better else 1.0
     best = math.inf
     out: dict[str, str] = {}
     finished = [e for e in experiments if e.state.finished and e.state != ExperimentState.CANCELLED]
@@ -75,8 +81,8 @@ def autoresearch_status(experiments: Sequence[ExperimentRow], results: Mapping[s
         res = results.get(exp.id)
         if exp.state != ExperimentState.DONE or res is None or res.val_bpb is None:
             out[exp.id] = "crash"
-        elif res.val_bpb < best:
-            best = res.val_bpb
+        elif sign * res.val_bpb < best:
+            best = sign * res.val_bpb
             out[exp.id] = "keep"
         else:
             out[exp.id] = "discard"

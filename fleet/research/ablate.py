@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fleet.errors import InputError
-from fleet.research.stats import check_seeds, finite, paired_one_sided, t_interval
+from fleet.research.stats import check_seeds, finite, paired_one_sided, t_interval, welch_one_sided
 
 ArmRole = Literal["baseline", "stacked", "without"]
 ContributionVerdict = Literal["keep", "drop", "inconclusive"]
@@ -97,9 +97,14 @@ def _reset(stacked: Mapping[str, str], change: Change) -> dict[str, str]:
 
 
 def contributions(
-    arms_results: Sequence[tuple[AblationArm, Mapping[int, float | None]]], alpha: float = DEFAULT_ALPHA
+    arms_results: Sequence[tuple[AblationArm, Mapping[int, float | None]]], alpha: float = DEFAULT_ALPHA,
+    paired: bool = True,
 ) -> list[Contribution]:
-    """Each change's contribution, from (arm, {seed: val_bpb}) pairs of a ``leave_one_out`` wave."""
+    """Each change's contribution, from (arm, {seed: val_bpb}) pairs of a ``leave_one_out`` wave.
+
+    ``paired=False`` for replicates (no SEED knob): arms are compared by Welch's unpaired test over all
+    their finished runs instead of seed by seed.
+    """
     by_name = {arm.name: (arm, results) for arm, results in arms_results}
     if "stacked" not in by_name:
         have = sorted(by_name)
@@ -112,8 +117,33 @@ def contributions(
             without = by_name.get("baseline")
         if without is None:
             raise InputError(f"no results for the arm `without:{ch.knob}` (have: {sorted(by_name)})")
-        out.append(_contribution(ch, without[1], stacked_results, alpha))
+        compare = _contribution if paired else _unpaired_contribution
+        out.append(compare(ch, without[1], stacked_results, alpha))
     return out
+
+
+def _unpaired_contribution(
+    ch: Change, without: Mapping[int, float | None], stacked: Mapping[int, float | None], alpha: float
+) -> Contribution:
+    w, s = finite(list(without.values())), finite(list(stacked.values()))
+    n = min(len(w), len(s))
+
+    def result(verdict: ContributionVerdict, note: str, value=None, p=None) -> Contribution:
+        return Contribution(ch.knob, ch.baseline_value, ch.stacked_value, n, value, None, None, None, p, verdict,
+                            note + " (unpaired: replicates without a SEED knob)")
+
+    test = welch_one_sided(s, w)  # is the full stack lower than the stack without the change?
+    if not w or not s:
+        return result("inconclusive", "no finished run on this arm or on the full stack")
+    value = -test.mean_delta
+    if test.p_value is None:
+        return result("inconclusive", f"fewer than 2 runs on one side (contribution {value:+.4f}): run more", value)
+    p = test.p_value
+    if p < alpha:
+        return result("keep", f"removing this change costs {value:.4f} (p={p:.3g}) → keep it", value, p)
+    detail = (f"without it the metric is {-value:.4f} lower, p={p:.3g}" if value < 0
+              else f"contribution {value:+.4f} is not significant, p={p:.3g} ≥ {alpha}")
+    return result("drop", f"removing this change does not hurt → drop it ({detail})", value, p)
 
 
 def _contribution(

@@ -1,7 +1,8 @@
 """Hardware-normalized values for the experiments in the ledger (the I/O side of normalize.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ExperimentRow, ResultRow
@@ -30,14 +31,27 @@ def run_record(exp: ExperimentRow, res: ResultRow) -> RunRecord:
                      res.num_steps, res.training_seconds)
 
 
-def run_records(ledger: Ledger) -> list[RunRecord]:
-    results = ledger.results()
+def research_results(results: Mapping[str, ResultRow], higher_is_better: bool = False) -> dict[str, ResultRow]:
+    """Results as the research layer reads them: lower is better, always.
+
+    The one place a higher-is-better metric (fleet.yaml `metric.direction: maximize`, e.g. accuracy)
+    is negated, so that every rule above (ranking, normalization, verdicts, ablation) keeps "lower
+    wins" and never sees a direction.
+    """
+    if not higher_is_better:
+        return dict(results)
+    return {key: replace(r, val_bpb=None if r.val_bpb is None else -r.val_bpb) for key, r in results.items()}
+
+
+def run_records(ledger: Ledger, higher_is_better: bool = False) -> list[RunRecord]:
+    results = research_results(ledger.results(), higher_is_better)
     return [run_record(exp, results[exp.id])
             for exp in ledger.experiments(states=[ExperimentState.DONE]) if exp.id in results]
 
 
-def normalized_for(ledger: Ledger, reference: str) -> NormView:
-    records = run_records(ledger)
+def normalized_for(ledger: Ledger, reference: str, higher_is_better: bool = False) -> NormView:
+    """Normalized values, lower is better (negated for a higher-is-better metric, as `research_results`)."""
+    records = run_records(ledger, higher_is_better)
     accelerators = {r.accelerator for r in records}
     if accelerators == {reference}:
         return NormView({r.experiment_id: r.val_bpb for r in records}, None, None, "")

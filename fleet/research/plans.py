@@ -11,9 +11,11 @@ Rules
 - **Screen ranking** (``rank_screen``): configurations of the wave's finished runs, mean over
   seeds, by the hardware-normalized val_bpb when any run of the wave can be normalized, else raw
   (``sorted_by`` says which).
-- **Code** (``choose_snapshot``): a validation wave runs one code snapshot; all candidates must
-  share it (they do when they come from one wave), and the baseline configuration runs on that
-  same code, so the comparison isolates the knobs.
+- **Code**: a validation wave starts from its source wave's code; the baseline configuration runs on
+  that code (so a baseline taken from another wave is compared on knobs only), and a candidate that
+  names a code variant (`code`/`patch` in its configuration) runs that variant's code.
+- **Pairing**: seeds pair runs across arms; replicates (a workload without a SEED knob, recorded as
+  ``seeding == "replicate"``) are compared unpaired, and the report's ``rule.test`` says so.
 - **Metric of a validation wave** (``wave_values``): raw val_bpb when all its runs share one
   accelerator (the usual case: the tier pins it), else the normalized value.
 
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleet.core.expand import PlannedExperiment, config_key, env_value
-from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
+from fleet.core.ledger_rows import REPLICATE, ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
 from fleet.research.ablate import (
     AblationArm,
@@ -120,17 +122,6 @@ def rank_screen(
     return rank(records, "normalized"), ("normalized" if use_normalized else "raw")
 
 
-def choose_snapshot(snapshots: Iterable[str]) -> str:
-    """The one code snapshot the candidates share (see the module docstring)."""
-    distinct = sorted(set(snapshots))
-    if len(distinct) != 1:
-        raise InputError(
-            f"the candidates carry {len(distinct)} different code snapshots ({', '.join(distinct) or 'none'}); "
-            "a validation wave runs one: promote each wave separately (`fleet promote WAVE`)"
-        )
-    return distinct[0]
-
-
 @dataclass(frozen=True)
 class WavePlan:
     planned: list[PlannedExperiment]
@@ -159,7 +150,7 @@ def plan_promotion(
     by_key: dict[str, list[ExperimentRow]] = {}
     for e in mine:
         by_key.setdefault(e.config_key, []).append(e)
-    snapshot = choose_snapshot(by_key[row.config_key][0].snapshot for row in chosen)
+    snapshot = wave.snapshot  # each candidate's own variant, if any, is found by the submission
     runs = plan_validation([by_key[row.config_key][0].config for row in chosen], baseline.config, seeds)
     labels = {baseline_key: BASELINE_DESCRIPTION}
     candidates = []
@@ -211,6 +202,15 @@ def wave_values(
     return {e.id: results[e.id].val_bpb for e in done}, "raw", accelerators
 
 
+def is_paired(experiments: Iterable[ExperimentRow]) -> bool:
+    """Runs pair by seed unless they are replicates (the workload has no SEED knob)."""
+    return not any(e.seeding == REPLICATE for e in experiments)
+
+
+def _test_name(paired: bool) -> str:
+    return "one-sided paired t-test over seeds" if paired else "one-sided Welch t-test over replicates (unpaired)"
+
+
 def _by_seed(experiments: Iterable[ExperimentRow], values: Mapping[str, float | None]) -> dict[int, float | None]:
     """seed -> value for finished runs (None: crashed); unfinished runs are left out."""
     return {e.seed: values.get(e.id) for e in experiments if e.state.finished}
@@ -236,10 +236,11 @@ def promotion_report(
     base_runs = by_key.get(base_spec["config_key"], [])
     base_values = _by_seed(base_runs, values)
     base_stat = mean_std(list(base_values.values()))
+    paired = is_paired(mine)
     out = []
     for cand in spec["candidates"]:
         runs = by_key.get(cand["config_key"], [])
-        v = verdict(_by_seed(runs, values), base_values, alpha=alpha, floor_multiple=floor_multiple)
+        v = verdict(_by_seed(runs, values), base_values, alpha=alpha, floor_multiple=floor_multiple, paired=paired)
         out.append({
             "rank": 0, "label": cand["label"], "config": cand["config"],
             "changes": changes_vs(base_spec["config"], cand["config"]), "config_key": cand["config_key"],
@@ -257,7 +258,7 @@ def promotion_report(
     return {
         "wave": wave.id, "kind": wave.kind, "parent": wave.parent, "tier": wave.tier, "metric": metric,
         "accelerators": accelerators,
-        "rule": {"alpha": alpha, "floor_multiple": floor_multiple, "test": "one-sided paired t-test over seeds"},
+        "rule": {"alpha": alpha, "floor_multiple": floor_multiple, "test": _test_name(paired), "paired": paired},
         "complete": unfinished == 0, "unfinished": unfinished,
         "baseline": {"config": base_spec["config"], "config_key": base_spec["config_key"],
                      "source": base_spec["source"], "n": base_stat.n, "mean": _num(base_stat.mean),
@@ -270,8 +271,9 @@ def promotion_report(
 # ---- ablation -----------------------------------------------------------------------------------------
 
 
-def plan_ablation(stacked: ExperimentRow, baseline: Baseline, seeds: int) -> WavePlan:
-    """The leave-one-out wave for ``stacked``'s changes vs the baseline, on ``stacked``'s code."""
+def plan_ablation(stacked: ExperimentRow, baseline: Baseline, seeds: int, snapshot: str | None = None) -> WavePlan:
+    """The leave-one-out wave for ``stacked``'s changes vs the baseline, on ``snapshot`` (the code of
+    ``stacked``'s wave; default: ``stacked``'s own). A code variant is one of the changes."""
     arms = leave_one_out(baseline.config, stacked.config, seeds)
     planned = [
         PlannedExperiment(dict(arm.config), seed, arm.name, config_key(arm.config), arm.name)
@@ -285,7 +287,7 @@ def plan_ablation(stacked: ExperimentRow, baseline: Baseline, seeds: int) -> Wav
         "arms": [{"name": a.name, "role": a.role, "config": a.config, "config_key": config_key(a.config),
                   "removed": a.removed} for a in arms],
     }
-    return WavePlan(planned, spec, stacked.snapshot)
+    return WavePlan(planned, spec, snapshot or stacked.snapshot)
 
 
 def ablation_report(
@@ -306,7 +308,8 @@ def ablation_report(
         stat = mean_std(list(per_seed.values()))
         arms_out.append({"name": a["name"], "role": a["role"], "config": a["config"], "config_key": a["config_key"],
                          "removed": a["removed"], "n": stat.n, "mean": _num(stat.mean), "std": _num(stat.std)})
-    found = contributions(arms_results, alpha=alpha)
+    paired = is_paired(mine)
+    found = contributions(arms_results, alpha=alpha, paired=paired)
     rows = [{"knob": c.knob, "baseline_value": c.baseline_value, "stacked_value": c.stacked_value, "n": c.n,
              "contribution": _num(c.contribution), "std": _num(c.std), "ci_low": _num(c.ci_low),
              "ci_high": _num(c.ci_high), "p_value": _num(c.p_value), "verdict": c.verdict, "note": c.note}
@@ -314,7 +317,7 @@ def ablation_report(
     unfinished = sum(e.state in _UNFINISHED for e in mine)
     return {
         "wave": wave.id, "kind": wave.kind, "parent": wave.parent, "experiment": spec.get("experiment"),
-        "tier": wave.tier, "metric": metric, "accelerators": accelerators, "alpha": alpha,
+        "tier": wave.tier, "metric": metric, "accelerators": accelerators, "alpha": alpha, "test": _test_name(paired),
         "complete": unfinished == 0, "unfinished": unfinished, "arms": arms_out, "changes": rows,
         "keep": [r["knob"] for r in rows if r["verdict"] == "keep"],
         "drop": [r["knob"] for r in rows if r["verdict"] == "drop"],
@@ -326,7 +329,7 @@ __all__ = [
     "WavePlan",
     "ablation_report",
     "changes_vs",
-    "choose_snapshot",
+    "is_paired",
     "plan_ablation",
     "plan_promotion",
     "promotion_report",

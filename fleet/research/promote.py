@@ -15,6 +15,10 @@ Verdict rule (lower val_bpb is better; delta = mean(candidate − baseline) over
   or too few paired seeds to tell. The reason says which.
 
 Runs with no val_bpb (crashed) are missing seeds; comparisons use only seeds both sides finished.
+
+Replicates (``paired=False``): a workload without a SEED knob runs replicates that share no seed, so
+the same rule is applied to all finished runs of each side with Welch's unpaired test
+(``stats.welch_one_sided``) instead of the paired one, and the reason says so.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from fleet.research.stats import (
     finite,
     mean_std,
     paired_one_sided,
+    welch_one_sided,
 )
 
 VerdictLabel = Literal["keep", "discard", "inconclusive"]
@@ -106,12 +111,15 @@ def verdict(
     alpha: float = DEFAULT_ALPHA,
     floor_multiple: float = DEFAULT_FLOOR_MULTIPLE,
     method: TestMethod = "t",
+    paired: bool = True,
 ) -> Verdict:
     """Judge a candidate against the baseline on their common seeds (see the module docstring)."""
     if not 0.0 < alpha < 1.0:
         raise InputError(f"`alpha` is {alpha}, but must be between 0 and 1 (e.g. `--alpha 0.01`)")
     if floor_multiple < 0:
         raise InputError(f"`floor_multiple` is {floor_multiple}, but must be ≥ 0 (e.g. 2.0)")
+    if not paired:
+        return unpaired_verdict(candidate, baseline, alpha, floor_multiple)
     cand = {s: v for s, v in candidate.items() if finite([v])}
     base = {s: v for s, v in baseline.items() if finite([v])}
     common = sorted(set(cand) & set(base))
@@ -157,3 +165,46 @@ def verdict(
     if b_stat.std == 0.0:
         why += "; note: the baseline showed no seed variation, so the floor is 0"
     return result("keep", why, delta, p, floor)
+
+
+def unpaired_verdict(
+    candidate: Mapping[int, float | None],
+    baseline: Mapping[int, float | None],
+    alpha: float = DEFAULT_ALPHA,
+    floor_multiple: float = DEFAULT_FLOOR_MULTIPLE,
+) -> Verdict:
+    """The verdict rule on replicates: all finished runs of each side, Welch's test, same floor."""
+    c_vals = finite(list(candidate.values()))
+    b_vals = finite(list(baseline.values()))
+    c_stat, b_stat = mean_std(c_vals), mean_std(b_vals)
+    note = " (unpaired: replicates without a SEED knob)"
+
+    def result(label: VerdictLabel, why: str, delta=None, p=None, floor=None) -> Verdict:
+        return Verdict(len(c_vals), c_stat.mean, c_stat.std, b_stat.mean, b_stat.std, delta, p, label, why + note,
+                       floor)
+
+    if not c_vals or not b_vals:
+        return result("inconclusive", "no finished run on " + ("the candidate" if not c_vals else "the baseline"))
+    test = welch_one_sided(c_vals, b_vals)
+    delta = test.mean_delta
+    if test.p_value is None:
+        verb = "is worse" if delta >= 0 else "looks better"
+        return result("inconclusive", f"fewer than 2 runs on one side: the candidate {verb} by {abs(delta):.4f}, "
+                      "but the noise cannot be estimated; run more", delta)
+    floor = floor_multiple * b_stat.std
+    p = test.p_value
+    if delta >= 0:
+        worse = welch_one_sided(b_vals, c_vals).p_value
+        how = "significantly worse" if worse is not None and worse < alpha else "not better"
+        return result("discard", f"{how}: delta {delta:+.4f} (p_worse={worse:.3g})", delta, p, floor)
+    if test.se_delta == 0.0:
+        why = "no run-to-run variation on either side (deterministic runs?): the noise cannot be estimated"
+        return result("inconclusive", why, delta, p, floor)
+    if p >= alpha:
+        return result("inconclusive", f"better by {-delta:.4f} but not significant (p={p:.3g} ≥ alpha={alpha})",
+                      delta, p, floor)
+    floor_text = f"noise floor {floor:.4f} ({floor_multiple:g} × baseline run std)"
+    if -delta <= floor:
+        return result("inconclusive", f"significant (p={p:.3g}) but the gain {-delta:.4f} is within the "
+                      f"{floor_text}", delta, p, floor)
+    return result("keep", f"better by {-delta:.4f} (p={p:.3g} < {alpha}), above the {floor_text}", delta, p, floor)

@@ -146,6 +146,40 @@ def paired_one_sided(
     raise ValueError(f"method is {method!r}, but must be 't' or 'bootstrap'")
 
 
+@dataclass(frozen=True)
+class UnpairedTest:
+    """One-sided Welch test of H1: mean(candidate) < mean(baseline), for runs that share no seed."""
+
+    n_candidate: int
+    n_baseline: int
+    mean_delta: float  # mean(candidate) - mean(baseline)
+    se_delta: float | None
+    p_value: float | None  # None with fewer than 2 runs on either side
+    note: str = ""
+
+
+def welch_one_sided(candidate: Sequence[float], baseline: Sequence[float]) -> UnpairedTest:
+    """Is the candidate lower than the baseline, comparing means of independent runs?
+
+    For replicates: a workload without a SEED knob fixes its seed in code, so runs cannot be paired
+    by seed and differ only by nondeterminism. Welch's t-test (scipy ``ttest_ind``, unequal variances,
+    ``alternative="less"``) controls the false-positive rate at alpha without assuming equal noise on
+    both sides; it needs more runs than a paired test to detect the same effect.
+    """
+    c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    if c.size == 0 or b.size == 0:
+        return UnpairedTest(int(c.size), int(b.size), float("nan"), None, None, "no runs on one side")
+    delta = float(c.mean() - b.mean())
+    if c.size < 2 or b.size < 2:
+        return UnpairedTest(int(c.size), int(b.size), delta, None, None, "fewer than 2 runs on one side")
+    se = math.sqrt(float(c.var(ddof=1)) / c.size + float(b.var(ddof=1)) / b.size)
+    if se == 0.0:
+        p = 0.0 if delta < 0 else 1.0
+        return UnpairedTest(int(c.size), int(b.size), delta, 0.0, p, "no run-to-run variation on either side")
+    p = float(_sps.ttest_ind(c, b, equal_var=False, alternative="less").pvalue)
+    return UnpairedTest(int(c.size), int(b.size), delta, se, p)
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """Two-sided Student-t interval for the mean; None with fewer than 2 values."""
     x = np.asarray(values, dtype=float)
