@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from fleet.core.snapshot import (
-    adopt_snapshot,
     read_tree,
     snapshot_diff,
     snapshot_root,
@@ -179,54 +178,3 @@ def test_diff_of_unknown_snapshot(store, work):
     a = take_snapshot(work, store)
     with pytest.raises(FleetError, match="snapshot 0000000000000000 not found"):
         snapshot_diff(store, a, "0000000000000000")
-
-
-def test_adopt_restores_the_snapshot_and_deletes_extra_files(work, store):
-    sid = take_snapshot(work, store)
-    (work / "train.py").write_text("LR = 1.0\n")
-    (work / "scratch.py").write_text("junk\n")
-    (work / "notes").mkdir()
-    (work / "notes" / "todo.txt").write_text("x\n")
-    (work / "lib" / "model.py").unlink()
-    os.chmod(work / "run.sh", 0o644)
-    (work / "__pycache__").mkdir()
-    (work / "__pycache__" / "x.pyc").write_bytes(b"keep")  # ignored files are not the snapshot's business
-    outside = work.parent / "README.md"
-    outside.write_text("not in the workload\n")
-
-    assert adopt_snapshot(store, sid, work, dry_run=True) == [
-        "train/lib/model.py", "train/notes/todo.txt", "train/run.sh", "train/scratch.py", "train/train.py"
-    ]
-    assert (work / "scratch.py").exists()  # dry run touched nothing
-    changed = adopt_snapshot(store, sid, work)
-    assert changed == ["train/lib/model.py", "train/notes/todo.txt", "train/run.sh", "train/scratch.py", "train/train.py"]
-    assert take_snapshot(work, store) == sid
-    assert not (work / "scratch.py").exists() and not (work / "notes").exists()
-    assert (work / "__pycache__" / "x.pyc").exists() and outside.exists()
-    assert os.access(work / "train.py", os.W_OK)  # the working tree stays editable
-    assert (work / "run.sh").stat().st_mode & stat.S_IXUSR
-    assert adopt_snapshot(store, sid, work) == []
-
-
-def test_adopt_into_a_missing_workload_dir(tmp_path, work, store):
-    sid = take_snapshot(work, store)
-    target = tmp_path / "fresh" / "train"
-    assert adopt_snapshot(store, sid, target) == ["train/lib/model.py", "train/run.sh", "train/train.py"]
-    assert (target / "lib" / "model.py").read_text() == "DEPTH = 8\n"
-
-
-def test_adopt_swaps_files_and_directories(tmp_path, store):
-    work = tmp_path / "train"
-    (work / "x").mkdir(parents=True)
-    (work / "x" / "a.py").write_text("a\n")
-    (work / "y").write_text("y\n")
-    sid = take_snapshot(work, store)
-    (work / "x" / "a.py").unlink()
-    (work / "x").rmdir()
-    (work / "x").write_text("now a file\n")
-    (work / "y").unlink()
-    (work / "y").mkdir()
-    (work / "y" / "b.py").write_text("b\n")
-    assert adopt_snapshot(store, sid, work) == ["train/x", "train/x/a.py", "train/y", "train/y/b.py"]
-    assert (work / "x" / "a.py").read_text() == "a\n" and (work / "y").read_text() == "y\n"
-    assert take_snapshot(work, store) == sid

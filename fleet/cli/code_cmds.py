@@ -1,4 +1,6 @@
-"""`fleet diff`, `fleet adopt`, `fleet schema`: experiments' code, and the wave file format."""
+"""`fleet diff`, `fleet adopt`, `fleet schema`: experiments' code, and the wave file format.
+
+The merge itself lives in `fleet.core.adopt`; here: which code to merge, and saying what changed."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +8,13 @@ import argparse
 from rich.syntax import Syntax
 
 from fleet.cli.context import Context
-from fleet.core.snapshot import adopt_snapshot, snapshot_diff
+from fleet.core import knob_block
+from fleet.core.adopt import AdoptConflict, plan_adoption, write_adoption
+from fleet.core.expand import knob_values
+from fleet.core.ledger_rows import ExperimentRow
+from fleet.core.snapshot import read_tree, snapshot_diff, snapshot_root
 from fleet.core.wave import wave_json_schema
+from fleet.core.workload import workload_for
 from fleet.errors import InputError
 
 
@@ -17,9 +24,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("b", nargs="?", help="experiment id (default: the current working tree is not compared; give two)")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("adopt", parents=[common], help="write an experiment's code snapshot into the working tree")
+    p = sub.add_parser("adopt", parents=[common],
+                       help="merge an experiment's change (code and knob values) into the working tree")
     p.add_argument("experiment", help="experiment id")
-    p.add_argument("--dry-run", action="store_true", help="list what would change; write nothing")
+    p.add_argument("--dry-run", action="store_true", help="show the diff it would apply; write nothing")
+    p.add_argument("--preset", choices=knob_block.PRESETS,
+                   help="env knobs: the preset whose Knob(...) defaults take the values (default: the one it ran with)")
     p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("schema", parents=[common], help="print the wave file's JSON schema")
@@ -39,29 +49,68 @@ def cmd_diff(ctx: Context, args: argparse.Namespace) -> int:
     if args.b is None:
         raise InputError("`fleet diff` needs two experiments, e.g. `fleet diff lr-wd-001 lr-wd-004`")
     a, b = _snapshot_of(ctx, args.a), _snapshot_of(ctx, args.b)
-    text = snapshot_diff(ctx.workspace.snapshots, a, b)
+    prefix = workload_for(ctx.workspace.root, ctx.config).prefix
+    text = snapshot_diff(ctx.workspace.snapshots, a, b, prefix=prefix)
     ctx.sink.data({"a": args.a, "b": args.b, "snapshot_a": a, "snapshot_b": b, "diff": text},
                   lambda c: c.print(Syntax(text, "diff") if text else f"same code (snapshot {a})"))
     return 0
+
+
+def _preset(exp: ExperimentRow, result, flag: str | None) -> str | None:
+    """The preset an env-knob experiment ran with: --preset, its PRESET knob, else its summary's `preset:`."""
+    if flag:
+        return flag
+    chosen = exp.config.get("PRESET")
+    if chosen in knob_block.PRESETS:
+        return chosen
+    reported = result.metrics.get("preset") if result is not None else None
+    return reported if reported in knob_block.PRESETS else None
 
 
 def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     exp = ctx.ledger.experiment(args.experiment)
     if exp is None:
         raise InputError(f"unknown experiment {args.experiment!r}; `fleet results --json` lists experiment ids")
-    workload = ctx.workspace.root / ctx.config.workload
-    changed = adopt_snapshot(ctx.workspace.snapshots, exp.snapshot, workload, dry_run=args.dry_run)
-    knobs = " ".join(f"{k}={v}" for k, v in sorted(exp.config.items()))
-    payload = {"experiment": exp.id, "snapshot": exp.snapshot, "changed": changed, "dry_run": args.dry_run,
-               "knobs": exp.config}
-    ctx.sink.data(payload, lambda c: c.print(
-        f"{'would change' if args.dry_run else 'adopted'} {len(changed)} files from {exp.id} ({exp.snapshot})"
-        + "".join(f"\n  {p}" for p in changed)))
-    if knobs:
-        ctx.sink.hint(f"its knob overrides are not code: make them defaults in {ctx.config.workload}/train.py "
-                      f"({knobs}), then commit")
+    workload = workload_for(ctx.workspace.root, ctx.config)
+    store = ctx.workspace.snapshots
+    wave = ctx.ledger.wave(exp.wave_id)
+    base_id = exp.base_snapshot or (wave.snapshot if wave else exp.code)
+    code, base = read_tree(snapshot_root(store, exp.code)), read_tree(snapshot_root(store, base_id))
+    values = knob_values(exp.config)
+    mode = workload.knob_mode(code)
+    adoption = plan_adoption(exp.id, base, code, workload.read(), workload.script, mode, values,
+                             _preset(exp, ctx.ledger.result(exp.id), args.preset), workload.prefix)
+    if adoption.conflicts:
+        lines = "\n".join(f"  {c}" for c in adoption.conflicts)
+        raise AdoptConflict(f"adopting {exp.id} conflicts with changes made in the working tree since its code was "
+                            f"taken; nothing was changed:\n{lines}\nmerge those lines by hand "
+                            f"(`fleet adopt {exp.id} --dry-run` shows the rest of its change)")
+    if not args.dry_run:
+        write_adoption(workload.directory, adoption)
+    shown = [f"{workload.prefix}/{rel}" if workload.prefix else rel for rel in adoption.changed]
+    defaults = [{"knob": d.name, "from": d.before, "to": d.after} for d in adoption.defaults]
+    payload = {"experiment": exp.id, "snapshot": exp.snapshot, "code": exp.code, "base": base_id,
+               "changed": shown, "defaults": defaults, "knobs": values, "dry_run": args.dry_run,
+               "diff": adoption.diff, "notes": list(adoption.notes)}
+
+    def render(console) -> None:
+        if args.dry_run:
+            console.print(Syntax(adoption.diff, "diff") if adoption.diff else f"{exp.id}: nothing to change")
+            return
+        console.print(f"adopted {exp.id}: {len(shown)} file(s) changed" + "".join(f"\n  {p}" for p in shown),
+                      markup=False)
+        for d in defaults:
+            console.print(f"  {d['knob']}: {d['from']} -> {d['to']}", markup=False)
+
+    ctx.sink.data(payload, render)
+    for note in adoption.notes:
+        ctx.sink.warn(note)
+    if args.dry_run:
+        ctx.sink.hint(f"`fleet adopt {exp.id}` applies it")
+    elif shown:
+        ctx.sink.hint(f"review and commit it (e.g. `git commit -am 'adopt {exp.id}'`)")
     else:
-        ctx.sink.hint("commit the adopted code (e.g. `git commit -am 'adopt <experiment>'`)")
+        ctx.sink.hint("the working tree already has this experiment's change")
     return 0
 
 

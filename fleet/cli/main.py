@@ -15,6 +15,7 @@ from fleet.backends.base import BackendError
 from fleet.cli import (
     cluster_cmds,
     code_cmds,
+    init_cmds,
     inspect_cmds,
     observe_cmds,
     research_cmds,
@@ -26,7 +27,7 @@ from fleet.core.daemon import ensure_controller
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds)
+GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds)
 
 
 class _Parser(argparse.ArgumentParser):
