@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from fleet.cli.main import main
 from fleet.core.ledger import Ledger
 
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
+BYO = Path(__file__).parent / "fixtures" / "byo"  # an autoresearch-like checkout: root train.py, constants
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
 class FleetRunner:
@@ -47,6 +51,26 @@ class FleetRunner:
 def make_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu") -> FleetRunner:
     root = tmp_path / "project"
     shutil.copytree(TINYWORK, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FLEET_ROOT", str(root))
+    monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", slots)
+    monkeypatch.delenv("FLEET_BACKEND", raising=False)
+    return FleetRunner(root, capsys)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def make_byo_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu") -> FleetRunner:
+    """The BYO fixture as a git repository with one commit on `main`, ready for `fleet init`."""
+    root = tmp_path / "checkout"
+    shutil.copytree(BYO, root)
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "a checkout")
     monkeypatch.chdir(root)
     monkeypatch.setenv("FLEET_ROOT", str(root))
     monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", slots)
