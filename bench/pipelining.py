@@ -51,7 +51,7 @@ def main() -> int:
 
     # SLEEP_S is not one of the tiny workload's knobs: declare it so the wave validates.
     knobs = root / "train" / "train.py"
-    knobs.write_text(knobs.read_text().replace('"HANG": ("int", 0, 0),', '"HANG": ("int", 0, 0),\n    "SLEEP_S": ("float", 1.0, 0.0),'))
+    knobs.write_text(knobs.read_text().replace("HANG = Knob(0, min=0)\n", "HANG = Knob(0, min=0)\nSLEEP_S = Knob(1.0, min=0.0)\n"))
 
     from fleet.cli.main import main as fleet
     from fleet.core.ledger import Ledger

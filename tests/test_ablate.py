@@ -80,3 +80,18 @@ def test_contributions_with_one_seed_or_missing_arms():
         contributions([pair for pair in one if pair[0].name != "without:ROPE"])
     with pytest.raises(InputError, match="stacked"):
         contributions([pair for pair in one if pair[0].name != "stacked"])
+
+
+def test_unpaired_contributions_for_replicates():
+    arms = {a.name: a for a in leave_one_out(BASELINE, STACKED, seeds=5)}
+    jitter = [0.0004, -0.0003, 0.0001, -0.0002, 0.0]
+    results = [
+        (arms["baseline"], values(1.000, jitter)),
+        (arms["stacked"], values(0.990, jitter[::-1])),  # replicates: index i of one arm is not run i of another
+        (arms["without:DEPTH"], values(0.998, jitter)),
+        (arms["without:LR"], values(0.990, jitter)),
+        (arms["without:ROPE"], values(0.989, jitter)),
+    ]
+    out = {c.knob: c for c in contributions(results, paired=False)}
+    assert out["DEPTH"].verdict == "keep" and out["DEPTH"].contribution == pytest.approx(0.008)
+    assert out["LR"].verdict == "drop" and all("unpaired" in c.note for c in out.values())

@@ -9,6 +9,8 @@ here checks what really ran, from the run's own output.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 from fleet_cli import git, make_byo_project, teardown
@@ -208,3 +210,30 @@ def test_bad_input_is_one_line_exit_2_and_nothing_submitted(fleet, wave, script_
     assert len(err.strip().splitlines()) == 1, err
     assert words in err, err
     assert fleet.ledger.waves() == [] and fleet.ledger.clusters() == []
+
+
+def test_with_a_seed_constant_each_seed_is_written_and_runs_pair(fleet):
+    train = fleet.root / "train.py"
+    train.write_text(train.read_text().replace("random.seed(42)", "random.seed(SEED)")
+                     .replace("DEPTH = 8 ", "SEED = 42              # random seed\nDEPTH = 8 "))
+    report = init(fleet)
+    assert report["seed"]["has_seed"] and "SEED" in {k["name"] for k in report["constants"]}
+    fleet.write("waves/s.yaml", "name: s\nseeds: 2\ngrid:\n  DEPTH: [6, 8]\n")
+    fleet.json("wave", "waves/s.yaml", "--wait")
+    exps = fleet.ledger.experiments(wave="s")
+    assert [(e.config["DEPTH"], e.seed, e.seeding) for e in exps] == [
+        ("6", 0, "seed"), ("6", 1, "seed"), ("8", 0, "seed"), ("8", 1, "seed")]
+    assert len({e.snapshot for e in exps}) == 4  # one snapshot per configuration and seed
+    assert changed_lines(fleet.json("diff", exps[0].id, exps[1].id)["diff"]) == [
+        "-SEED = 0              # random seed", "+SEED = 1              # random seed"]
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+def test_a_uv_checkout_runs_through_uv(fleet):
+    subprocess.run(["uv", "lock", "--quiet"], cwd=fleet.root, check=True)
+    report = init(fleet)
+    assert report["install"] == "uv"
+    fleet.write("waves/lr.yaml", "name: lr\ngrid:\n  MATRIX_LR: [0.03, 0.04]\n")
+    rows = fleet.json("wave", "waves/lr.yaml", "--wait")["rows"]
+    assert [r["label"] for r in rows] == ["MATRIX_LR=0.04", "MATRIX_LR=0.03"]
+    assert (fleet.root / ".fleet" / "workdir" / ".venv").is_dir()  # one environment, not one per snapshot

@@ -130,3 +130,31 @@ def test_retry_locked_retries_only_a_locked_database():
         retry_locked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")), tries=3,
                      sleep=sleeps.append)
     assert len(sleeps) == 4  # gave up after the third try
+
+
+def test_peak_vram_mb_fills_the_memory_column(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.add_wave("w", "screen", {}, "snap", exps(2))
+    ledger.record_result("w-001", None, ExperimentState.DONE, outcome="done", val_bpb=1.0,
+                         metrics={"peak_vram_mb": 2048.0})
+    ledger.record_result("w-002", None, ExperimentState.DONE, outcome="done", val_bpb=1.0,
+                         metrics={"peak_vram_mb": 2048.0, "peak_memory_mb": 512.0})
+    assert ledger.result("w-001").peak_memory_mb == 2048.0 and ledger.result("w-002").peak_memory_mb == 512.0
+
+
+def test_a_ledger_from_before_code_variants_gets_the_new_columns(tmp_path):
+    path = tmp_path / "old.db"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE experiments_old AS SELECT * FROM experiments")
+    db.execute("DROP TABLE experiments")
+    old_schema = [c for c in db.execute("PRAGMA table_info(experiments_old)")
+                  if c[1] not in ("code_snapshot", "base_snapshot", "seeding")]
+    assert len(old_schema) == 17
+    db.execute("CREATE TABLE experiments AS SELECT " + ", ".join(c[1] for c in old_schema) + " FROM experiments_old")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    (exp,) = ledger.add_wave("w", "screen", {}, "snap",
+                             [NewExperiment({}, "k", 0, "", "", "s2", "c2", "b2", "replicate")])[1]
+    assert (exp.snapshot, exp.code, exp.base_snapshot, exp.seeding) == ("s2", "c2", "b2", "replicate")

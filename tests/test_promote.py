@@ -1,6 +1,7 @@
 """Promotion: candidate selection, paired validation plans, and verdicts where the answer is known."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fleet.errors import InputError
@@ -99,3 +100,36 @@ def test_plan_validation_rejects_bad_seeds(seeds):
 def test_plan_validation_needs_a_real_candidate():
     with pytest.raises(InputError, match="nothing to validate"):
         plan_validation([{"LR": "0.01"}], {"LR": "0.01"}, seeds=3)
+
+
+# ---- replicates (no SEED knob): the same rule, unpaired -----------------------------------------------
+
+
+def _replicates(rng, mean: float, sd: float, n: int) -> dict[int, float]:
+    return {i: float(v) for i, v in enumerate(rng.normal(mean, sd, n))}
+
+
+def test_unpaired_verdict_keeps_a_clear_win_and_says_it_is_unpaired():
+    rng = np.random.default_rng(1)
+    v = verdict(_replicates(rng, 0.95, 0.002, 6), _replicates(rng, 1.0, 0.002, 6), paired=False)
+    assert v.verdict == "keep" and "unpaired" in v.reason and v.n == 6
+    assert v.delta == pytest.approx(-0.05, abs=0.005)
+
+
+def test_unpaired_false_keeps_stay_below_alpha_when_there_is_no_effect():
+    # Known truth: candidate and baseline are the same distribution. Welch's test at alpha=0.05 (no
+    # noise floor) may keep at most ~5% of 2000 simulated promotions; the paired-by-index test on
+    # unpaired data has no such guarantee, so this rule is what replicates need.
+    rng = np.random.default_rng(7)
+    keeps = sum(verdict(_replicates(rng, 1.0, 0.01, 4), _replicates(rng, 1.0, 0.01, 4), alpha=0.05,
+                        floor_multiple=0.0, paired=False).verdict == "keep" for _ in range(2000))
+    print(f"false keep rate (unpaired, alpha 0.05): {keeps / 2000:.3f}")
+    assert keeps / 2000 <= 0.05 + 3 * (0.05 * 0.95 / 2000) ** 0.5
+
+
+def test_unpaired_verdict_is_inconclusive_when_noise_hides_a_small_gain():
+    rng = np.random.default_rng(3)
+    v = verdict(_replicates(rng, 0.999, 0.01, 3), _replicates(rng, 1.0, 0.01, 3), paired=False)
+    assert v.verdict in ("inconclusive", "discard") and "unpaired" in v.reason
+    one = verdict({0: 0.9}, {0: 1.0, 1: 1.01}, paired=False)
+    assert one.verdict == "inconclusive" and "fewer than 2 runs" in one.reason

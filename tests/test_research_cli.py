@@ -14,9 +14,12 @@ from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
 from fleet.research.plans import (
     plan_promotion,
+    promotion_report,
     rank_screen,
     resolve_baseline,
 )
+from fleet.observe.leaderboard import autoresearch_status, build_rows
+from fleet.research.normalize_view import research_results
 from fleet.types import ExperimentState
 
 SCREEN = """\
@@ -167,9 +170,9 @@ def wave_row(base: dict | None = None) -> WaveRow:
 
 
 def exp_row(seq: int, config: dict, description: str = "", seed: int = 0, snapshot: str = "snap1",
-            state: ExperimentState = ExperimentState.DONE) -> ExperimentRow:
+            state: ExperimentState = ExperimentState.DONE, seeding: str = "seed") -> ExperimentRow:
     return ExperimentRow(f"w-{seq:03d}", "w", seq, config, config_key(config), seed, description, description,
-                         snapshot, "screen", state, 1, "", 0.0, 0.0, 1.0)
+                         snapshot, "screen", state, 1, "", 0.0, 0.0, 1.0, seeding=seeding)
 
 
 def result(exp: ExperimentRow, val_bpb: float | None, accelerator: str = "cpu") -> ResultRow:
@@ -208,3 +211,31 @@ def test_plan_promotion_pairs_seeds_and_refuses_empty_waves():
     pending = exp_row(3, {"A": "3"}, state=ExperimentState.PENDING)
     with pytest.raises(FleetError, match="still pending"):
         plan_promotion(wave_row(), [pending], {}, {}, baseline, top=3, seeds=2)
+
+
+def test_a_promote_wave_of_replicates_is_judged_unpaired():
+    spec = {"baseline": {"config": {"A": "1"}, "config_key": config_key({"A": "1"}), "source": "x"},
+            "candidates": [{"config_key": config_key({"A": "2"}), "config": {"A": "2"}, "label": "A=2"}]}
+    wave = WaveRow("p", "p", "validate", "promote", spec, {}, "snap1", "w", None, 0.0)
+    runs, results = [], {}
+    for i, (config, value) in enumerate([({"A": "1"}, 1.0), ({"A": "2"}, 0.9)] * 3):
+        exp = ExperimentRow(f"p-{i:03d}", "p", i, config, config_key(config), i // 2, "", "", "snap1", "validate",
+                            ExperimentState.DONE, 1, "", 0.0, 0.0, 1.0, seeding="replicate")
+        runs.append(exp)
+        results[exp.id] = result(exp, value + 0.001 * (i % 3))
+    report = promotion_report(wave, runs, results, {})
+    assert report["rule"]["paired"] is False and "Welch" in report["rule"]["test"]
+    assert report["candidates"][0]["verdict"] == "keep" and "unpaired" in report["candidates"][0]["reason"]
+
+
+def test_a_higher_is_better_metric_ranks_highest_first_and_is_negated_for_the_research_layer():
+    a, b = exp_row(1, {"A": "1"}), exp_row(2, {"A": "2"})
+    results = {a.id: result(a, 0.8), b.id: result(b, 0.9)}  # accuracy, say
+    assert [r.experiment for r in build_rows([a, b], results, higher_is_better=True)] == [b.id, a.id]
+    assert [r.experiment for r in build_rows([a, b], results)] == [a.id, b.id]
+    assert autoresearch_status([a, b], results, higher_is_better=True) == {a.id: "keep", b.id: "keep"}
+    assert autoresearch_status([a, b], results) == {a.id: "keep", b.id: "discard"}
+    oriented = research_results(results, higher_is_better=True)
+    assert oriented[b.id].val_bpb == -0.9 and results[b.id].val_bpb == 0.9
+    ranked, _ = rank_screen([a, b], oriented, {})
+    assert ranked[0].config_key == b.config_key

@@ -163,3 +163,12 @@ def test_hostile_values_never_reach_metrics_as_numbers():
     run = parse_run_log("---\nval_bpb: 0.9\nmfu_percent: nan\nsteps: inf\n", "e", 0)
     assert run.outcome == "done"
     assert run.metrics["mfu_percent"] == "nan" and run.metrics["steps"] == "inf"
+
+
+def test_the_metric_named_in_fleet_yaml_is_the_result():
+    log = "---\naccuracy: 0.91\nval_bpb: 1.2\npeak_vram_mb: 2048.0\n"
+    run = parse_run_log(log, "e1", 0, metric="accuracy")
+    assert (run.outcome, run.val_bpb) == ("done", 0.91)
+    missing = parse_run_log("---\nval_bpb: 1.2\n", "e1", 0, metric="accuracy")
+    assert (missing.outcome, missing.reason) == ("crash", "no accuracy in summary")
+    assert parse_run_log("---\naccuracy: nan\n", "e1", 0, metric="accuracy").reason == "accuracy is nan"

@@ -36,7 +36,7 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
     try:
         train = fleet.root / "train" / "train.py"
         # The code as the agent finds it: MATRIX_LR defaults to 0.02 (the tiny workload's optimum is 0.04).
-        train.write_text(train.read_text().replace('"MATRIX_LR": ("float", 0.04, 0.0)', '"MATRIX_LR": ("float", 0.02, 0.0)'))
+        train.write_text(train.read_text().replace("MATRIX_LR = Knob(0.04, min=0.0)", "MATRIX_LR = Knob(0.02, min=0.0)"))
 
         # Setup 4: where things stand.
         status = run(fleet, "fleet status --json")
@@ -78,15 +78,18 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         assert set(verdicts.values()) <= {"keep", "discard", "inconclusive"}
         assert report["candidates"][0]["verdict"] == "keep" and report["best_keep"]
 
-        # Loop 5: adopt only `keep`: the code comes back from the snapshot, knobs become defaults.
+        # Loop 5: adopt only `keep`: its knob values become the defaults of the preset it ran with,
+        # merged into the working tree: the edit made since (the next idea) is kept.
         winner = report["best_keep"]
         assert next(c for c in report["candidates"] if c["experiment"] == winner)["verdict"] == "keep"
         adopted = run(fleet, "fleet adopt EXP --json", EXP=winner)
-        assert any(p.endswith("train.py") for p in adopted["changed"])
-        assert train.read_text() == screened_code  # the half-finished edit is gone
-        assert adopted["knobs"]["MATRIX_LR"] == "0.04"
-        train.write_text(train.read_text().replace('"MATRIX_LR": ("float", 0.02, 0.0)',
-                                                   '"MATRIX_LR": ("float", 0.04, 0.0)'))
+        assert adopted["changed"] == ["train/train.py"] and adopted["knobs"]["MATRIX_LR"] == "0.04"
+        # It ran the cpu preset (its summary says so): gpu and tiny keep their defaults. TIME_BUDGET was
+        # the wave's `env`, the same for every experiment: not this experiment's change, not written.
+        assert adopted["defaults"] == [{"knob": "MATRIX_LR", "from": "Knob(0.02, ...)",
+                                        "to": "Knob(0.02, 0.04, 0.02, ...)"}]
+        expected = screened_code.replace("MATRIX_LR = Knob(0.02, min=0.0)", "MATRIX_LR = Knob(0.02, 0.04, 0.02, min=0.0)")
+        assert train.read_text() == expected + "# half-finished next idea\n"
 
         # Finish: everything done, results exported, fleet torn down.
         run(fleet, "fleet wait --json")

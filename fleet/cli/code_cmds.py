@@ -10,8 +10,8 @@ from rich.syntax import Syntax
 from fleet.cli.context import Context
 from fleet.core import knob_block
 from fleet.core.adopt import AdoptConflict, plan_adoption, write_adoption
-from fleet.core.expand import knob_values
-from fleet.core.ledger_rows import ExperimentRow
+from fleet.core.expand import env_value, knob_values
+from fleet.core.ledger_rows import ExperimentRow, WaveRow
 from fleet.core.snapshot import read_tree, snapshot_diff, snapshot_root
 from fleet.core.wave import wave_json_schema
 from fleet.core.workload import workload_for
@@ -67,6 +67,15 @@ def _preset(exp: ExperimentRow, result, flag: str | None) -> str | None:
     return reported if reported in knob_block.PRESETS else None
 
 
+def _own_values(exp: ExperimentRow, wave: WaveRow | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The experiment's knob values that are its own change, and those its whole wave shared (its `env`,
+    e.g. a short TIME_BUDGET for a screen), which are not adopted."""
+    base = {k: v if isinstance(v, str) else env_value(v) for k, v in (wave.base if wave else {}).items()}
+    values = knob_values(exp.config)
+    shared = {k: v for k, v in values.items() if base.get(k) == v}
+    return {k: v for k, v in values.items() if k not in shared}, shared
+
+
 def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     exp = ctx.ledger.experiment(args.experiment)
     if exp is None:
@@ -76,7 +85,7 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     wave = ctx.ledger.wave(exp.wave_id)
     base_id = exp.base_snapshot or (wave.snapshot if wave else exp.code)
     code, base = read_tree(snapshot_root(store, exp.code)), read_tree(snapshot_root(store, base_id))
-    values = knob_values(exp.config)
+    values, shared = _own_values(exp, wave)
     mode = workload.knob_mode(code)
     adoption = plan_adoption(exp.id, base, code, workload.read(), workload.script, mode, values,
                              _preset(exp, ctx.ledger.result(exp.id), args.preset), workload.prefix)
@@ -90,7 +99,7 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     shown = [f"{workload.prefix}/{rel}" if workload.prefix else rel for rel in adoption.changed]
     defaults = [{"knob": d.name, "from": d.before, "to": d.after} for d in adoption.defaults]
     payload = {"experiment": exp.id, "snapshot": exp.snapshot, "code": exp.code, "base": base_id,
-               "changed": shown, "defaults": defaults, "knobs": values, "dry_run": args.dry_run,
+               "changed": shown, "defaults": defaults, "knobs": knob_values(exp.config), "dry_run": args.dry_run,
                "diff": adoption.diff, "notes": list(adoption.notes)}
 
     def render(console) -> None:
@@ -105,6 +114,9 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.data(payload, render)
     for note in adoption.notes:
         ctx.sink.warn(note)
+    if shared:
+        ctx.sink.info(f"not written as defaults: {' '.join(f'{k}={v}' for k, v in shared.items())} "
+                      f"(the wave's `env`: every experiment of {exp.wave_id} ran with it)")
     if args.dry_run:
         ctx.sink.hint(f"`fleet adopt {exp.id}` applies it")
     elif shown:
