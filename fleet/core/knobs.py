@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet.core.expand import PlannedExperiment
+from fleet.core.expand import PlannedExperiment, knob_values
 from fleet.errors import InputError, format_validation_error
 
 DEFAULT_SCRIPT = "train/train.py"
@@ -139,7 +139,7 @@ def unknown_knob_errors(planned: list[PlannedExperiment], listing: KnobListing, 
     valid = listing.names
     out: dict[str, str] = {}
     for exp in planned:
-        for name in exp.config:
+        for name in knob_values(exp.config):  # a code variant (`code`, `patch`) is no knob
             if name in listing.knobs or name in out:
                 continue
             where = re.sub(r"\[\d+\]$", "", exp.origins.get(name, name))
@@ -198,7 +198,7 @@ def check_wave_knobs(
     distinct = list({exp.config_key: exp for exp in planned}.values())
     if not distinct:
         return
-    stdin = json.dumps([exp.config for exp in distinct])
+    stdin = json.dumps([knob_values(exp.config) for exp in distinct])
     stdout = _run_workload(Path(snapshot_root), script, "--check-knobs", stdin)
     problems = value_errors(distinct, _json_output(stdout, script, "--check-knobs"), source, script)
     if problems:
