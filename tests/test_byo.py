@@ -75,6 +75,9 @@ def test_a_grid_of_two_constants_runs_diffs_and_adopts_only_those_constants(flee
         assert ran["total_batch_size"] == 2**19 and ran["window_pattern"] == "SSSL"  # the rest untouched
         assert exp.seeding == REPLICATE  # no SEED constant: runs are replicates
     assert {r["memory_gb"] for r in rows} == {6.0, 8.0}  # peak_vram_mb feeds memory_gb
+    code, tsv, _ = fleet("results", "--format", "tsv")
+    lines = {line.split("\t")[0]: line.split("\t") for line in tsv.splitlines()[1:]}
+    assert lines[rows[0]["experiment"]][2:] == ["6.0", "keep", "MATRIX_LR=0.04 DEPTH=6 replicate 0"]
 
     first, last = ledger.experiment("lr-001"), ledger.experiment("lr-006")
     assert (first.config, last.config) == ({"MATRIX_LR": "0.03", "DEPTH": "6"}, {"MATRIX_LR": "0.05", "DEPTH": "8"})

@@ -13,6 +13,7 @@ from rich.table import Table
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import backend_name, controller_running
+from fleet.core.ledger_rows import SEEDED
 from fleet.errors import InputError
 from fleet.observe.cost import cost_summary, describe_spend, dollars_for
 from fleet.observe.leaderboard import autoresearch_status
@@ -128,7 +129,8 @@ def results_tsv(ctx: Context, wave: str | None) -> str:
         res = results.get(exp.id)
         bpb = f"{res.val_bpb:.6f}" if res and res.val_bpb is not None else "0.000000"
         mem = f"{res.peak_memory_mb / 1024:.1f}" if res and res.peak_memory_mb is not None else "0.0"
-        description = " ".join(f"{exp.label or exp.description or 'base'} SEED={exp.seed}".split())
+        run = f"SEED={exp.seed}" if exp.seeding == SEEDED else f"replicate {exp.seed}"  # no SEED knob: replicates
+        description = " ".join(f"{exp.label or exp.description or 'base'} {run}".split())
         writer.writerow([exp.id, bpb, mem, status[exp.id], description])
     return buf.getvalue()
 
