@@ -15,11 +15,14 @@ tiers:
 prices: {H100: 2.25, H200: 3.15, cpu: 0.0}   # $ per GPU-hour
 max_gpu_hours: null          # budget cap for the whole ledger
 local: {slots: 2, accelerators: null}         # local backend: CPU slots, or labels per slot
+env_passthrough: []          # variables of your shell jobs may see (e.g. [HF_TOKEN]); others never reach them
+snapshot_include: []         # dotfiles or ignored paths of the workload to snapshot anyway (e.g. [.config.json])
 ```
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -80,6 +83,18 @@ class FleetConfig(BaseModel):
     max_gpu_hours: float | None = Field(None, gt=0)
     local: LocalConfig = Field(default_factory=LocalConfig)
     reference_accelerator: str = "H100"
+    env_passthrough: list[str] = Field(
+        default_factory=list, description="environment variables jobs may see besides knobs and the fleet's own")
+    snapshot_include: list[str] = Field(
+        default_factory=list, description="gitignore-style patterns of dotfiles or ignored files to snapshot anyway")
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _variable_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name (e.g. HF_TOKEN)")
+        return names
 
     @field_validator("script")
     @classmethod

@@ -1,9 +1,15 @@
 """Where the fleet keeps its state: `.fleet/` in the project directory."""
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from fleet.errors import DiskProblem, disk_problem
+
+MIN_FREE_BYTES = 1 << 20  # below this, `.fleet/` counts as full: a job's log would be cut short
+PROBE_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,41 @@ class Workspace:
     def local(self) -> Path:
         """The local backend's slot queues."""
         return self.state / "local"
+
+    def relative(self, path: Path) -> str:
+        """How the ledger stores a path: relative to the project, so a moved project still finds it."""
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        """A path the ledger stored (relative to the project, or absolute from older ledgers)."""
+        return self.root / stored if stored and not Path(stored).is_absolute() else Path(stored)
+
+    def disk_problem(self) -> DiskProblem | None:
+        """Whether `.fleet/` can take writes now: free space above MIN_FREE_BYTES and a probe write
+        (with fsync) that succeeds. None when it can."""
+        try:
+            stat = os.statvfs(self.state)
+        except OSError as exc:
+            return disk_problem(exc, self.state, "the fleet's state directory")
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            return DiskProblem(self.state, "the fleet's state directory",
+                               f"only {free // 1024} kB free on its disk", errno.ENOSPC)
+        probe = self.state / f".space-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * PROBE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            return disk_problem(exc, probe, "a probe of free space") or DiskProblem(probe, "a probe of free space",
+                                                                                    str(exc), exc.errno or 0)
+        finally:
+            probe.unlink(missing_ok=True)
+        return None
 
     def ensure(self) -> "Workspace":
         for d in (self.state, self.logs, self.snapshots):

@@ -84,3 +84,20 @@ def test_budget_cap(hours, spent, committed, cap, allowed, held):
     ok, hold = within_budget(pending, spent, committed, cap)
     assert (len(ok), len(hold)) == (allowed, held)
     assert ok + hold == pending  # order kept
+
+
+@pytest.mark.parametrize(
+    "clusters, pending, expected",
+    [
+        # the tier's only H200 rests (it refused a job): validate work waits, screen work goes on
+        ([C("h1", "H100"), ClusterSlot("h2", "H200", 0, accepting=False)], [P("v1", "validate"), P("s1")],
+         [("s1", "h1")]),
+        # rested or not, a tier with none of its accelerators in the fleet runs anywhere
+        ([C("h1", "H100"), ClusterSlot("h3", "H100", 0, accepting=False)], [P("v1", "validate")], [("v1", "h1")]),
+        # a resting cluster gets nothing, even work that may run anywhere
+        ([ClusterSlot("h1", "H100", 0, accepting=False), C("h2", "H200")], [P("a1", "any"), P("a2", "any")],
+         [("a1", "h2"), ("a2", "h2")]),
+    ],
+)
+def test_a_resting_cluster_keeps_its_tier_waiting_instead_of_spilling(clusters, pending, expected):
+    assert assign(clusters, pending, 2, TIERS) == [Assignment(e, c) for e, c in expected]

@@ -10,6 +10,7 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from fleet.errors import DiskProblem
 from fleet.types import ClusterInfo, JobInfo, JobSpec
 
 T = TypeVar("T")
@@ -36,6 +37,20 @@ class NotSubmitted(BackendError):
     """The job certainly never reached the cluster (it is not taking jobs right now, e.g. a pod
     restarting): the try does not count against the experiment, and whether the cluster is lost is
     for the next `queues()` to decide, not a single refused submission."""
+
+
+class LogIncomplete(BackendError):
+    """The job ended but its log was cut short (the disk holding it filled up, say): the result in
+    it cannot be trusted either way, so the controller runs the experiment again, at no cost."""
+
+
+class NoSpaceForJob(NotSubmitted):
+    """The backend could not write the job's own files (its spec, its staged code): the disk is
+    full or not writable. The job never reached the queue; `problem` says which path and the fix."""
+
+    def __init__(self, problem: DiskProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
 
 
 class SetupFailed(BackendError):

@@ -17,9 +17,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.backends.base import Backend, BackendError, ClusterLost, SetupFailed
-from fleet.backends.slot_queue import SlotQueue
+from fleet.backends.base import (
+    Backend,
+    BackendError,
+    ClusterLost,
+    LogIncomplete,
+    NoSpaceForJob,
+    SetupFailed,
+)
+from fleet.backends.slot_queue import END_LINE, SlotQueue
 from fleet.config import FleetConfig
+from fleet.errors import disk_problem
 from fleet.task import TaskSpec, load_task
 from fleet.types import ClusterInfo, ClusterState, JobInfo, JobSpec, JobState
 from fleet.workspace import Workspace
@@ -31,8 +39,21 @@ _STATES = {
     "failed": JobState.FAILED,
     "timeout": JobState.TIMEOUT,
     "cancelled": JobState.CANCELLED,
+    "lost": JobState.CLUSTER_FAILED,  # vanished without an exit status: not the experiment's fault
 }
 SETUP_TIMEOUT_S = 3600
+# What a job inherits from the controller's environment: what programs need to run at all, and
+# the fleet's own variables. Anything else (tokens, keys) only if fleet.yaml names it in
+# `env_passthrough`.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+            "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "VIRTUAL_ENV", "CONDA_PREFIX")
+BASE_ENV_PREFIXES = ("LC_", "FLEET_", "SKYFLEET_")
+
+
+def allowed_env(environ: dict[str, str], passthrough: Sequence[str]) -> dict[str, str]:
+    """The part of `environ` a job may see: BASE_ENV, the fleet's own prefixes, and `passthrough`."""
+    named = set(BASE_ENV) | set(passthrough)
+    return {k: v for k, v in environ.items() if k in named or k.startswith(BASE_ENV_PREFIXES)}
 
 
 def local_gpus() -> list[str]:
@@ -161,8 +182,9 @@ class LocalBackend(Backend):
 
     def _env(self, task: TaskSpec, job_env: dict[str, str]) -> dict[str, str]:
         # The task's envs are defaults: a variable already set in the user's shell wins (a local
-        # SKYFLEET_CACHE, say), and the experiment's own knob overrides win over both.
-        env = {**task.envs, **os.environ, **job_env}
+        # SKYFLEET_CACHE, say), and the experiment's own knob overrides win over both. Of the
+        # shell, only the allow-listed part: a secret reaches a job only when passed through.
+        env = {**task.envs, **allowed_env(dict(os.environ), self.config.env_passthrough), **job_env}
         env["FLEET_BACKEND"] = "local"
         # `python` in the task's scripts means the interpreter the fleet runs in (its venv), even
         # when the user called `.venv/bin/fleet` without activating the venv.
@@ -193,6 +215,11 @@ class LocalBackend(Backend):
                 out.append(self.submit(cluster, job))
             except BackendError as exc:
                 out.append(exc)
+            except OSError as exc:  # its spec could not be written: it never reached the queue
+                problem = disk_problem(exc, self._slot_dir(cluster), f"the job spec of {job.job_name}")
+                if problem is None:
+                    raise
+                out.append(NoSpaceForJob(problem))
         return out
 
     def submit(self, cluster: str, job: JobSpec) -> int:
@@ -222,12 +249,25 @@ class LocalBackend(Backend):
         return out
 
     def logs(self, cluster: str, job_id: int) -> str:
-        log = SlotQueue(self._slot_dir(cluster)).log_path(job_id)
-        try:
-            return "" if log is None else Path(log).read_text(errors="replace")
-        except FileNotFoundError:
+        """The job's log; LogIncomplete if it ended normally but its log lacks the last line its shell
+        writes (the disk filled up while it ran, say): what it says cannot be trusted."""
+        queue = SlotQueue(self._slot_dir(cluster))
+        job = queue.job(job_id)
+        if job is None:
             return ""
+        try:
+            text = Path(job.log).read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        if job.state in ("succeeded", "failed") and not _ends_with(text, END_LINE.format(code=job.exit_code)):
+            raise LogIncomplete(f"{job.log} was cut short (it lacks its last line); is the disk holding it full?")
+        return text
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if self._meta(cluster) is not None:
             SlotQueue(self._slot_dir(cluster)).cancel(list(job_ids))
+
+
+def _ends_with(text: str, line: str) -> bool:
+    lines = text.rstrip("\n").rsplit("\n", 1)
+    return lines[-1] == line

@@ -6,6 +6,7 @@ decisions between the SDK calls live in `sky_setup.py`; the SDK calls themselves
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -83,6 +84,10 @@ class SkyClusters:
         workdir = task_yaml.get("workdir")
         return str((self.workspace.root / workdir).resolve()) if isinstance(workdir, str) and workdir else None
 
+    def passthrough(self) -> dict[str, str]:
+        """The variables fleet.yaml's `env_passthrough` names, from this shell: sent as task secrets."""
+        return {name: os.environ[name] for name in self.config.env_passthrough if name in os.environ}
+
     def _sky_task(self, config: dict) -> Any:
         return self.api.call("Task.from_yaml_config", config=config)
 
@@ -136,7 +141,7 @@ class SkyClusters:
             requests = {name: self.api.call(
                 "launch", name, task=self._sky_task(build_launch_config(
                     task_yaml, name=SETUP_JOB_NAME, workdir=self._project_workdir(task_yaml), accelerator=acc,
-                    infra=self.infra, envs={"FLEET_BACKEND": self.name})),
+                    infra=self.infra, envs={"FLEET_BACKEND": self.name}, secrets=self.passthrough())),
                 cluster_name=name, idle_minutes_to_autostop=self.idle_minutes_to_autodown, down=True,
                 retry_until_up=False) for name, acc in chosen.items()}
             retry: dict[str, list[str]] = {}

@@ -52,29 +52,33 @@ def _envs(task_yaml: dict, extra: dict[str, str]) -> dict[str, str]:
 
 
 def build_task_config(task_yaml: dict, *, name: str, envs: dict[str, str], workdir: str, accelerator: str,
-                      infra: str | None = None) -> dict:
+                      infra: str | None = None, secrets: dict[str, str] | None = None) -> dict:
     """The `sky exec` task of one job: the task file's run, one accelerator, the fleet's envs.
 
     `setup` is left out (`sky exec` never runs it; `up` did, once per cluster). The accelerator is
-    declared so that jobs on a one-GPU cluster run one at a time, in order.
+    declared so that jobs on a one-GPU cluster run one at a time, in order. `secrets` (the
+    variables fleet.yaml passes through) join the task file's own: SkyPilot redacts them when shown.
     """
     config: dict[str, Any] = {"name": name, "resources": _resources(task_yaml, accelerator, infra),
                               "workdir": workdir, "envs": _envs(task_yaml, envs), "run": task_yaml.get("run")}
     for key in ("file_mounts", "secrets", "volumes"):
         if task_yaml.get(key):
             config[key] = task_yaml[key]
+    if secrets:
+        config["secrets"] = {**dict(task_yaml.get("secrets") or {}), **secrets}
     return config
 
 
 def build_launch_config(task_yaml: dict, *, name: str, workdir: str | None, accelerator: str,
-                        infra: str | None = None, envs: dict[str, str] | None = None) -> dict:
+                        infra: str | None = None, envs: dict[str, str] | None = None,
+                        secrets: dict[str, str] | None = None) -> dict:
     """The `sky launch` task of one cluster: provision one accelerator and run `setup`; no job.
 
     `workdir` is the task's own (the project, so `setup` finds e.g. `train/requirements.txt`);
     later `sky exec`s sync the fleet's snapshots into the same `~/sky_workdir`, add-only.
     """
     config = build_task_config(task_yaml, name=name, envs=envs or {}, workdir=workdir or "",
-                               accelerator=accelerator, infra=infra)
+                               accelerator=accelerator, infra=infra, secrets=secrets)
     config.pop("run")
     if not workdir:
         config.pop("workdir")

@@ -28,6 +28,7 @@ from fleet.backends.base import (
     BackendError,
     BackendUnavailable,
     ClusterLost,
+    NoSpaceForJob,
     NotSubmitted,
 )
 from fleet.backends.sky_clusters import SkyClusters
@@ -57,6 +58,7 @@ from fleet.backends.sky_translate import (
     record_field,
 )
 from fleet.config import FleetConfig
+from fleet.errors import disk_problem
 from fleet.types import ClusterState, JobInfo, JobSpec
 from fleet.workspace import Workspace
 
@@ -119,7 +121,8 @@ class SkyPilotBackend(SkyClusters, Backend):
                 "EXPERIMENT_ID": job.experiment_id}
         return build_task_config(self._task_yaml(), name=job.job_name, envs=envs,
                                  workdir=self._job_workdir(job.snapshot),
-                                 accelerator=self._accelerator_for(cluster, job), infra=self.infra)
+                                 accelerator=self._accelerator_for(cluster, job), infra=self.infra,
+                                 secrets=self.passthrough())
 
     def submit_many(self, items: Sequence[tuple[str, JobSpec]]) -> list[int | BackendError]:
         """Every `sky exec` goes out from its own thread, then all are collected: one round-trip for many."""
@@ -134,6 +137,11 @@ class SkyPilotBackend(SkyClusters, Backend):
                     staged[job.snapshot] = None
                 except BackendError as exc:
                     staged[job.snapshot] = exc
+                except OSError as exc:  # no room to stage its code: it never reaches a cluster
+                    problem = disk_problem(exc, self.workspace.state, f"the staged code of snapshot {job.snapshot}")
+                    if problem is None:
+                        raise
+                    staged[job.snapshot] = NoSpaceForJob(problem)
 
         def submit_one(item: tuple[str, JobSpec]) -> int:
             cluster, job = item

@@ -7,11 +7,15 @@ writes its exit status to a file, and a restarted runner re-adopts a job that is
 
 This module imports only the standard library so the runner starts in milliseconds.
 
-    <slot>/jobs/000001.json    spec: name, script, cwd, env, timeout_s, log
-    <slot>/jobs/000001.state   state: pending|running|succeeded|failed|timeout|cancelled, times, pid
+    <slot>/jobs/000001.json    spec: name, script, cwd, env, timeout_s, log (mode 0600: env may hold secrets)
+    <slot>/jobs/000001.state   state: pending|running|succeeded|failed|timeout|cancelled|lost, times, pid
     <slot>/jobs/000001.exit    the job's exit status, written by the job's own shell
+    <slot>/jobs/000001.claim/  made by the job's own shell before it runs (mkdir is atomic): one copy runs
     <slot>/jobs/000001.cancel  a cancel request
     <slot>/runner.lock         held by the live runner
+
+A job runs with exactly the environment in its spec (the backend decides what goes in it), and its
+log ends with END_LINE, written by its shell after the job: a log without it was cut short.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TERMINAL = ("succeeded", "failed", "timeout", "cancelled")
+TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "lost")  # lost: vanished without an exit status
+END_LINE = "[fleet] exit code {code}"  # the last line of every job's log, written after the job ends
+CLAIM_LOST = 97  # a second copy of a job exits with this: another copy claimed the job first
 KILL_GRACE_S = 5.0
 IDLE_EXIT_S = float(os.environ.get("FLEET_RUNNER_IDLE_S", "120"))
 POLL_S = 0.02
@@ -46,9 +52,16 @@ class QueuedJob:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """Atomically, readable by the owner only (a spec's env may hold a token the user passed through)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -128,7 +141,8 @@ class SlotQueue:
         return sorted(int(p.stem) for p in self.jobs_dir.glob("*.json"))
 
     def submit(self, name: str, script: str, cwd: str, env: dict[str, str], timeout_s: float, log: str) -> int:
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        """Queue a job that runs `script` in `cwd` with exactly `env` (nothing inherited)."""
+        self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._lock():
             ids = self.job_ids()
             job_id = (ids[-1] + 1) if ids else 1
@@ -158,6 +172,9 @@ class SlotQueue:
             )
         return out
 
+    def job(self, job_id: int) -> QueuedJob | None:
+        return next((j for j in self.jobs() if j.job_id == job_id), None) if self._spec(job_id).exists() else None
+
     def log_path(self, job_id: int) -> str | None:
         """Where the job writes its output; None for a job this queue does not have."""
         spec = _read_json(self._spec(job_id))
@@ -183,7 +200,7 @@ class SlotQueue:
         subprocess.Popen(
             [sys.executable, "-m", "fleet.backends.slot_queue", str(self.root)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            cwd=str(self.root), env={**os.environ, "PYTHONPATH": _package_parent()},
+            cwd=str(self.root), env=_runner_env(),
         )
         log.close()
 
@@ -195,6 +212,16 @@ class SlotQueue:
             if state.get("state") == "running" and state.get("pgid"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(state["pgid"], signal.SIGKILL)
+
+
+RUNNER_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "FLEET_RUNNER_IDLE_S")
+
+
+def _runner_env() -> dict[str, str]:
+    """The runner needs little (its jobs get their own env from their specs): no secrets in it."""
+    env = {k: os.environ[k] for k in RUNNER_ENV if k in os.environ}
+    env["PYTHONPATH"] = _package_parent()
+    return env
 
 
 def _package_parent() -> str:
@@ -249,6 +276,13 @@ class _Runner(SlotQueue):
             pid = proc.pid
             _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
         outcome, code = self._wait(job_id, proc, pid, started, float(spec["timeout_s"]))
+        other = self._claimed_pid(job_id) if proc is not None and code == CLAIM_LOST else None
+        if other is not None and other != proc.pid:
+            # Our copy found the job claimed by another: a runner that died between starting it and
+            # recording that did start it. Follow that copy to its end instead of calling it failed.
+            pid = other
+            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
+            outcome, code = self._wait(job_id, None, pid, started, float(spec["timeout_s"]))
         _write_json(
             self._state(job_id),
             {"state": outcome, "started_at": started, "ended_at": time.time(), "exit_code": code, "pid": pid},
@@ -269,13 +303,16 @@ class _Runner(SlotQueue):
         Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
         log = open(spec["log"], "ab")
         # The job's own shell claims the job (mkdir is atomic: a second copy started by a runner that
-        # re-adopts too eagerly exits at once), records its pid, and records its exit status, so
-        # the job is known even if this runner dies at any moment.
-        wrapper = ('mkdir "$3" 2>/dev/null || exit 97; echo $$ > "$3/pid"; '
-                   'bash "$1"; code=$?; echo $code > "$2.tmp" && mv "$2.tmp" "$2"; exit $code')
+        # re-adopts too eagerly exits at once), records its pid, runs the job, ends the log with
+        # END_LINE (missing when the log could not be written to the end) and records its exit
+        # status, so the job is known even if this runner dies at any moment.
+        end = END_LINE.format(code="%s")
+        wrapper = (f'mkdir "$3" 2>/dev/null || exit {CLAIM_LOST}; echo $$ > "$3/pid"; '
+                   f'bash "$1"; code=$?; printf "\\n{end}\\n" $code; '
+                   'echo $code > "$2.tmp" && mv "$2.tmp" "$2"; exit $code')
         proc = subprocess.Popen(
             ["bash", "-c", wrapper, "fleet-job", str(script_path), str(exit_path), str(self._claim(job_id))],
-            cwd=spec["cwd"], env={**os.environ, **spec["env"]}, stdin=subprocess.DEVNULL,
+            cwd=spec["cwd"], env=dict(spec["env"]), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -304,7 +341,7 @@ class _Runner(SlotQueue):
             with contextlib.suppress(FileNotFoundError, ValueError):
                 code = int(self._exit(job_id).read_text().strip())
         if code is None:
-            return "failed", None  # the job vanished without an exit status (machine reboot)
+            return "lost", None  # vanished without an exit status (a reboot, a full disk): not its own failure
         return ("succeeded" if code == 0 else "failed"), code
 
     def _kill(self, pgid: int, finished: threading.Event) -> None:

@@ -17,7 +17,7 @@ from fleet.core.ledger_rows import SEEDED
 from fleet.errors import InputError
 from fleet.observe.cost import cost_summary, describe_spend, dollars_for
 from fleet.observe.leaderboard import autoresearch_status
-from fleet.types import ClusterState
+from fleet.types import ClusterState, job_name
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -184,7 +184,9 @@ def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
         raise InputError(f"{args.experiment} has not started yet" if args.attempt is None
                          else f"--attempt {args.attempt}: {args.experiment} has no such attempt")
     attempt = attempts[-1]
-    path = Path(attempt.log_path)
+    path = ctx.workspace.resolve(attempt.log_path)
+    if not path.exists():  # stored by an older fleet as an absolute path, and the project moved since
+        path = ctx.workspace.logs / f"{job_name(attempt.experiment_id, attempt.n)}.log"
     text = path.read_text(errors="replace") if path.exists() else ""
     if not text and attempt.job_id is not None and attempt.state in ("pending", "running"):
         text = ctx.backend().logs(attempt.cluster, attempt.job_id)  # live log from a remote cluster

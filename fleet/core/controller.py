@@ -1,10 +1,13 @@
 """The controller: keeps every cluster's queue at its target depth until the work is done.
 
-One cycle = read every queue (one concurrent round-trip for remote backends), reconcile the ledger
-with what the backend reports (finished jobs become results, lost clusters give their work back),
-then ask the pure `schedule.assign` what to submit and submit it. The ledger is written *before*
-each backend call, so a controller killed at any point is resumed by the next one without losing
-or duplicating an experiment: job names carry the experiment id and attempt number.
+One cycle = check the ledger's consistency, read every queue (one concurrent round-trip for remote
+backends), reconcile the ledger with what the backend reports (finished jobs become results, lost
+clusters give their work back, orphan jobs are cancelled), then ask the pure `schedule.assign`
+what to submit and submit it. Every move of an experiment is one conditional ledger transaction
+(`fleet.core.transitions`) written *before* the backend call it announces, and logs are saved
+before the transaction that records their result, so a controller killed at any point is resumed
+by the next one without losing or duplicating an experiment: job names carry the experiment id
+and attempt number.
 """
 from __future__ import annotations
 
@@ -18,16 +21,21 @@ from fleet.backends.base import (
     Backend,
     BackendError,
     ClusterLost,
+    LogIncomplete,
+    NoSpaceForJob,
     NotSubmitted,
     SetupFailed,
 )
 from fleet.config import FleetConfig
+from fleet.core.backup import BACKUP_EVERY_S
 from fleet.core.expand import knob_values
 from fleet.core.ledger import Ledger
-from fleet.core.ledger_rows import ATTEMPT_LOST, AttemptRow, ExperimentRow
+from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow, ExperimentRow
+from fleet.core.orphans import find_orphans
 from fleet.core.results import parse_run_log
 from fleet.core.schedule import ClusterSlot, PendingExperiment, assign, within_budget
-from fleet.errors import InputError
+from fleet.core.transitions import Outcome
+from fleet.errors import DiskProblem, InputError, disk_problem
 from fleet.types import (
     ClusterState,
     ExperimentState,
@@ -41,7 +49,7 @@ from fleet.workspace import Workspace
 log = logging.getLogger("fleet.core.controller")
 
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
-MAX_ATTEMPTS = 4  # cluster failures an experiment may suffer before it is recorded as a crash
+MAX_ATTEMPTS = 4  # cluster failures (or lost logs) an experiment may suffer before it is recorded as a crash
 DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
 REFUSED_REST_S = 30.0  # a cluster that refused a submission gets no new work for this long
 
@@ -53,6 +61,9 @@ class CycleReport:
     requeued: int = 0
     lost_clusters: list[str] = field(default_factory=list)
     held: int = 0
+    repaired: int = 0  # experiments the consistency check put right
+    orphans: int = 0  # jobs cancelled because no current attempt owns them
+
 
 def budget_seconds(exp: ExperimentRow, default: float | None) -> float | None:
     """The experiment's TIME_BUDGET knob, else `default` (the workload's own default)."""
@@ -73,6 +84,22 @@ def job_for(exp: ExperimentRow, attempt: int, accelerator: str, timeout_s: float
     return JobSpec(exp.id, attempt, exp.snapshot, envs, timeout_s, None if accelerator == "cpu" else accelerator)
 
 
+def outcome_of(attempt: AttemptRow, job: JobInfo, text: str, metric: str = "val_bpb") -> Outcome:
+    """What a finished job's state and log mean for its experiment (pure); `metric` judges it."""
+    gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
+    parsed = parse_run_log(text, attempt.experiment_id, job.exit_code, metric=metric)
+    if job.state == JobState.CANCELLED:
+        state, outcome, reason = ExperimentState.CANCELLED, "cancelled", "cancelled"
+    elif job.state == JobState.TIMEOUT:
+        state, outcome, reason = ExperimentState.TIMEOUT, "timeout", "killed after its timeout"
+    elif parsed.outcome == "done" and job.state == JobState.SUCCEEDED:
+        state, outcome, reason = ExperimentState.DONE, "done", ""
+    else:
+        state, outcome, reason = ExperimentState.CRASH, "crash", parsed.reason or f"exit code {job.exit_code}"
+    return Outcome(state, outcome, parsed.val_bpb if state == ExperimentState.DONE else None, parsed.metrics,
+                   reason, "\n".join(parsed.tail), attempt.accelerator, gpu_seconds)
+
+
 class Controller:
     def __init__(
         self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
@@ -89,6 +116,7 @@ class Controller:
     # --- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
         report = CycleReport()
+        self._repair(report)
         clusters = {c.name: c for c in self.ledger.clusters([ClusterState.UP])}
         queues = self.backend.queues(sorted(clusters)) if clusters else {}
         active = self.ledger.attempts(active=True)
@@ -104,43 +132,47 @@ class Controller:
                     finished.append((attempt, job))
             elif attempt.cluster not in clusters:  # its cluster was torn down or lost earlier
                 self._requeue(attempt, f"cluster {attempt.cluster} is gone", report)
+        self._cancel_orphans(live, active, report)
         self._finish_all(finished, report)
         self._cancel_requested()
         self._submit_pending(report)
         return report
 
+    def _repair(self, report: CycleReport) -> None:
+        repairs = self.ledger.repair()
+        if repairs:
+            log.warning("consistency check: repaired %d experiments: %s", len(repairs), "; ".join(map(str, repairs)))
+            report.repaired = len(repairs)
+
     def _lose_cluster(self, name: str, reason: str, attempts: list[AttemptRow], report: CycleReport) -> None:
-        accelerator = next((c.accelerator for c in self.ledger.clusters() if c.name == name), "unknown")
-        self.ledger.upsert_cluster(name, self.backend.name, accelerator, ClusterState.LOST)
-        report.lost_clusters.append(name)
-        log.warning("cluster %s lost (%s); requeueing %d experiments", name, reason, len(attempts))
+        # Only an UP cluster becomes LOST: one torn down meanwhile (`fleet down`) stays DOWN.
+        if self.ledger.lose_cluster(name):
+            report.lost_clusters.append(name)
+            log.warning("cluster %s lost (%s); requeueing %d experiments", name, reason, len(attempts))
         for attempt in attempts:
             self._requeue(attempt, f"cluster {name} lost: {reason}", report)
 
-    def _requeue(self, attempt: AttemptRow, reason: str, report: CycleReport) -> None:
-        exp = self.ledger.experiment(attempt.experiment_id)
-        if exp is not None and exp.state == ExperimentState.CANCELLED:
-            self.ledger.update_attempt(attempt.id, state=ATTEMPT_LOST, ended_at=self.clock())
-            return
-        self.ledger.requeue(attempt, reason, MAX_ATTEMPTS)
-        report.requeued += 1
+    def _requeue(self, attempt: AttemptRow, reason: str, report: CycleReport, *,
+                 attempt_state: str = "lost", counts: bool = True) -> None:
+        if self.ledger.requeue(attempt, reason, MAX_ATTEMPTS, attempt_state=attempt_state, counts=counts) in (
+                ExperimentState.PENDING, ExperimentState.CRASH):
+            report.requeued += 1
 
     def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> JobInfo | None:
         """Bring the attempt up to date with its job; returns the job if it has just finished."""
         job = self._find_job(attempt, queue)
         if job is None:
-            # Submitted-but-unrecorded jobs are adopted by name above; absent means it never
-            # reached the queue (the controller died mid-submit) or the queue lost it.
+            # Submitted-but-unrecorded jobs are adopted by name below; absent means it never
+            # reached the queue (the controller died mid-submit) or the queue lost it. If it
+            # lands after all, it is an orphan and is cancelled.
             if attempt.job_id is None and self.clock() - attempt.submitted_at < self.backend.submission_grace_s:
                 return None  # a submission may still be in flight in another controller's last moments
             self._requeue(attempt, "job vanished from its cluster queue", report)
             return None
         if attempt.job_id is None:
-            self.ledger.update_attempt(attempt.id, job_id=job.job_id, state=job.state.value)
+            self.ledger.adopt_job(attempt, job.job_id)
         if job.state == JobState.RUNNING and attempt.state != "running":
-            self.ledger.update_attempt(attempt.id, state="running", started_at=job.started_at or self.clock())
-            self.ledger.set_state(attempt.experiment_id, ExperimentState.RUNNING,
-                                  only_from=(ExperimentState.QUEUED, ExperimentState.PENDING))
+            self.ledger.mark_running(attempt, job.started_at or self.clock())
         elif job.state.terminal:
             return job
         return None
@@ -152,14 +184,39 @@ class Controller:
             return next((j for j in queue if j.job_id == attempt.job_id), None)
         return next((j for j in queue if j.name == name), None)
 
+    def _cancel_orphans(self, live: dict[str, list[JobInfo]], active: list[AttemptRow], report: CycleReport) -> None:
+        """Cancel jobs named like ours that no current attempt owns (a late `sky exec`, a stale copy)."""
+        orphans = find_orphans(live, active)
+        if not orphans:
+            return
+        ours = self.ledger.known_experiments(exp for found in orphans.values() for exp, _ in found)
+        for cluster, found in orphans.items():
+            jobs = [job for exp, job in found if exp in ours]
+            if not jobs:
+                continue
+            try:
+                self.backend.cancel(cluster, [j.job_id for j in jobs])
+            except ClusterLost:
+                continue  # nothing runs there any more
+            except BackendError as exc:
+                log.warning("could not cancel orphan jobs on %s, retrying next cycle: %s", cluster, exc)
+                continue
+            report.orphans += len(jobs)
+            log.warning("cancelled %d orphan jobs on %s (no current attempt owns them): %s", len(jobs), cluster,
+                        ", ".join(f"{j.name} (job {j.job_id})" for j in jobs))
+
+    # --- collecting results ------------------------------------------------------------------
     def _finish_all(self, finished: list[tuple[AttemptRow, JobInfo]], report: CycleReport) -> None:
         for attempt, job in finished:
             if job.state == JobState.CLUSTER_FAILED:
-                self._close_attempt(attempt, job)
-                self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report)
+                self._requeue(attempt, f"setup or driver failure on {attempt.cluster}", report,
+                              attempt_state=JobState.CLUSTER_FAILED.value)
         done = [(a, j) for a, j in finished if j.state != JobState.CLUSTER_FAILED]
         texts = self.backend.logs_many([(a.cluster, j.job_id) for a, j in done]) if done else []
         for (attempt, job), text in zip(done, texts):
+            if isinstance(text, LogIncomplete):
+                self._log_lost(attempt, text, report)
+                continue
             if isinstance(text, BackendError):
                 # The result is in that log: try again next cycle rather than call a good run a
                 # crash (a lost cluster is noticed by the next queue read and its work requeued).
@@ -169,46 +226,56 @@ class Controller:
                 if tries < MAX_LOG_FETCHES:
                     continue
                 text = f"(could not fetch logs after {tries} tries: {text})"
-            self._close_attempt(attempt, job)
-            self._finish(attempt, job, self._save_log(attempt, text), report)
+            self._save_log(attempt, text)  # before the transaction: a crash here re-collects
+            outcome = outcome_of(attempt, job, text, self.config.metric.name)
+            if self.ledger.finish_attempt(attempt, job.state.value, outcome,
+                                          started_at=job.started_at, ended_at=job.ended_at or self.clock(),
+                                          exit_code=job.exit_code):
+                report.finished += 1
+            self._log_failures.pop(attempt.id, None)
 
-    def _close_attempt(self, attempt: AttemptRow, job: JobInfo) -> None:
-        self.ledger.update_attempt(attempt.id, state=job.state.value, started_at=job.started_at,
-                                   ended_at=job.ended_at or self.clock(), exit_code=job.exit_code)
+    def _log_lost(self, attempt: AttemptRow, problem: LogIncomplete, report: CycleReport) -> None:
+        """A job whose log was cut short is run again, never recorded as the experiment's crash.
 
-    def _finish(self, attempt: AttemptRow, job: JobInfo, text: str, report: CycleReport) -> None:
-        gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
-        parsed = parse_run_log(text, attempt.experiment_id, job.exit_code, metric=self.config.metric.name)
-        common = dict(metrics=parsed.metrics, tail="\n".join(parsed.tail), accelerator=attempt.accelerator,
-                      gpu_seconds=gpu_seconds)
-        if job.state == JobState.CANCELLED:
-            state, outcome, reason = ExperimentState.CANCELLED, "cancelled", "cancelled"
-        elif job.state == JobState.TIMEOUT:
-            state, outcome, reason = ExperimentState.TIMEOUT, "timeout", "killed after its timeout"
-        elif parsed.outcome == "done" and job.state == JobState.SUCCEEDED:
-            state, outcome, reason = ExperimentState.DONE, "done", ""
-        else:
-            state, outcome, reason = ExperimentState.CRASH, "crash", parsed.reason or f"exit code {job.exit_code}"
-        val_bpb = parsed.val_bpb if state == ExperimentState.DONE else None
-        if self.ledger.record_result(attempt.experiment_id, attempt.id, state, outcome=outcome, val_bpb=val_bpb,
-                                     reason=reason, **common):
-            report.finished += 1
+        While the disk is still full the controller stops instead (the attempt stays, and is
+        looked at again once there is space). An experiment that loses its log MAX_ATTEMPTS times
+        is recorded as a crash that says so.
+        """
+        full = self.workspace.disk_problem()
+        if full is not None:
+            raise full
+        lost = sum(1 for a in self.ledger.attempts(attempt.experiment_id) if a.state == ATTEMPT_LOG_LOST)
+        if lost + 1 >= MAX_ATTEMPTS:
+            self.ledger.finish_attempt(attempt, ATTEMPT_LOG_LOST, Outcome(
+                ExperimentState.CRASH, "crash", reason=f"its log was cut short {lost + 1} times: {problem}"))
+            return
+        log.warning("%s: %s; running it again", job_name(attempt.experiment_id, attempt.n), problem)
+        self._requeue(attempt, f"its log was cut short ({problem}); running it again", report,
+                      attempt_state=ATTEMPT_LOG_LOST, counts=False)
 
     def _log_path(self, experiment_id: str, attempt: int) -> Path:
         # From the workspace, not the attempt's stored path: a project moved to another directory
         # still finds its logs.
         return self.workspace.logs / f"{job_name(experiment_id, attempt)}.log"
 
-    def _save_log(self, attempt: AttemptRow, text: str) -> str:
-        """Keep the job's log in `.fleet/logs/` (remote clusters may vanish later)."""
+    def _save_log(self, attempt: AttemptRow, text: str) -> None:
+        """Keep the job's log in `.fleet/logs/` (remote clusters may vanish later). Idempotent."""
         path = self._log_path(attempt.experiment_id, attempt.n)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.stat().st_size < len(text.encode()):
-            path.write_text(text)
-        return text
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.stat().st_size < len(text.encode()):
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(text)
+                tmp.replace(path)
+        except OSError as exc:
+            raise disk_problem(exc, path, f"the log of {attempt.experiment_id}") or exc
 
     def _cancel_requested(self) -> None:
-        """Experiments the user cancelled that still have a job queued or running on a cluster."""
+        """Experiments the user cancelled that still have a job queued or running on a cluster.
+
+        An attempt with no job id yet is closed too: if its job lands later, it is an orphan and
+        the next queue read cancels it.
+        """
         by_cluster: dict[str, list[AttemptRow]] = {}
         for attempt in self.ledger.attempts(active=True, of_state=ExperimentState.CANCELLED):
             by_cluster.setdefault(attempt.cluster, []).append(attempt)
@@ -223,20 +290,22 @@ class Controller:
                 log.warning("cancel on %s failed, retrying next cycle: %s", cluster, exc)
                 continue
             for attempt in attempts:
-                self.ledger.update_attempt(attempt.id, state=JobState.CANCELLED.value, ended_at=self.clock())
+                self.ledger.cancel_attempt(attempt)
 
     # --- placing work ------------------------------------------------------------------------
     def _submit_pending(self, report: CycleReport) -> None:
         now = self.clock()
         self._resting = {name: until for name, until in self._resting.items() if until > now}
-        clusters = [c for c in self.ledger.clusters([ClusterState.UP]) if c.name not in self._resting]
+        clusters = self.ledger.clusters([ClusterState.UP])
         if not clusters:
             return
         depth: dict[str, int] = {c.name: 0 for c in clusters}
         for attempt in self.ledger.attempts(active=True):
             if attempt.cluster in depth:
                 depth[attempt.cluster] += 1
-        slots = [ClusterSlot(c.name, c.accelerator, depth[c.name]) for c in clusters]
+        # Resting clusters are in the list (a tier waits for its own resting accelerator rather
+        # than spill onto another), marked as taking no work.
+        slots = [ClusterSlot(c.name, c.accelerator, depth[c.name], c.name not in self._resting) for c in clusters]
         pending_rows = {e.id: e for e in self.ledger.experiments(states=[ExperimentState.PENDING])}
         if not pending_rows:
             return
@@ -294,13 +363,13 @@ class Controller:
 
         The ledger row comes first: if the controller dies mid-batch, the next one finds the
         attempt still `submitting` and adopts the job by its name, or requeues it if it never
-        reached the cluster.
+        reached the cluster (and cancels it as an orphan if it lands after that).
         """
         items: list[tuple[AttemptRow, str, JobSpec]] = []
         waves = {w.id: w for w in self.ledger.waves()}
         for exp, cluster, accelerator in decisions:
             attempt = self.ledger.start_attempt(
-                exp.id, cluster, accelerator, lambda n, e=exp.id: self._log_path(e, n))
+                exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.relative(self._log_path(e, n)))
             if attempt is None:
                 continue  # cancelled since the pending list was read
             wave = waves[exp.wave_id]
@@ -313,6 +382,7 @@ class Controller:
         outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
         lost: set[str] = set()
         setup_failure: SetupFailed | None = None
+        no_space: DiskProblem | None = None
         for (attempt, cluster, _), outcome in zip(items, outcomes):
             if isinstance(outcome, SetupFailed):
                 self.ledger.abandon_attempt(attempt, str(outcome).splitlines()[0])
@@ -322,6 +392,9 @@ class Controller:
                     lost.add(cluster)
                     self._lose_cluster(cluster, outcome.reason, [], report)
                 self._requeue(attempt, f"cluster {cluster} lost: {outcome.reason}", report)
+            elif isinstance(outcome, NoSpaceForJob):  # never reached a cluster: no try lost, then stop
+                self.ledger.abandon_attempt(attempt, f"not submitted: {outcome}")
+                no_space = outcome.problem
             elif isinstance(outcome, NotSubmitted):
                 # Not the experiment's fault and maybe not the cluster's: retry it elsewhere at no
                 # cost, and give that cluster a rest instead of refilling it every cycle.
@@ -331,32 +404,50 @@ class Controller:
             elif isinstance(outcome, BackendError):
                 log.warning("submit of %s to %s failed: %s", attempt.experiment_id, cluster, outcome)
                 self._requeue(attempt, f"submit failed: {outcome}", report)
-            else:
-                self.ledger.update_attempt(attempt.id, job_id=outcome, state=JobState.PENDING.value)
+            elif self.ledger.attempt_submitted(attempt, outcome):
                 report.submitted += 1
+            else:
+                # Given up meanwhile (say by `fleet down`): the job that just landed is an orphan.
+                log.warning("%s landed as job %s on %s after its attempt was closed; cancelling it",
+                            job_name(attempt.experiment_id, attempt.n), outcome, cluster)
+                try:
+                    self.backend.cancel(cluster, [outcome])
+                except BackendError as exc:
+                    log.warning("could not cancel it now (the next queue read will): %s", exc)
         if setup_failure is not None:
             raise setup_failure  # the jobs that did reach a cluster are recorded; stop for the fix
+        if no_space is not None:
+            raise no_space
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:
         """Cycle until there is no unfinished work for `idle_exit_s` seconds; returns why it stopped.
 
-        A problem the user must fix (a broken task file, no clusters) stops the controller and is
-        recorded for `fleet wait`/`fleet status` to show; a passing backend failure (an API server
-        restarting) is retried with backoff.
+        A problem the user must fix (a broken task file, no clusters, a full disk) stops the
+        controller and is recorded for `fleet wait`/`fleet status` to show; a passing backend
+        failure (an API server restarting) is retried with backoff.
         """
         idle_since: float | None = None
         backoff = poll_s
+        last_backup: float | None = None
+        cleared = False
         while True:
-            self.ledger.set_meta("controller_heartbeat", str(self.clock()))
-            if not self.ledger.clusters([ClusterState.UP]):
-                return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
             try:
+                self.ledger.set_meta("controller_heartbeat", str(self.clock()))
+                if last_backup is None or self.clock() - last_backup >= BACKUP_EVERY_S:
+                    last_backup = self.clock()
+                    self._backup()
+                if not self.ledger.clusters([ClusterState.UP]):
+                    return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
                 self.cycle()
-                if backoff != poll_s:  # recovered: the "retrying" notice is stale
+                if backoff != poll_s or not cleared:
+                    # A cycle worked: an earlier controller's problem (or our "retrying" notice) is
+                    # stale. Cleared only now, not at start: while it stands, `fleet status` in an
+                    # agent's loop does not start more controllers into the same problem.
                     self.ledger.set_meta("controller_error", "")
+                    cleared = True
                 backoff = poll_s
-            except (InputError, SetupFailed) as exc:
+            except (InputError, SetupFailed, DiskProblem) as exc:
                 return self._stop(str(exc))
             except BackendError as exc:  # before `Exception`, which it is a kind of
                 log.warning("backend problem, retrying in %.0fs: %s", backoff, exc)
@@ -364,7 +455,10 @@ class Controller:
                 sleep(backoff)
                 backoff = min(30.0, backoff * 2 + 1)
                 continue
-            except Exception as exc:  # a bug or the machine (disk full): say so where `fleet wait` looks
+            except Exception as exc:  # a bug: say so where `fleet wait` looks
+                problem = disk_problem(exc, self.workspace.state, "the fleet's state") or self.workspace.disk_problem()
+                if problem is not None:  # the machine, not a bug: the disk filled up under us
+                    return self._stop(str(problem))
                 log.exception("controller crashed")
                 return self._stop(f"the controller crashed: {exc!r}; details in .fleet/logs/controller.log")
             if self.ledger.has_unfinished_work():
@@ -375,8 +469,17 @@ class Controller:
                     return "idle"
             sleep(poll_s)
 
+    def _backup(self) -> None:
+        try:
+            self.ledger.backup()
+        except (OSError, DiskProblem) as exc:  # a missed backup is worth a warning, not a stop
+            log.warning("could not back up the ledger: %s", exc)
+
     def _stop(self, problem: str) -> str:
         log.error("controller stopping: %s", problem)
-        self.ledger.set_meta("controller_error", problem)
-        self.ledger.set_meta("controller_error_at", str(self.clock()))
+        try:
+            self.ledger.set_meta("controller_error", problem)
+            self.ledger.set_meta("controller_error_at", str(self.clock()))
+        except DiskProblem as exc:  # the ledger's disk is full too: the log line above is what is left
+            log.error("could not record that in the ledger: %s", exc)
         return problem

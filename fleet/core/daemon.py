@@ -7,8 +7,11 @@ once and the next `fleet` command starts a new one, which reconciles the ledger 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,8 +21,10 @@ from fleet.backends import make_backend
 from fleet.backends.local import default_slots
 from fleet.backends.slot_queue import try_flock
 from fleet.config import FleetConfig, load_config
+from fleet.core import faults
 from fleet.core.controller import Controller
 from fleet.core.ledger import Ledger
+from fleet.errors import DiskProblem
 from fleet.types import ClusterState
 from fleet.workspace import Workspace
 
@@ -89,20 +94,44 @@ def bring_up_local(workspace: Workspace, ledger: Ledger, config: FleetConfig, co
     return names
 
 
+def record_exit(ledger: Ledger, reason: str) -> None:
+    """Why this controller exits, for `fleet status` and the next controller (best effort: the
+    disk may be why)."""
+    entry = json.dumps({"pid": os.getpid(), "reason": reason, "at": time.time()})
+    try:
+        ledger.set_meta("controller_exit", entry)
+    except (DiskProblem, sqlite3.Error) as exc:
+        log.error("could not record why the controller exits (%s): %s", reason, exc)
+
+
+def _previous_exit(ledger: Ledger) -> None:
+    """Say when the last controller died without recording why (SIGKILL, power loss)."""
+    pid = ledger.get_meta("controller_pid")
+    last = json.loads(ledger.get_meta("controller_exit") or "{}")
+    if pid and str(last.get("pid")) != pid:
+        log.warning("the previous controller (pid %s) exited without saying why (killed?); resuming its work", pid)
+
+
 def run_controller(workspace: Workspace) -> int:
     config = load_config(workspace.root)
     ledger = Ledger(workspace.ledger_path)
+    faults.arm_from_env()  # tests only: FLEET_FAULT_AT crashes this controller at a chosen point
     with _take_controller_lock(workspace) as got:
         if not got:
             return 0
-        name = backend_name(ledger)
-        backend = make_backend(name, workspace, config)
-        for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
-            if info.state == ClusterState.UP:
-                ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
-        ledger.set_meta("controller_error", "")
+        _previous_exit(ledger)
         ledger.set_meta("controller_pid", str(os.getpid()))
-        stopped = Controller(workspace, ledger, backend, config).run()
+        try:
+            name = backend_name(ledger)
+            backend = make_backend(name, workspace, config)
+            for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
+                if info.state == ClusterState.UP:
+                    ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
+            stopped = Controller(workspace, ledger, backend, config).run()
+        except BaseException as exc:  # a crash outside the loop (or SIGTERM): still say why
+            record_exit(ledger, f"crashed: {exc!r}")
+            raise
+        record_exit(ledger, "idle: no work left" if stopped == "idle" else f"stopped: {stopped}")
     if stopped != "idle":
         return 1
     # Work may have arrived between the last check and the lock's release: take it on.
@@ -111,8 +140,13 @@ def run_controller(workspace: Workspace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise SystemExit(f"terminated by signal {signal.Signals(signum).name}")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)  # a `kill` is recorded as the reason, not lost
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()
     started = time.time()
     try:

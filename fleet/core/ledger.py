@@ -4,6 +4,9 @@ SQLite in WAL mode under `.fleet/ledger.db`. Many `fleet` processes (the control
 an agent running `fleet status` in a loop) read and write at once: readers never block writers in
 WAL mode, and every write is a short `BEGIN IMMEDIATE` transaction that waits (busy timeout)
 rather than failing with "database is locked".
+
+This module opens the ledger and reads it; the writes that move an experiment through its life
+are `fleet.core.transitions` (one transaction each, each conditional on the state it expects).
 """
 from __future__ import annotations
 
@@ -15,12 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from fleet.core import faults
+from fleet.core.backup import RESTORE_COMMAND, newest_backup, take_backup
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
     ADDED_COLUMNS,
-    ATTEMPT_LOST,
-    ATTEMPT_NOT_SUBMITTED,
-    ATTEMPT_SUBMITTING,
     SCHEMA,
     AttemptRow,
     ClusterRow,
@@ -30,9 +32,12 @@ from fleet.core.ledger_rows import (
     WaveRow,
     decode_row,
 )
+from fleet.core.transitions import Transitions
+from fleet.errors import DiskProblem, FleetError
 from fleet.types import ClusterState, ExperimentState
 
 T = TypeVar("T")
+
 
 def retry_locked(call: Callable[[], T], tries: int = 50, sleep: Callable[[float], None] = time.sleep) -> T:
     """`call()`, retried while SQLite says the database is locked (at most `tries` times)."""
@@ -46,44 +51,108 @@ def retry_locked(call: Callable[[], T], tries: int = 50, sleep: Callable[[float]
     raise ValueError(f"tries is {tries}, but must be at least 1")
 
 
-class Ledger:
+class LedgerDamaged(FleetError):
+    """The ledger file is not a readable SQLite database; the message names the backup to restore."""
+
+
+def is_damage(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and any(
+        word in text for word in ("not a database", "malformed", "corrupt", "disk i/o error"))
+
+
+def damaged_error(path: Path, exc: BaseException, now: float | None = None) -> LedgerDamaged:
+    """What to tell the user about a damaged ledger: the newest backup and the command that restores it."""
+    backup = newest_backup(path)
+    if backup is None:
+        return LedgerDamaged(
+            f"the ledger {path} is damaged ({exc}) and there is no backup in {path.parent / 'backups'}; "
+            f"move it aside (`mv {path} {path}.damaged`) to start with an empty ledger")
+    age = max(0.0, (time.time() if now is None else now) - backup.stat().st_mtime)
+    return LedgerDamaged(
+        f"the ledger {path} is damaged ({exc}); the newest backup is {backup} (taken {age / 60:.0f} min ago): "
+        f"`{RESTORE_COMMAND}` puts it back (the damaged file is kept beside it), then `fleet wait` resumes")
+
+
+def sqlite_disk_problem(exc: BaseException, path: Path) -> DiskProblem | None:
+    """SQLite's own words for a full or read-only disk, as the fleet's DiskProblem."""
+    text = str(exc).lower()
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    if "full" in text:
+        return DiskProblem(path, "the ledger", str(exc))
+    if "readonly" in text or "read-only" in text:
+        import errno  # noqa: PLC0415 - only on this rare path
+
+        return DiskProblem(path, "the ledger", str(exc), errno.EROFS)
+    return None
+
+
+class Ledger(Transitions):
     def __init__(self, path: Path, clock=time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.clock = clock
         self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        # Switching to WAL needs a moment of exclusive access; a few processes opening a fresh
-        # ledger at once may collide, so retry briefly.
-        retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        with self.tx() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            for table, column, declaration in ADDED_COLUMNS:
-                have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        try:
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            # Switching to WAL needs a moment of exclusive access; a few processes opening a fresh
+            # ledger at once may collide, so retry briefly.
+            retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            with self.tx(point=False) as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                for table, column, declaration in ADDED_COLUMNS:
+                    have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if is_damage(exc):
+                raise damaged_error(path, exc) from None
+            raise
 
     def close(self) -> None:
         self._db.close()
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: takes the write lock up front so it cannot deadlock mid-way."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def tx(self, label: str = "write", point: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: takes the write lock up front so it cannot deadlock mid-way.
+
+        Each one is two fault-injection points (before and after its commit) unless `point` is
+        False (bookkeeping such as the controller's heartbeat, whose count depends on timing).
+        A full or read-only disk becomes a DiskProblem that names the ledger.
+        """
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                if point:
+                    faults.point(f"before commit: {label}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            problem = sqlite_disk_problem(exc, self.path)
+            if problem is None:
+                raise
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise problem from exc
+        if point:
+            faults.point(f"after commit: {label}")
 
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
         return self._db.execute(sql, tuple(args)).fetchall()
+
+    def backup(self) -> Path:
+        """A consistent copy in `.fleet/backups/` (the newest few are kept)."""
+        return take_backup(self._db, self.path, self.clock())
 
     # --- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -91,7 +160,7 @@ class Ledger:
         return rows[0]["value"] if rows else default
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.tx() as db:
+        with self.tx(point=False) as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- waves -------------------------------------------------------------------------------
@@ -102,7 +171,7 @@ class Ledger:
     ) -> tuple[WaveRow, list[ExperimentRow]]:
         """Insert a wave and all its experiments in one transaction: all or nothing."""
         now = self.clock()
-        with self.tx() as db:
+        with self.tx("add_wave") as db:
             taken = {r["id"] for r in db.execute("SELECT id FROM waves WHERE id = ? OR id LIKE ?", (name, f"{name}-%"))}
             wave_id, k = name, 2
             while wave_id in taken:
@@ -150,67 +219,17 @@ class Ledger:
         rows = self._query("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         return decode_row(ExperimentRow, rows[0]) if rows else None
 
-    def set_state(
-        self, experiment_id: str, state: ExperimentState, reason: str = "", *, only_from: Iterable[ExperimentState] | None = None
-    ) -> bool:
-        """Move an experiment to `state`; with `only_from`, only if it is in one of those states."""
-        now = self.clock()
-        finished = now if state.finished else None
-        sql = "UPDATE experiments SET state = ?, reason = ?, updated_at = ?, finished_at = ? WHERE id = ?"
-        args: list = [state.value, reason, now, finished, experiment_id]
-        if only_from is not None:
-            allowed = [s.value for s in only_from]
-            sql += f" AND state IN ({','.join('?' * len(allowed))})"
-            args += allowed
-        with self.tx() as db:
-            return db.execute(sql, args).rowcount > 0
+    def known_experiments(self, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` are experiments of this ledger (jobs named like ours may be someone else's)."""
+        ids = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[i:i + 500]
+            found |= {r["id"] for r in self._query(
+                f"SELECT id FROM experiments WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
+        return found
 
     # --- attempts ----------------------------------------------------------------------------
-    def start_attempt(self, experiment_id: str, cluster: str, accelerator: str, log_path_for) -> AttemptRow | None:
-        """Record an attempt before the backend call; the experiment goes PENDING -> QUEUED.
-
-        Returns None if the experiment is no longer pending (the user cancelled it after the
-        controller read the pending list): a cancel is never overwritten.
-        """
-        now = self.clock()
-        with self.tx() as db:
-            claimed = db.execute(
-                "UPDATE experiments SET attempts = attempts + 1, state = ?, updated_at = ? WHERE id = ? AND state = ?",
-                (ExperimentState.QUEUED.value, now, experiment_id, ExperimentState.PENDING.value),
-            ).rowcount
-            if not claimed:
-                return None
-            # Numbered by row, not by counted tries: an abandoned attempt keeps its number (and job name).
-            n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE experiment_id = ?",
-                           (experiment_id,)).fetchone()[0]
-            cur = db.execute(
-                "INSERT INTO attempts (experiment_id, n, cluster, accelerator, state, submitted_at, log_path)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (experiment_id, n, cluster, accelerator, ATTEMPT_SUBMITTING, now, str(log_path_for(n))),
-            )
-            attempt_id = cur.lastrowid
-        return self.attempt(attempt_id)
-
-    def abandon_attempt(self, attempt: AttemptRow, reason: str) -> None:
-        """The attempt never reached a cluster: it does not count, and the experiment is pending again."""
-        with self.tx() as db:
-            db.execute("UPDATE attempts SET state = ?, ended_at = ? WHERE id = ?",
-                       (ATTEMPT_NOT_SUBMITTED, self.clock(), attempt.id))
-            db.execute(
-                "UPDATE experiments SET attempts = attempts - 1, state = ?, reason = ?, updated_at = ?"
-                " WHERE id = ? AND state = ?",
-                (ExperimentState.PENDING.value, reason, self.clock(), attempt.experiment_id, ExperimentState.QUEUED.value),
-            )
-
-    def release(self, experiment_id: str) -> bool:
-        """HELD -> PENDING, exempt from budget caps from now on (also after a retry)."""
-        with self.tx() as db:
-            return db.execute(
-                "UPDATE experiments SET state = ?, released = 1, reason = ?, updated_at = ? WHERE id = ? AND state = ?",
-                (ExperimentState.PENDING.value, "released by user", self.clock(), experiment_id,
-                 ExperimentState.HELD.value),
-            ).rowcount > 0
-
     def attempt(self, attempt_id: int) -> AttemptRow:
         return decode_row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
 
@@ -231,62 +250,15 @@ class Ledger:
         return [decode_row(AttemptRow, r) for r in self._query(sql + " ORDER BY a.id", args)]
 
     def update_attempt(self, attempt_id: int, **fields) -> None:
+        """Set an attempt's fields unconditionally: for importing and test fixtures only. The
+        controller moves attempts with the conditional transitions of `fleet.core.transitions`."""
         allowed = {"job_id", "state", "started_at", "ended_at", "exit_code", "log_path"}
         assert set(fields) <= allowed, fields  # internal misuse, never user input
         cols = ", ".join(f"{k} = ?" for k in fields)
-        with self.tx() as db:
+        with self.tx("update_attempt") as db:
             db.execute(f"UPDATE attempts SET {cols} WHERE id = ?", (*fields.values(), attempt_id))
 
-    def requeue(self, attempt: AttemptRow, reason: str, max_attempts: int) -> ExperimentState:
-        """The attempt's cluster failed: close the attempt (its log stays) and retry the experiment."""
-        with self.tx() as db:
-            db.execute(
-                "UPDATE attempts SET state = ?, ended_at = ? WHERE id = ?",
-                (ATTEMPT_LOST, self.clock(), attempt.id),
-            )
-            tries = db.execute("SELECT attempts FROM experiments WHERE id = ?", (attempt.experiment_id,)).fetchone()[0]
-        if tries >= max_attempts:
-            self.record_result(
-                attempt.experiment_id, attempt.id, ExperimentState.CRASH, outcome="crash",
-                reason=f"{reason}; gave up after {tries} attempts",
-            )
-            return ExperimentState.CRASH
-        self.set_state(attempt.experiment_id, ExperimentState.PENDING, reason,
-                       only_from=(ExperimentState.QUEUED, ExperimentState.RUNNING))
-        return ExperimentState.PENDING
-
     # --- results -----------------------------------------------------------------------------
-    def record_result(
-        self, experiment_id: str, attempt_id: int | None, state: ExperimentState, *, outcome: str,
-        val_bpb: float | None = None, metrics: dict | None = None, reason: str = "", tail: str = "",
-        accelerator: str | None = None, gpu_seconds: float | None = None,
-    ) -> bool:
-        """Write the result and finish the experiment in one transaction, exactly once."""
-        metrics = metrics or {}
-        now = self.clock()
-
-        def num(key: str) -> float | None:
-            value = metrics.get(key)
-            return float(value) if isinstance(value, (int, float)) else None
-
-        with self.tx() as db:
-            current = db.execute("SELECT state FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
-            if current is None or ExperimentState(current[0]).finished:
-                return False  # already recorded: a second collector must not overwrite it
-            db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (experiment_id, attempt_id, outcome, val_bpb, num("num_steps"), num("training_seconds"),
-                 # autoresearch's train.py says peak_vram_mb; this project's says peak_memory_mb
-                 num("peak_memory_mb") if num("peak_memory_mb") is not None else num("peak_vram_mb"),
-                 str(metrics.get("device")) if "device" in metrics else None,
-                 accelerator, json.dumps(metrics), reason, tail, gpu_seconds, now),
-            )
-            db.execute(
-                "UPDATE experiments SET state = ?, reason = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-                (state.value, reason, now, now, experiment_id),
-            )
-        return True
-
     def result(self, experiment_id: str) -> ResultRow | None:
         rows = self._query("SELECT * FROM results WHERE experiment_id = ?", (experiment_id,))
         return decode_row(ResultRow, rows[0]) if rows else None
@@ -301,7 +273,7 @@ class Ledger:
     # --- clusters ----------------------------------------------------------------------------
     def upsert_cluster(self, name: str, backend: str, accelerator: str, state: ClusterState) -> None:
         now = self.clock()
-        with self.tx() as db:
+        with self.tx("upsert_cluster") as db:
             db.execute(
                 "INSERT INTO clusters VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET backend = excluded.backend,"
                 " accelerator = excluded.accelerator, state = excluded.state, updated_at = excluded.updated_at",

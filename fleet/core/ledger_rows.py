@@ -57,6 +57,7 @@ SEEDED, REPLICATE = "seed", "replicate"
 ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a crash is detectable
 ATTEMPT_LOST = "lost"  # its cluster died; the experiment went back to pending
 ATTEMPT_NOT_SUBMITTED = "not_submitted"  # never reached a cluster (setup failed): does not count
+ATTEMPT_LOG_LOST = "log_lost"  # ran, but its log was cut short (a full disk): run again, does not count
 ACTIVE_ATTEMPT_STATES = ("submitting", "pending", "running")
 
 

@@ -14,6 +14,7 @@ class ClusterSlot:
     name: str
     accelerator: str
     depth: int  # the fleet's jobs on this cluster that are queued or running
+    accepting: bool = True  # False while it rests (it refused a job): no new work, but still the fleet's
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ def eligible_clusters(
     """Clusters whose accelerator the tier asks for.
 
     A tier that names no accelerators, or names none the fleet has (a CPU-only local fleet running
-    the `screen` tier of H100s), runs anywhere: placing work beats leaving it stranded.
+    the `screen` tier of H100s), runs anywhere: placing work beats leaving it stranded. A tier's
+    cluster that is merely resting still counts as the fleet having it: its work waits rather
+    than spill onto other hardware (a validation wave must not mix accelerators).
     """
     wanted = set(tiers.get(tier, ()))
     matching = [c for c in clusters if c.accelerator in wanted]
@@ -52,12 +55,13 @@ def assign(
 
     Each experiment goes to the least-loaded eligible cluster (ties: by name, so the decision is
     deterministic). An experiment with no room on its clusters is skipped without blocking
-    experiments of other tiers behind it.
+    experiments of other tiers behind it. Resting clusters (`accepting` False) get nothing.
     """
     depth = {c.name: c.depth for c in clusters}
     out: list[Assignment] = []
     for exp in pending:
-        candidates = [c for c in eligible_clusters(exp.tier, clusters, tiers) if depth[c.name] < target_depth]
+        candidates = [c for c in eligible_clusters(exp.tier, clusters, tiers)
+                      if c.accepting and depth[c.name] < target_depth]
         if not candidates:
             continue
         best = min(candidates, key=lambda c: (depth[c.name], c.name))

@@ -24,7 +24,7 @@ Behaviour that matters to the backend, kept faithful:
 State lives in files under `FAKE_SKY_HOME` (default `<cwd>/.fleet/fake-sky`), so separate
 processes see the same clusters; `fleet.testing.fake_sky_state` keeps it. This module is the SDK's
 surface on top: its functions, with its enums, exceptions, Task, Resources and records (defined in
-`fleet.testing.fake_sky_types`) re-exported. Test helpers that inject failures (`kill_cluster`, `preempt_cluster`, `fail_next_jobs`, ...) are
+`fleet.testing.fake_sky_types`) re-exported. Test helpers that inject failures (`kill_cluster`, `preempt_cluster`, `fail_next_jobs`, `hold_execs`, ...) are
 re-exported here, so tests reach everything through this one module.
 """
 from __future__ import annotations
@@ -43,10 +43,12 @@ from fleet.testing import fake_sky_state as state
 from fleet.testing.fake_sky_state import (  # re-exported: tests drive the fake through this module
     DEFAULT_CAPACITY,
     flap_cluster,
+    hold_execs,
     home,
     kill_cluster,
     make_unreachable,
     preempt_cluster,
+    release_execs,
     reset,
     set_capacity,
     start_api_server,
@@ -189,7 +191,8 @@ def _do_launch(task: Task, cluster_name: str, idle_minutes_to_autostop: int | No
     if task.setup and not task.run:
         # Detached setup (sky/execution.py `detach_setup`): launch returns once the cluster is UP,
         # and the setup runs as the cluster's next job (SETTING_UP, then SUCCEEDED or FAILED_SETUP).
-        env = {**task.envs, "SKYPILOT_CLUSTER_NAME": cluster_name, "SKYPILOT_SETUP_NODE_RANK": "0"}
+        env = {**state.cluster_env(), **task.envs, **task.secrets, "SKYPILOT_CLUSTER_NAME": cluster_name,
+               "SKYPILOT_SETUP_NODE_RANK": "0"}
         job_id = state.add_detached_job(cluster_name, task.name or "sky-cmd", task.setup,
                                         str(state.workdir(cluster_name)), env, NO_TIMEOUT_S)
         return job_id, Handle(cluster_name, accelerator)
@@ -214,7 +217,7 @@ def _enqueue(cluster_name: str, task: Task) -> int:
             # The job fails outside the experiment's code (setup or driver), as the injection asked.
             script = f"echo 'injected {forced[0]} on {cluster_name}' >&2; exit 1"
         next_id = (queue.job_ids() or [0])[-1] + 1
-        env = {**task.envs, "SKYPILOT_TASK_ID": f"fake-{cluster_name}-{next_id}",
+        env = {**state.cluster_env(), **task.envs, **task.secrets, "SKYPILOT_TASK_ID": f"fake-{cluster_name}-{next_id}",
                "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_CLUSTER_NAME": cluster_name}
         log = str(state.cluster_dir(cluster_name) / "logs" / f"{next_id}.log")
         job_id = queue.submit(task.name or "sky-cmd", script, str(state.workdir(cluster_name)), env, NO_TIMEOUT_S, log)
@@ -236,6 +239,7 @@ def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down
     _blocking_post()  # validate, upload the workdir, POST /exec: all before the request id comes back
 
     def run() -> tuple:
+        state.wait_while_held(cluster_name)  # hold_execs(): the request sits on the server
         job_id = _enqueue(cluster_name, task)
         return job_id, Handle(cluster_name, state.meta(cluster_name)["accelerator"])
 
@@ -243,12 +247,13 @@ def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down
 
 
 _STATES = {"pending": JobStatus.PENDING, "running": JobStatus.RUNNING, "succeeded": JobStatus.SUCCEEDED,
-           "failed": JobStatus.FAILED, "timeout": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
+           "failed": JobStatus.FAILED, "timeout": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED,
+           "lost": JobStatus.FAILED_DRIVER}
 
 
 _SETUP_STATES = {"pending": JobStatus.PENDING, "running": JobStatus.SETTING_UP, "succeeded": JobStatus.SUCCEEDED,
                  "failed": JobStatus.FAILED_SETUP, "timeout": JobStatus.FAILED_SETUP,
-                 "cancelled": JobStatus.CANCELLED}
+                 "cancelled": JobStatus.CANCELLED, "lost": JobStatus.FAILED_SETUP}
 
 
 def _job_records(cluster_name: str) -> list[Record]:
@@ -416,6 +421,6 @@ __all__ = [  # the SDK's surface, then the failure injectors tests drive it with
     "Resources", "StatusRefreshMode", "Task", "__version__", "api_info", "cancel", "client", "download_logs",
     "exceptions", "exec", "get", "job_status", "launch", "queue", "realtime_kubernetes_gpu_availability",
     "status", "stream_and_get", "tail_logs", "down",
-    "DEFAULT_CAPACITY", "fail_next_jobs", "flap_cluster", "home", "kill_cluster", "make_unreachable",
-    "preempt_cluster", "reset", "set_capacity", "start_api_server", "stop_api_server",
+    "DEFAULT_CAPACITY", "fail_next_jobs", "flap_cluster", "hold_execs", "home", "kill_cluster", "make_unreachable",
+    "preempt_cluster", "release_execs", "reset", "set_capacity", "start_api_server", "stop_api_server",
 ]

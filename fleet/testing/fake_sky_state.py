@@ -132,6 +132,16 @@ def detached_job(cluster_name: str, job_id: int) -> Any:
     return next((j for j in setup_queue(cluster_name).jobs() if j.job_id == setup_id), None)
 
 
+# A cluster's own login environment: what its jobs see besides the task's envs and secrets. Taken
+# from this machine (the fake cluster runs here), but only what programs need, like a fresh pod:
+# nothing else of the caller's environment reaches a job on a real cluster either.
+CLUSTER_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
+
+
+def cluster_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in CLUSTER_ENV if k in os.environ}
+
+
 def workdir(name: str) -> Path:
     return cluster_dir(name) / "sky_workdir"
 
@@ -291,6 +301,23 @@ def preempt_cluster(name: str) -> None:
 def make_unreachable(name: str, unreachable: bool = True) -> None:
     """Status says UP but every call to the cluster fails (the skylet cannot be reached)."""
     set_meta(name, unreachable=unreachable)
+
+
+def hold_execs(name: str) -> None:
+    """`sky exec` requests to the cluster are accepted (a request id comes back) but sit on the API
+    server until release_execs(): a submission still in flight when its caller dies or gives up."""
+    cluster_dir(name).mkdir(parents=True, exist_ok=True)
+    (cluster_dir(name) / "hold_execs").touch()
+
+
+def release_execs(name: str) -> None:
+    (cluster_dir(name) / "hold_execs").unlink(missing_ok=True)
+
+
+def wait_while_held(name: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while (cluster_dir(name) / "hold_execs").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def flap_cluster(name: str, calls: int = 1) -> None:

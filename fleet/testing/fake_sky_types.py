@@ -119,12 +119,15 @@ class Resources:
 
 class Task:
     def __init__(self, name: str | None = None, *, setup: str | None = None, run: str | None = None,
-                 envs: dict[str, str] | None = None, workdir: str | None = None,
-                 resources: Resources | list[Resources] | None = None, **_: Any) -> None:
+                 envs: dict[str, str] | None = None, secrets: dict[str, str] | None = None,
+                 workdir: str | None = None, resources: Resources | list[Resources] | None = None,
+                 **_: Any) -> None:
         self.name = name
         self.setup = setup
         self.run = run
         self.envs = dict(envs or {})
+        # sky.Task keeps these as SecretStr (redacted when shown); a job sees them as variables
+        self.secrets = {str(k): "" if v is None else str(v) for k, v in (secrets or {}).items()}
         self.workdir = workdir
         if resources is None:
             resources = [Resources()]
@@ -143,8 +146,10 @@ class Task:
             resources = [Resources(accelerators=a, **res) for a in accs]
         else:
             resources = [Resources(accelerators=accs, **res)]
+        secrets = dict(config.get("secrets") or {})
+        secrets.update(dict(secrets_overrides or []))
         return cls(config.get("name"), setup=config.get("setup"), run=config.get("run"), envs=envs,
-                   workdir=config.get("workdir"), resources=resources)
+                   secrets=secrets, workdir=config.get("workdir"), resources=resources)
 
     @classmethod
     def from_yaml(cls, yaml_path: str) -> "Task":
