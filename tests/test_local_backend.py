@@ -1,6 +1,7 @@
 """The local backend: the shared contract, plus what only a local machine can show."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -103,3 +104,40 @@ def test_a_runner_dying_right_after_starting_a_job_does_not_start_it_twice(tmp_p
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert len(marks.read_text().split("start")) - 1 == 1
+
+
+def test_a_second_copy_started_before_the_first_claimed_the_job_follows_the_first(tmp_path):
+    """A runner died between starting a job and recording it, and the next runner looked for the
+    job's claim a moment before the first copy made it: it starts a second copy, which finds the
+    job claimed and steps aside. The runner must follow the first copy to its end, not call the
+    job failed (exit 97) while the first copy runs unsupervised."""
+    from fleet.backends.slot_queue import CLAIM_LOST, END_LINE, SlotQueue, _Runner
+
+    marks = tmp_path / "starts.txt"
+    queue = SlotQueue(tmp_path / "slot")
+    queue.ensure_runner = lambda: None
+    job_id = queue.submit("exp-001.a1", f"echo start >> {marks}; sleep 1; echo finished", str(tmp_path),
+                          {"PATH": os.environ["PATH"]}, 60, str(tmp_path / "job.log"))
+    child = os.fork()
+    if child == 0:  # the first runner: starts the job, then dies before recording it
+        runner = _Runner(tmp_path / "slot")
+        runner._start(job_id, json.loads(runner._spec(job_id).read_text()))
+        os._exit(137)
+    os.waitpid(child, 0)
+    claim = tmp_path / "slot" / "jobs" / f"{job_id:06d}.claim" / "pid"
+    deadline = time.monotonic() + 10
+    while not claim.exists():  # the first copy has claimed the job
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    class LookedTooEarly(_Runner):
+        def _claimed(self, job_id: int) -> bool:
+            return False  # its check ran just before the first copy's mkdir
+
+    LookedTooEarly(tmp_path / "slot")._run(job_id)
+    job = SlotQueue(tmp_path / "slot").job(job_id)
+    assert (job.state, job.exit_code) == ("succeeded", 0), job
+    assert job.exit_code != CLAIM_LOST
+    assert marks.read_text() == "start\n"  # the job's body ran once
+    log = (tmp_path / "job.log").read_text()
+    assert log.count("finished") == 1 and log.rstrip().endswith(END_LINE.format(code=0))

@@ -266,7 +266,7 @@ class _Runner(SlotQueue):
         state = _read_json(self._state(job_id)) or {"state": "pending"}
         if spec is None:
             return
-        if state["state"] == "running" or self._claim(job_id).exists():
+        if state["state"] == "running" or self._claimed(job_id):
             # Started by an earlier runner (maybe one that died before it could say so): adopt it.
             pid, started, proc = state.get("pid") or self._claimed_pid(job_id), state.get("started_at"), None
             started = started or time.time()
@@ -287,6 +287,9 @@ class _Runner(SlotQueue):
             self._state(job_id),
             {"state": outcome, "started_at": started, "ended_at": time.time(), "exit_code": code, "pid": pid},
         )
+
+    def _claimed(self, job_id: int) -> bool:
+        return self._claim(job_id).exists()
 
     def _claimed_pid(self, job_id: int) -> int | None:
         """The pid a job's wrapper wrote into its claim (it may take a moment to appear)."""
@@ -342,6 +345,8 @@ class _Runner(SlotQueue):
                 code = int(self._exit(job_id).read_text().strip())
         if code is None:
             return "lost", None  # vanished without an exit status (a reboot, a full disk): not its own failure
+        if code < 0 and self._cancel(job_id).exists():
+            return "cancelled", None  # killed by a tear-down (`kill_all`), not failed
         return ("succeeded" if code == 0 else "failed"), code
 
     def _kill(self, pgid: int, finished: threading.Event) -> None:

@@ -237,9 +237,10 @@ def launch(task: Task, cluster_name: str | None = None, retry_until_up: bool = F
 def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down: bool = False,  # noqa: A001
          backend: Any = None) -> str:
     _blocking_post()  # validate, upload the workdir, POST /exec: all before the request id comes back
+    hold = state.take_hold(cluster_name)
 
     def run() -> tuple:
-        state.wait_while_held(cluster_name)  # hold_execs(): the request sits on the server
+        state.wait_while_held(hold)  # hold_execs(): this request sits on the server
         job_id = _enqueue(cluster_name, task)
         return job_id, Handle(cluster_name, state.meta(cluster_name)["accelerator"])
 

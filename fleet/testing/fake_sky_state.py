@@ -303,20 +303,34 @@ def make_unreachable(name: str, unreachable: bool = True) -> None:
     set_meta(name, unreachable=unreachable)
 
 
-def hold_execs(name: str) -> None:
-    """`sky exec` requests to the cluster are accepted (a request id comes back) but sit on the API
-    server until release_execs(): a submission still in flight when its caller dies or gives up."""
-    cluster_dir(name).mkdir(parents=True, exist_ok=True)
-    (cluster_dir(name) / "hold_execs").touch()
+def hold_execs(name: str, count: int = 1) -> None:
+    """The next `count` `sky exec` requests to the cluster are accepted (a request id comes back)
+    but sit on the API server until release_execs(): a submission still in flight when its caller
+    dies or gives up on it. Later requests go through."""
+    write_json(cluster_dir(name) / "hold.json", {"count": count})
+
+
+def take_hold(name: str) -> Path | None:
+    """For an exec request being created: a token it waits on while held, or None."""
+    with locked(f"hold-{name}"):
+        count = (read_json(cluster_dir(name) / "hold.json") or {}).get("count", 0)
+        if count <= 0:
+            return None
+        write_json(cluster_dir(name) / "hold.json", {"count": count - 1})
+        token = cluster_dir(name) / "held" / uuid.uuid4().hex
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.touch()
+        return token
 
 
 def release_execs(name: str) -> None:
-    (cluster_dir(name) / "hold_execs").unlink(missing_ok=True)
+    (cluster_dir(name) / "hold.json").unlink(missing_ok=True)
+    shutil.rmtree(cluster_dir(name) / "held", ignore_errors=True)
 
 
-def wait_while_held(name: str, limit_s: float = 120.0) -> None:
+def wait_while_held(token: Path | None, limit_s: float = 120.0) -> None:
     deadline = time.monotonic() + limit_s
-    while (cluster_dir(name) / "hold_execs").exists() and time.monotonic() < deadline:
+    while token is not None and token.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
