@@ -124,8 +124,9 @@ def run_controller(workspace: Workspace) -> int:
         try:
             name = backend_name(ledger)
             backend = make_backend(name, workspace, config)
+            known = {c.name for c in ledger.clusters([ClusterState.UP])}
             for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
-                if info.state == ClusterState.UP:
+                if info.state == ClusterState.UP and info.name not in known:
                     ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
             stopped = Controller(workspace, ledger, backend, config).run()
         except BaseException as exc:  # a crash outside the loop (or SIGTERM): still say why
