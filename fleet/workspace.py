@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fleet.errors import DiskProblem, disk_problem
 
-MIN_FREE_BYTES = 1 << 20  # below this, `.fleet/` counts as full: a job's log would be cut short
+MIN_FREE_BYTES = 16 << 20  # below this, `.fleet/` counts as full: jobs' logs would soon be cut short
 PROBE_BYTES = 64 << 10
 
 
@@ -61,9 +61,10 @@ class Workspace:
         """A path the ledger stored (relative to the project, or absolute from older ledgers)."""
         return self.root / stored if stored and not Path(stored).is_absolute() else Path(stored)
 
-    def disk_problem(self) -> DiskProblem | None:
-        """Whether `.fleet/` can take writes now: free space above MIN_FREE_BYTES and a probe write
-        (with fsync) that succeeds. None when it can."""
+    def disk_problem(self, probe: bool = True) -> DiskProblem | None:
+        """Whether `.fleet/` can take writes now: free space above MIN_FREE_BYTES and (with `probe`)
+        a probe write, with fsync, that succeeds. None when it can. Without the probe it is one
+        statvfs call, cheap enough for every controller cycle."""
         try:
             stat = os.statvfs(self.state)
         except OSError as exc:
@@ -72,6 +73,11 @@ class Workspace:
         if free < MIN_FREE_BYTES:
             return DiskProblem(self.state, "the fleet's state directory",
                                f"only {free // 1024} kB free on its disk", errno.ENOSPC)
+        if not probe:
+            return None
+        return self._probe_write()
+
+    def _probe_write(self) -> DiskProblem | None:
         probe = self.state / f".space-probe-{os.getpid()}"
         try:
             with open(probe, "wb") as fh:

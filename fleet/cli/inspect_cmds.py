@@ -65,11 +65,15 @@ def status_payload(ctx: Context) -> dict:
                       "counts": counts})
     board = leaderboard_payload(ctx, None)
     best = next((r for r in board["rows"] if r["rank"] == 1), None)
+    running = controller_running(ctx.workspace)
+    error = ledger.get_meta("controller_error") or None
+    if not running and error is None:  # a controller stopped by a full disk may not have recorded it
+        full = ctx.workspace.disk_problem(probe=False)
+        error = None if full is None else str(full)
     idle = [c["name"] for c in clusters if c["state"] == "up" and c["queue_depth"] == 0]
     return {
         "backend": backend_name(ledger),
-        "controller": {"running": controller_running(ctx.workspace),
-                       "error": ledger.get_meta("controller_error") or None},
+        "controller": {"running": running, "error": error},
         "clusters": clusters,
         "idle_clusters": idle,
         "waves": waves,

@@ -157,6 +157,9 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                 if not ledger.clusters([ClusterState.UP]):
                     raise FleetError(f"no clusters are up, so {unfinished} experiments wait in the ledger; "
                                      "`fleet up` brings clusters up and they run")
+                full = ctx.workspace.disk_problem()  # the controller may not have been able to say so
+                if full is not None:
+                    raise full
                 # An error recorded by a controller this wait started is final; an older one may
                 # be fixed by now (the user edited the task and waits again), so try once more.
                 problem = ledger.get_meta("controller_error")

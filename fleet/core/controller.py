@@ -439,6 +439,9 @@ class Controller:
                     self._backup()
                 if not self.ledger.clusters([ClusterState.UP]):
                     return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
+                full = self.workspace.disk_problem(probe=False)  # before jobs' logs get cut short
+                if full is not None:
+                    return self._stop(str(full))
                 self.cycle()
                 if backoff != poll_s or not cleared:
                     # A cycle worked: an earlier controller's problem (or our "retrying" notice) is
