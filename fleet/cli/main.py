@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 import traceback
 
@@ -17,6 +18,7 @@ from fleet.cli import (
     code_cmds,
     init_cmds,
     inspect_cmds,
+    ledger_cmds,
     observe_cmds,
     research_cmds,
     wave_cmds,
@@ -24,10 +26,11 @@ from fleet.cli import (
 from fleet.cli.context import Context
 from fleet.cli.output import Sink
 from fleet.core.daemon import ensure_controller
+from fleet.core.ledger import damaged_error, is_damage
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds)
+GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds, ledger_cmds)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         sink = Sink("json" if args.json else "quiet" if args.quiet else "human")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ctx = Context(Workspace.find(), sink, args.backend)
-        code = int(args.func(ctx, args) or 0)
-        if "ledger" in ctx.__dict__:  # the command used the ledger: resume a controller that died
-            ensure_controller(ctx.workspace, ctx.ledger)
+        try:
+            code = int(args.func(ctx, args) or 0)
+            if "ledger" in ctx.__dict__:  # the command used the ledger: resume a controller that died
+                ensure_controller(ctx.workspace, ctx.ledger)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            raise damaged_error(ctx.workspace.ledger_path, exc) from None
         return code
     except BrokenPipeError:
         # `fleet status --json | head`: the reader left; exit quietly, as Unix tools do.
