@@ -16,6 +16,7 @@ from fleet.core.snapshot import read_tree, snapshot_diff, snapshot_root
 from fleet.core.wave import wave_json_schema
 from fleet.core.workload import workload_for
 from fleet.errors import InputError
+from fleet.plain_text import plain
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def cmd_diff(ctx: Context, args: argparse.Namespace) -> int:
     prefix = workload_for(ctx.workspace.root, ctx.config).prefix
     text = snapshot_diff(ctx.workspace.snapshots, a, b, prefix=prefix)
     ctx.sink.data({"a": args.a, "b": args.b, "snapshot_a": a, "snapshot_b": b, "diff": text},
-                  lambda c: c.print(Syntax(text, "diff") if text else f"same code (snapshot {a})"))
+                  lambda c: c.print(Syntax(plain(text, one_line=False), "diff") if text else f"same code (snapshot {a})"))
     return 0
 
 

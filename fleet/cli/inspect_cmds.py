@@ -9,14 +9,18 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet.cli.context import Context
+from fleet.cli.output import styled
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import backend_name, controller_running
 from fleet.core.ledger_rows import SEEDED
+from fleet.core.results import ANSI
 from fleet.errors import InputError
 from fleet.observe.cost import cost_summary, describe_spend, dollars_for
 from fleet.observe.leaderboard import autoresearch_status
+from fleet.plain_text import plain
 from fleet.types import ClusterState, job_name
 
 
@@ -86,28 +90,30 @@ def status_payload(ctx: Context) -> dict:
 
 def render_status(console: Console, payload: dict) -> None:
     ctrl = payload["controller"]
-    console.print(f"backend {payload['backend']} · controller {'running' if ctrl['running'] else 'stopped'}"
-                  + (f" · [red]{ctrl['error']}[/red]" if ctrl["error"] else ""))
+    console.print(styled(f"backend {payload['backend']} · controller {'running' if ctrl['running'] else 'stopped'}",
+                         *((" · ", (ctrl["error"], "red")) if ctrl["error"] else ())))
     table = Table(title="clusters", title_justify="left")
     for col in ("cluster", "accel", "state", "queue", "running", "elapsed"):
         table.add_column(col)
     for c in payload["clusters"]:
         run = c["running"]
-        table.add_row(c["name"], c["accelerator"], c["state"], str(c["queue_depth"]),
-                      run["experiment"] if run else "-", f"{run['elapsed_s']:.0f}s" if run else "-")
+        table.add_row(*(Text(plain(x)) for x in (c["name"], c["accelerator"], c["state"], str(c["queue_depth"]),
+                      run["experiment"] if run else "-", f"{run['elapsed_s']:.0f}s" if run else "-")))
     console.print(table)
     waves = Table(title="waves", title_justify="left")
     for col in ("wave", "tier", "progress", "pending", "running", "done", "crash"):
         waves.add_column(col)
     for w in payload["waves"]:
         n = w["counts"]
-        waves.add_row(w["id"], w["tier"], f"{w['finished']}/{w['total']}", str(n.get("pending", 0) + n.get("queued", 0)),
-                      str(n.get("running", 0)), str(n.get("done", 0)), str(n.get("crash", 0) + n.get("timeout", 0)))
+        waves.add_row(Text(plain(w["id"])), Text(plain(w["tier"])), f"{w['finished']}/{w['total']}",
+                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
+                      str(n.get("crash", 0) + n.get("timeout", 0)))
     console.print(waves)
     if payload["best"]:
         b = payload["best"]
-        console.print(f"best: {b['experiment']} val_bpb={b['val_bpb']:.4f} ({b['label'] or 'base'}, {b['accelerator']})")
-    console.print(f"spend: {describe_spend(payload['cost'])}", markup=False)
+        console.print(styled(f"best: {b['experiment']} val_bpb={b['val_bpb']:.4f} ({b['label'] or 'base'}, "
+                             f"{b['accelerator']})"))
+    console.print(styled(f"spend: {describe_spend(payload['cost'])}"))
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -134,7 +140,7 @@ def results_tsv(ctx: Context, wave: str | None) -> str:
         bpb = f"{res.val_bpb:.6f}" if res and res.val_bpb is not None else "0.000000"
         mem = f"{res.peak_memory_mb / 1024:.1f}" if res and res.peak_memory_mb is not None else "0.0"
         run = f"SEED={exp.seed}" if exp.seeding == SEEDED else f"replicate {exp.seed}"  # no SEED knob: replicates
-        description = " ".join(f"{exp.label or exp.description or 'base'} {run}".split())
+        description = plain(" ".join(f"{exp.label or exp.description or 'base'} {run}".split()))
         writer.writerow([exp.id, bpb, mem, status[exp.id], description])
     return buf.getvalue()
 
@@ -177,6 +183,12 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_shown(line: str) -> str:
+    """A log line as a terminal would leave it (colours gone, the last `\r` segment), controls visible."""
+    segments = [s for s in line.split("\r") if s.strip()]
+    return plain(ANSI.sub("", segments[-1] if segments else ""))
+
+
 def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
     ledger = ctx.ledger
     if ledger.experiment(args.experiment) is None:
@@ -200,6 +212,6 @@ def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.sink.json:
         ctx.sink.data({"experiment": args.experiment, "attempt": attempt.n, "cluster": attempt.cluster,
                        "state": attempt.state, "log_path": str(path), "lines": lines})
-    else:
-        print("\n".join(lines))
+    else:  # what a terminal would show of each line (colours, `\r` progress), controls made visible
+        print("\n".join(_as_shown(line) for line in lines))
     return 0

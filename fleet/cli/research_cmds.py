@@ -7,10 +7,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.cli.wave_cmds import (
     UNFINISHED,
+    already_queued,
     block_until_done,
     positive_seconds,
     submit_planned,
@@ -18,6 +20,7 @@ from fleet.cli.wave_cmds import (
 from fleet.core.expand import variant_of
 from fleet.core.ledger_rows import WaveRow
 from fleet.errors import InputError
+from fleet.plain_text import plain
 from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import (
     Baseline,
@@ -90,8 +93,9 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"wave {new.id}: top {len(plan.spec['candidates'])} of {wave.id} (by {plan.spec['sorted_by']} "
                   f"val_bpb) and the baseline ({baseline.source}), {seeds} seeds each on tier {tier}")
     if args.wait:
-        block_until_done(ctx, new.id, args.timeout)
-        return _print_verdict(ctx, ledger.wave(new.id))
+        with already_queued(new.id, len(plan.planned)):
+            block_until_done(ctx, new.id, args.timeout)
+            return _print_verdict(ctx, ledger.wave(new.id))
     n = len(ledger.experiments(wave=new.id))
     ctx.sink.data({"wave": new.id, "experiments": n, "tier": tier, "seeds": seeds, "sorted_by": plan.spec["sorted_by"],
                    "baseline": plan.spec["baseline"], "candidates": plan.spec["candidates"], "snapshot": new.snapshot},
@@ -138,24 +142,25 @@ def _print_verdict(ctx: Context, wave: WaveRow) -> int:
 
 def render_verdict(console: Console, report: dict[str, Any]) -> None:
     base = report["baseline"]
-    console.print(f"verdicts of {report['wave']} (tier {report['tier']}, {report['metric']} val_bpb on "
-                  f"{', '.join(report['accelerators']) or 'no finished runs'})")
-    console.print(f"baseline: {_mean_std(base['mean'], base['std'])} (n={base['n']}) — {base['source']}")
+    console.print(Text(plain(f"verdicts of {report['wave']} (tier {report['tier']}, {report['metric']} val_bpb on "
+                             f"{', '.join(report['accelerators']) or 'no finished runs'})")))
+    console.print(Text(plain(f"baseline: {_mean_std(base['mean'], base['std'])} (n={base['n']}) — {base['source']}")))
     table = Table(title_justify="left")
     for col in ("#", "candidate", "n", "mean ± std", "Δ vs baseline", "p", "noise floor", "verdict", "reason"):
         table.add_column(col, no_wrap=col not in ("candidate", "reason"))
     colors = {"keep": "green", "discard": "red", "inconclusive": "yellow"}
     for c in report["candidates"]:
-        table.add_row(str(c["rank"]), c["label"], str(c["n"]), _mean_std(c["mean"], c["std"]), _f(c["delta"], "+.4f"),
-                      _f(c["p_value"], ".3g"), _f(c["noise_floor"]), f"[{colors[c['verdict']]}]{c['verdict']}[/]",
-                      c["reason"])
+        table.add_row(str(c["rank"]), Text(plain(c["label"])), str(c["n"]), _mean_std(c["mean"], c["std"]),
+                      _f(c["delta"], "+.4f"),
+                      _f(c["p_value"], ".3g"), _f(c["noise_floor"]), Text(c["verdict"], style=colors[c["verdict"]]),
+                      Text(plain(c["reason"])))
     console.print(table)
     rule = report["rule"]
-    console.print(f"[dim]keep = p < {rule['alpha']} ({rule['test']}) and gain > {rule['floor_multiple']:g} × "
-                  "baseline seed std; Δ < 0 is better[/dim]")
+    console.print(Text(f"keep = p < {rule['alpha']} ({rule['test']}) and gain > {rule['floor_multiple']:g} × "
+                       "baseline seed std; Δ < 0 is better", style="dim"))
     if report.get("direction") == "maximize":
-        console.print(f"[dim]{report['metric_name']} is higher-is-better: values are shown negated, so lower is "
-                      "better throughout[/dim]")
+        console.print(Text(f"{report['metric_name']} is higher-is-better: values are shown negated, so lower is "
+                           "better throughout", style="dim"))
 
 
 # ---- ablate / ablation ----------------------------------------------------------------------------------
@@ -174,8 +179,9 @@ def cmd_ablate(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"wave {new.id}: {len(plan.spec['arms'])} arms x {args.seeds} seeds on tier {tier}; "
                   f"changes vs the baseline ({baseline.source}): {knobs}")
     if args.wait:
-        block_until_done(ctx, new.id, args.timeout)
-        return _print_ablation(ctx, ledger.wave(new.id))
+        with already_queued(new.id, len(plan.planned)):
+            block_until_done(ctx, new.id, args.timeout)
+            return _print_ablation(ctx, ledger.wave(new.id))
     ctx.sink.data({"wave": new.id, "experiments": len(plan.planned), "tier": tier, "seeds": args.seeds,
                    "baseline": plan.spec["baseline"], "changes": plan.spec["changes"], "arms": plan.spec["arms"],
                    "snapshot": new.snapshot}, lambda c: c.print(new.id))
@@ -203,13 +209,14 @@ def _print_ablation(ctx: Context, wave: WaveRow) -> int:
 
 
 def render_ablation(console: Console, report: dict[str, Any]) -> None:
-    console.print(f"ablation of {report['experiment']} ({report['wave']}, tier {report['tier']}, {report['metric']} "
-                  f"val_bpb; contribution = val_bpb without the change − with it; > 0 helps)")
+    console.print(Text(plain(f"ablation of {report['experiment']} ({report['wave']}, tier {report['tier']}, "
+                             f"{report['metric']} val_bpb; contribution = val_bpb without the change − with it; "
+                             "> 0 helps)")))
     arms = Table(title="arms", title_justify="left")
     for col in ("arm", "n", "mean ± std"):
         arms.add_column(col)
     for a in report["arms"]:
-        arms.add_row(a["name"], str(a["n"]), _mean_std(a["mean"], a["std"]))
+        arms.add_row(Text(plain(a["name"])), str(a["n"]), _mean_std(a["mean"], a["std"]))
     console.print(arms)
     table = Table(title="changes", title_justify="left")
     for col in ("knob", "baseline → stacked", "n", "contribution", "95% CI", "p", "verdict", "note"):
@@ -217,9 +224,9 @@ def render_ablation(console: Console, report: dict[str, Any]) -> None:
     colors = {"keep": "green", "drop": "red", "inconclusive": "yellow"}
     for c in report["changes"]:
         ci = f"[{_f(c['ci_low'], '+.4f')}, {_f(c['ci_high'], '+.4f')}]" if c["ci_low"] is not None else "-"
-        table.add_row(c["knob"], f"{c['baseline_value'] or '(default)'} → {c['stacked_value'] or '(default)'}",
+        table.add_row(c["knob"], Text(plain(f"{c['baseline_value'] or '(default)'} → {c['stacked_value'] or '(default)'}")),
                       str(c["n"]), _f(c["contribution"], "+.4f"), ci, _f(c["p_value"], ".3g"),
-                      f"[{colors[c['verdict']]}]{c['verdict']}[/]", c["note"])
+                      Text(c["verdict"], style=colors[c["verdict"]]), Text(plain(c["note"])))
     console.print(table)
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.observe.leaderboard import build_rows
+from fleet.plain_text import plain
 from fleet.research.normalize_view import normalized_for
 
 
@@ -55,12 +57,12 @@ def render_leaderboard(console: Console, payload: dict, limit: int | None = None
         table.add_column(col, justify=justify, no_wrap=col in ("#", "experiment", "val_bpb", "normalized"))
     for row in shown:
         status = row["state"] if not row["reason"] or row["state"] == "done" else f"{row['state']}: {row['reason']}"
-        cells = [_fmt(row["rank"]), row["experiment"], row["label"] or "(base)"]
+        cells = [_fmt(row["rank"]), row["experiment"], Text(plain(row["label"] or "(base)"))]
         cells += [str(row["seed"])] if with_seed else []
         cells += [_fmt(row["val_bpb"])] + ([_fmt(row["normalized"])] if with_norm else [])
         cells += [_fmt(int(row["num_steps"]) if row["num_steps"] is not None else None),
-                  row["accelerator"] or "-", status[:60]]
+                  Text(plain(row["accelerator"] or "-")), Text(plain(status[:60]))]
         table.add_row(*cells)
     console.print(table)
     if payload.get("calibration"):
-        console.print(f"[dim]{payload['calibration']}[/dim]")
+        console.print(Text(plain(payload["calibration"]), style="dim"))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.progress import (
@@ -12,6 +14,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
@@ -22,6 +25,7 @@ from fleet.core.wave import load_wave
 from fleet.core.wave_spec import WaveSpec
 from fleet.core.workload import workload_for
 from fleet.errors import FleetError, InputError
+from fleet.plain_text import plain
 from fleet.task import load_task
 from fleet.types import ClusterState, ExperimentState
 
@@ -106,7 +110,7 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
         ctx.sink.warn(warning)
     if args.dry_run:
         ctx.sink.data({"wave": spec.name, "experiments": [p.__dict__ for p in planned]},
-                      lambda c: [c.print(f"{p.label}  SEED={p.seed}") for p in planned])
+                      lambda c: [c.print(Text(plain(f"{p.label}  SEED={p.seed}"))) for p in planned])
         return 0
     ctx.workspace.ensure()
     workload = workload_for(ctx.workspace.root, ctx.config)
@@ -126,10 +130,24 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
                "backend": ctx.backend_name()}
     ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, code {wave.snapshot})")
     if args.wait:
-        return wait_for(ctx, wave.id, None)
+        with already_queued(wave.id, len(experiments)):
+            return wait_for(ctx, wave.id, None)
     ctx.sink.data(payload, lambda c: c.print(wave.id))
     ctx.sink.hint(f"`fleet wait {wave.id}` blocks until it is done; `fleet status` shows progress")
     return 0
+
+
+@contextlib.contextmanager
+def already_queued(wave: str, experiments: int) -> Iterator[None]:
+    """After a wave is in the ledger, a failure while waiting for it must not invite a resubmission
+    (which would run the wave twice): say it is queued and how to wait for it again."""
+    try:
+        yield
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the wave is queued and keeps running
+        raise FleetError(f"wave {wave} is queued ({experiments} experiments) and keeps running, but waiting for it "
+                         f"failed: {exc}. Do not submit it again: `fleet wait {wave}` waits for it") from exc
 
 
 def block_until_done(ctx: Context, wave: str | None, timeout: float | None = None) -> None:
@@ -142,15 +160,15 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
         raise InputError(f"wave {wave!r} does not exist; `fleet status` lists waves")
     deadline = None if timeout is None else time.monotonic() + timeout
     spawned_at: float | None = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
-        bar = progress.add_task(wave or "all waves", total=sum(ledger.counts(wave).values()))
+        bar = progress.add_task(plain(wave or "all waves"), total=sum(ledger.counts(wave).values()))
         while True:
             counts = ledger.counts(wave)
             unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
             progress.update(bar, completed=sum(counts.values()) - unfinished - counts.get("held", 0),
                             total=sum(counts.values()),
-                            description=f"{wave or 'all waves'}: {counts.get('running', 0)} running")
+                            description=plain(f"{wave or 'all waves'}: {counts.get('running', 0)} running"))
             if unfinished == 0:
                 return
             if not controller_running(ctx.workspace):

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from fleet.observe.cost import describe_spend
 from fleet.observe.leaderboard import Row
+from fleet.plain_text import plain
 
 SPARK = " ▁▂▃▄▅▆▇█"
 UTILIZATION_WINDOW_S = 3600.0
@@ -145,29 +145,34 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _t(value: object, style: str = "") -> Text:
+    """User text as a cell: plain (never markup, controls made visible), optionally styled."""
+    return Text(plain(value), style=style)
+
+
 def render_clusters(snap: FleetSnapshot) -> RenderableType:
     if not snap.clusters:
-        return Text.from_markup("[bold]clusters[/bold]: none up — `fleet up` starts them (the local backend "
-                                "starts its slots with the first wave)")
+        return Text.assemble(("clusters", "bold"), ": none up — `fleet up` starts them (the local backend "
+                             "starts its slots with the first wave)")
     table = Table(title="clusters", title_justify="left", expand=False)
     for col, justify in (("cluster", "left"), ("accel", "left"), ("state", "left"), ("queue", "right"),
                          ("running", "left"), ("elapsed / budget", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for c in snap.clusters:
         style = {"up": "green", "provisioning": "yellow", "lost": "red"}.get(c.state, "")
-        elapsed = "-"
+        elapsed = Text("-")
         if c.running is not None:
-            elapsed = f"{_clock(c.elapsed_s)} / {_clock(c.budget_s)}"
+            elapsed = Text(f"{_clock(c.elapsed_s)} / {_clock(c.budget_s)}")
             if c.budget_s and c.elapsed_s and c.elapsed_s > c.budget_s:
-                elapsed = f"[yellow]{elapsed}[/yellow]"  # over its training budget: evaluating, or slow
-        table.add_row(escape(c.name), escape(c.accelerator), f"[{style}]{c.state}[/{style}]" if style else c.state,
-                      str(c.queue_depth), escape(c.running or "-"), elapsed)
+                elapsed.stylize("yellow")  # over its training budget: evaluating, or slow
+        table.add_row(_t(c.name), _t(c.accelerator), _t(c.state, style), str(c.queue_depth), _t(c.running or "-"),
+                      elapsed)
     return table
 
 
 def render_waves(snap: FleetSnapshot) -> RenderableType:
     if not snap.waves:
-        return Text.from_markup("[bold]waves[/bold]: none yet — `fleet wave FILE` submits one")
+        return Text.assemble(("waves", "bold"), ": none yet — `fleet wave FILE` submits one")
     table = Table(title="waves", title_justify="left")
     for col, justify in (("wave", "left"), ("kind", "left"), ("tier", "left"), ("progress", "left"),
                          ("done", "right"), ("run", "right"), ("wait", "right"), ("crash", "right"),
@@ -179,9 +184,9 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
         bar.add_row(ProgressBar(total=max(1, w.total), completed=w.finished, width=24), f"{w.finished}/{w.total}")
         held = n.get("held", 0)
         gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
-        table.add_row(escape(w.id), w.kind, escape(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
+        table.add_row(_t(w.id), _t(w.kind), _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
-                      f"[yellow]{held}[/yellow]" if held else "0", gpu, f"{w.dollars:.2f}")
+                      Text(str(held), style="yellow" if held else ""), gpu, f"{w.dollars:.2f}")
     return table
 
 
@@ -190,29 +195,29 @@ def render_leaderboard_top(snap: FleetSnapshot, top: int = 10) -> RenderableType
                                              if snap.sorted_by == "normalized" else "raw val_bpb")
     ranked = [r for r in snap.leaderboard if r.rank is not None][:top]
     if not ranked:
-        return Text.from_markup("[bold]leaderboard[/bold]: no finished experiments yet")
+        return Text.assemble(("leaderboard", "bold"), ": no finished experiments yet")
     table = Table(title=title, title_justify="left")
     for col, justify in (("#", "right"), ("experiment", "left"), ("config", "left"), ("val_bpb", "right"),
                          ("normalized", "right"), ("accel", "left"), ("GPU-s", "right")):
         table.add_column(col, justify=justify, no_wrap=col != "config")
     for r in ranked:
-        table.add_row(str(r.rank), escape(r.experiment), escape((r.label or "(base)")[:48]), _num(r.val_bpb),
-                      _num(r.normalized), escape(r.accelerator or "-"),
+        table.add_row(str(r.rank), _t(r.experiment), _t((r.label or "(base)")[:48]), _num(r.val_bpb),
+                      _num(r.normalized), _t(r.accelerator or "-"),
                       "-" if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}")
     if snap.calibration:
-        return Group(table, Text(snap.calibration, style="dim"))
+        return Group(table, _t(snap.calibration, "dim"))
     return table
 
 
 def render_crashes(snap: FleetSnapshot, limit: int = 5) -> RenderableType:
     if not snap.crashes:
-        return Text.from_markup("[bold]recent crashes[/bold]: none")
+        return Text.assemble(("recent crashes", "bold"), ": none")
     table = Table(title="recent crashes", title_justify="left")
     for col in ("experiment", "state", "accel", "when", "reason"):
         table.add_column(col, no_wrap=col != "reason")
     for c in snap.crashes[:limit]:
-        table.add_row(escape(c.experiment), f"[red]{c.state}[/red]", escape(c.accelerator or "-"),
-                      _ago(snap.taken_at, c.finished_at), escape(c.reason[:80] or "-"))
+        table.add_row(_t(c.experiment), _t(c.state, "red"), _t(c.accelerator or "-"),
+                      _ago(snap.taken_at, c.finished_at), _t(c.reason[:80] or "-"))
     return table
 
 
@@ -237,12 +242,13 @@ def render_footer(snap: FleetSnapshot) -> RenderableType:
 
 
 def render_header(snap: FleetSnapshot) -> RenderableType:
-    ctrl = "[green]running[/green]" if snap.controller_running else "[dim]stopped[/dim]"
+    ctrl = ("running", "green") if snap.controller_running else ("stopped", "dim")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.taken_at))
-    line = f"[bold]skyfleet[/bold] · backend {escape(snap.backend)} · controller {ctrl} · {when}"
+    line = Text.assemble(("skyfleet", "bold"), f" · backend {plain(snap.backend)} · controller ", ctrl, f" · {when}")
     if snap.controller_error:
-        line += f" · [red]{escape(snap.controller_error)}[/red]"
-    return Text.from_markup(line)
+        line.append(" · ")
+        line.append(plain(snap.controller_error), style="red")
+    return line
 
 
 def render_dashboard(snap: FleetSnapshot) -> RenderableType:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fleet.core.ledger_rows import ExperimentRow, ResultRow
 from fleet.errors import FleetError
+from fleet.plain_text import plain
 from fleet.types import ExperimentState
 
 MISSING_MATPLOTLIB = ("plotting needs matplotlib, which is not installed; install the plot extra: "
@@ -112,6 +113,11 @@ def _y_range(values: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+def _literal(text: str) -> str:
+    """User text as matplotlib shows it literally: no mathtext (`$...$`), no control characters."""
+    return plain(text, replacement="?").replace("$", r"\$")
+
+
 def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
     """Draw `data` to a PNG at `path` (about 1200 × 660 pixels)."""
     try:
@@ -141,14 +147,14 @@ def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
         ax.step(xs, ys_best, where="post", color="tab:green", linewidth=1.8, label="running best", zorder=2)
         shown = [b for i, b in enumerate(data.best) if i == 0 or b[2] != data.best[i - 1][2]]  # a new config
         for bx, by, label in shown[-MAX_BEST_LABELS:]:
-            ax.annotate(label[:40], (bx, by), xytext=(4, -11), textcoords="offset points", fontsize=7,
+            ax.annotate(_literal(label[:40]), (bx, by), xytext=(4, -11), textcoords="offset points", fontsize=7,
                         color="tab:green")
     kept = {}
     for p in data.points:
         if p.verdict == "keep" and (p.label not in kept or p.y < kept[p.label].y):
             kept[p.label] = p
     for p in kept.values():
-        ax.annotate(f"keep: {p.label[:36]}", (p.x, min(p.y, top)), xytext=(-10, 24), textcoords="offset points",
+        ax.annotate(_literal(f"keep: {p.label[:36]}"), (p.x, min(p.y, top)), xytext=(-10, 24), textcoords="offset points",
                     ha="right", fontsize=8, fontweight="bold",
                     arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6})
     if data.crashes:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fleet.observe.dashboard import WaveLine
 from fleet.observe.leaderboard import Row
+from fleet.plain_text import plain
 
 PROMOTE_KIND = "promote"
 
@@ -38,8 +39,8 @@ def verdicts_from_reports(reports: Iterable[Mapping]) -> list[ConfigVerdict]:
 def _cell(value: object, digits: int = 4) -> str:
     if value is None:
         return "-"
-    text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    text = f"{value:.{digits}f}" if isinstance(value, float) else plain(value)
+    return text.replace("|", "\\|")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
