@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli.context import Context
-from fleet.cli.output import styled
+from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import backend_name, controller_running
 from fleet.core.ledger_rows import SEEDED
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--sort", choices=("normalized", "raw"), default="normalized",
                    help="rank by hardware-normalized val_bpb (default, when there is mixed hardware) or raw")
     p.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
-    p.add_argument("--limit", type=int, default=None, help="show only the top N rows (table)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N rows (table and json: best first; tsv: in the order experiments ran)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("logs", parents=[common], help="an experiment's log")
@@ -124,7 +126,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def results_tsv(ctx: Context, wave: str | None) -> str:
+def results_tsv(ctx: Context, wave: str | None, limit: int | None = None) -> str:
     """autoresearch-compatible results.tsv: experiment, val_bpb, memory_gb, status, description."""
     ledger = ctx.ledger
     experiments = ledger.experiments(wave=wave)
@@ -133,9 +135,7 @@ def results_tsv(ctx: Context, wave: str | None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["experiment", "val_bpb", "memory_gb", "status", "description"])
-    for exp in experiments:
-        if exp.id not in status:
-            continue
+    for exp in [e for e in experiments if e.id in status][:limit]:
         res = results.get(exp.id)
         bpb = f"{res.val_bpb:.6f}" if res and res.val_bpb is not None else "0.000000"
         mem = f"{res.peak_memory_mb / 1024:.1f}" if res and res.peak_memory_mb is not None else "0.0"
@@ -152,25 +152,33 @@ def with_costs(ctx: Context, payload: dict, wave: str | None) -> dict:
     return {**payload, "rows": rows, "cost": cost_summary(ctx.ledger, ctx.config, wave)}
 
 
+def _render_results(console: Console, payload: dict, wave: str | None) -> None:
+    render_leaderboard(console, payload)
+    console.print(styled(f"spend{' of ' + wave if wave else ''}: {describe_spend(payload['cost'])}"))
+
+
 def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if args.wave and ctx.ledger.wave(args.wave) is None:
         raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
     if ctx.sink.json and args.format not in (None, "json"):
         raise InputError(f"--json and --format {args.format} ask for two formats; use one (e.g. `--format tsv`)")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit is {args.limit}, but must be a positive number of rows (e.g. --limit 10)")
     fmt = args.format or ("json" if ctx.sink.json else "table")
     if fmt == "tsv":
-        text = results_tsv(ctx, args.wave)
+        text = results_tsv(ctx, args.wave, args.limit)
     else:
         payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort), args.wave)
-        if fmt == "json" or args.output:
-            import json
-
+        payload["rows"] = payload["rows"][:args.limit]
+        if fmt == "json":
             text = json.dumps(payload, indent=2, default=str) + "\n"
-        else:
-            render_leaderboard(ctx.sink.out, payload, args.limit)
-            ctx.sink.out.print(f"spend{' of ' + args.wave if args.wave else ''}: {describe_spend(payload['cost'])}",
-                               markup=False)
+        elif args.output is None:
+            _render_results(ctx.sink.out, payload, args.wave)
             return 0
+        else:  # the table as text, for a file
+            buffer = io.StringIO()
+            _render_results(PlainConsole(file=buffer, width=160, color_system=None), payload, args.wave)
+            text = buffer.getvalue()
     if args.output:
         try:
             args.output.write_text(text)
