@@ -88,7 +88,7 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     code, base = read_tree(snapshot_root(store, exp.code)), read_tree(snapshot_root(store, base_id))
     values, shared = _own_values(exp, wave)
     mode = workload.knob_mode(code)
-    adoption = plan_adoption(exp.id, base, code, workload.read(), workload.script, mode, values,
+    adoption = plan_adoption(exp.id, base, code, workload.read(strict=False), workload.script, mode, values,
                              _preset(exp, ctx.ledger.result(exp.id), args.preset), workload.prefix)
     if adoption.conflicts:
         lines = "\n".join(f"  {c}" for c in adoption.conflicts)

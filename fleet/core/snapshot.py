@@ -16,9 +16,11 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.core.snapshot_select import Selection, selected_files, selection
 from fleet.errors import FleetError, InputError
 
 ID_LENGTH = 16
@@ -34,15 +36,19 @@ class SnapshotFile:
 
 
 def _ignored(name: str, is_dir: bool) -> bool:
-    return name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES) or (is_dir and name.startswith("."))
+    return name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES)
 
 
-def read_tree(root: Path) -> dict[str, SnapshotFile]:
+def read_tree(root: Path, select: Selection | None = None) -> dict[str, SnapshotFile]:
     """The files of a directory that belong in a snapshot, keyed by relative path.
 
     Content is read once and kept, so the id and the copy describe the same bytes even if the user
-    saves a file mid-snapshot. Symlinked files are followed; symlinked directories are not.
+    saves a file mid-snapshot. With `select` (a workload directory), its rules decide which files
+    (`fleet.core.snapshot_select`); without, every file but caches is read (a snapshot's own tree).
     """
+    if select is not None:
+        return {rel: SnapshotFile(rel, bool(full.stat().st_mode & stat.S_IXUSR), full.read_bytes())
+                for rel, full in selected_files(select)}
     files: dict[str, SnapshotFile] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
@@ -78,15 +84,20 @@ def _write_files(root: Path, files: dict[str, SnapshotFile], read_only: bool) ->
         os.chmod(target, mode & ~0o222 if read_only else mode)
 
 
-def take_snapshot(workload_dir: Path, store: Path) -> str:
-    """Snapshot `workload_dir` into `store`; returns its id (existing snapshots are reused)."""
+def take_snapshot(workload_dir: Path, store: Path, *, project_root: Path | None = None,
+                  include: Sequence[str] = ()) -> str:
+    """Snapshot `workload_dir` into `store`; returns its id (existing snapshots are reused).
+
+    Dotfiles, ignored files and symlinks leaving the workload stay out (`snapshot_select`).
+    """
     workload_dir = Path(workload_dir)
     if not workload_dir.is_dir():
         raise InputError(
             f"workload directory {workload_dir} not found; set `workload:` in fleet.yaml to the directory "
             "your experiments run (e.g. `workload: train`)"
         )
-    return store_tree(workload_dir.name, read_tree(workload_dir), store)
+    return store_tree(workload_dir.name, read_tree(workload_dir, selection(workload_dir, project_root, include)),
+                      store)
 
 
 def store_tree(name: str, files: dict[str, SnapshotFile], store: Path) -> str:

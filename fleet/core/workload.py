@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fleet.config import FleetConfig
 from fleet.core.snapshot import SnapshotFile, read_tree, store_tree
+from fleet.core.snapshot_select import selection
 from fleet.errors import InputError
 
 
@@ -28,6 +29,7 @@ class Workload:
     script: str  # the training script, relative to the workload directory
     patterns: tuple[str, ...] | None  # what a snapshot holds; None: everything
     knobs_setting: str  # auto | env | constants, as configured
+    include: tuple[str, ...] = ()  # dotfiles or ignored files to snapshot anyway (`snapshot_include`)
 
     @property
     def name(self) -> str:
@@ -55,12 +57,15 @@ class Workload:
         script = files.get(self.script)
         return "env" if script is not None and b"--knobs" in script.content else "constants"
 
-    def read(self) -> dict[str, SnapshotFile]:
-        """The working tree's files that belong in a snapshot."""
+    def read(self, strict: bool = True) -> dict[str, SnapshotFile]:
+        """The working tree's files that belong in a snapshot: no dotfiles, nothing .gitignore or
+        .skyignore excludes, no symlink out of the workload (`fleet.core.snapshot_select`; refused
+        when `strict`, else skipped), then only what `snapshot:` names, if it names anything."""
         if not self.directory.is_dir():
             raise InputError(f"workload directory {self.directory} does not exist; set `workload:` in fleet.yaml "
                              "to the directory your experiments run (e.g. `workload: .` or `workload: train`)")
-        return select(read_tree(self.directory), self.patterns)
+        rules = selection(self.directory, self.project, self.include, strict=strict)
+        return select(read_tree(self.directory, rules), self.patterns)
 
     def snapshot(self, store: Path) -> str:
         """Snapshot the working tree (see `fleet.core.snapshot`); returns its id."""
@@ -75,7 +80,8 @@ class Workload:
 
 def workload_for(project: Path, config: FleetConfig) -> Workload:
     patterns = tuple(config.snapshot) if config.snapshot else None
-    return Workload(project, (project / config.workload), config.script, patterns, config.knobs)
+    return Workload(project, (project / config.workload), config.script, patterns, config.knobs,
+                    tuple(config.snapshot_include))
 
 
 def matches(path: str, pattern: str) -> bool:
