@@ -94,6 +94,7 @@ def test_down_while_the_controller_polls_stays_down(fleet):
     """`fleet down local-01` lands between the controller's cluster read and its queue read: the
     controller sees the slot lost, but must not overwrite DOWN with LOST nor requeue twice."""
     with controller_lock(Workspace(fleet.root)) as got:
+        assert got
         ledger, controller = started_wave(fleet)
         backend = controller.backend
         real_queues, fired = backend.queues, []

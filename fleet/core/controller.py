@@ -28,12 +28,12 @@ from fleet.backends.base import (
 )
 from fleet.config import FleetConfig
 from fleet.core.backup import BACKUP_EVERY_S
-from fleet.core.expand import knob_values
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow, ExperimentRow
 from fleet.core.orphans import find_orphans
-from fleet.core.results import parse_run_log
-from fleet.core.schedule import ClusterSlot, PendingExperiment, assign, within_budget
+from fleet.core.budget import apply_budget, expected_gpu_hours
+from fleet.core.job_plan import experiment_timeout, job_for, outcome_of
+from fleet.core.schedule import ClusterSlot, PendingExperiment, assign
 from fleet.core.transitions import Outcome
 from fleet.errors import DiskProblem, InputError, disk_problem
 from fleet.types import (
@@ -50,7 +50,6 @@ log = logging.getLogger("fleet.core.controller")
 
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures (or lost logs) an experiment may suffer before it is recorded as a crash
-DEFAULT_TIMEOUT_S = 2 * 300 + 600  # 2x the default 5-minute budget plus set-up margin
 REFUSED_REST_S = 30.0  # a cluster that refused a submission gets no new work for this long
 
 
@@ -63,41 +62,6 @@ class CycleReport:
     held: int = 0
     repaired: int = 0  # experiments the consistency check put right
     orphans: int = 0  # jobs cancelled because no current attempt owns them
-
-
-def budget_seconds(exp: ExperimentRow, default: float | None) -> float | None:
-    """The experiment's TIME_BUDGET knob, else `default` (the workload's own default)."""
-    try:
-        return float(exp.config["TIME_BUDGET"])
-    except (KeyError, ValueError):
-        return default
-
-
-def experiment_timeout(exp: ExperimentRow, default_budget: float | None) -> float:
-    """2x the experiment's TIME_BUDGET plus set-up margin (compile, data loading, evaluation)."""
-    seconds = budget_seconds(exp, default_budget)
-    return DEFAULT_TIMEOUT_S if seconds is None else 2 * seconds + 600
-
-
-def job_for(exp: ExperimentRow, attempt: int, accelerator: str, timeout_s: float) -> JobSpec:
-    envs = {**knob_values(exp.config), "SEED": str(exp.seed)}
-    return JobSpec(exp.id, attempt, exp.snapshot, envs, timeout_s, None if accelerator == "cpu" else accelerator)
-
-
-def outcome_of(attempt: AttemptRow, job: JobInfo, text: str, metric: str = "val_bpb") -> Outcome:
-    """What a finished job's state and log mean for its experiment (pure); `metric` judges it."""
-    gpu_seconds = (job.ended_at - job.started_at) if job.started_at and job.ended_at else None
-    parsed = parse_run_log(text, attempt.experiment_id, job.exit_code, metric=metric)
-    if job.state == JobState.CANCELLED:
-        state, outcome, reason = ExperimentState.CANCELLED, "cancelled", "cancelled"
-    elif job.state == JobState.TIMEOUT:
-        state, outcome, reason = ExperimentState.TIMEOUT, "timeout", "killed after its timeout"
-    elif parsed.outcome == "done" and job.state == JobState.SUCCEEDED:
-        state, outcome, reason = ExperimentState.DONE, "done", ""
-    else:
-        state, outcome, reason = ExperimentState.CRASH, "crash", parsed.reason or f"exit code {job.exit_code}"
-    return Outcome(state, outcome, parsed.val_bpb if state == ExperimentState.DONE else None, parsed.metrics,
-                   reason, "\n".join(parsed.tail), attempt.accelerator, gpu_seconds)
 
 
 class Controller:
@@ -309,54 +273,15 @@ class Controller:
         pending_rows = {e.id: e for e in self.ledger.experiments(states=[ExperimentState.PENDING])}
         if not pending_rows:
             return
-        pending = [PendingExperiment(e.id, e.tier, self._expected_gpu_hours(e)) for e in pending_rows.values()]
-        pending = self._apply_budget(pending, report)
+        pending = [PendingExperiment(e.id, e.tier, expected_gpu_hours(e)) for e in pending_rows.values()]
+        pending, held = apply_budget(self.ledger, self.config, pending)
+        report.held += held
         if not pending:
             return
         tiers = {name: tier.accelerators for name, tier in self.config.tiers.items()}
         accelerator = {c.name: c.accelerator for c in clusters}
         decisions = assign(slots, pending, self.config.queue_depth, tiers)
         self._submit_all([(pending_rows[d.experiment_id], d.cluster, accelerator[d.cluster]) for d in decisions], report)
-
-    def _expected_gpu_hours(self, exp: ExperimentRow) -> float:
-        return budget_seconds(exp, 300.0) / 3600
-
-    def _apply_budget(self, pending: list[PendingExperiment], report: CycleReport) -> list[PendingExperiment]:
-        """Hold experiments that would cross the fleet's or their wave's GPU-hour cap.
-
-        Experiments the user released with `fleet release` are exempt: releasing is the user
-        saying "run these anyway".
-        """
-        capped_waves = [w for w in self.ledger.waves() if w.max_gpu_hours is not None]
-        if self.config.max_gpu_hours is None and not capped_waves:
-            return pending  # no cap anywhere: none of the bookkeeping below is needed
-        rows = {e.id: e for e in self.ledger.experiments()}
-        released = [p for p in pending if rows[p.experiment_id].released]
-        capped = [p for p in pending if not rows[p.experiment_id].released]
-        results = self.ledger.results()
-        active = {a.experiment_id for a in self.ledger.attempts(active=True)}
-        caps: list[tuple[float, set[str] | None, str]] = []
-        if self.config.max_gpu_hours is not None:
-            caps.append((self.config.max_gpu_hours, None, "max_gpu_hours in fleet.yaml"))
-        for wave in capped_waves:
-            members = {e.id for e in rows.values() if e.wave_id == wave.id}
-            caps.append((wave.max_gpu_hours, members, f"max_gpu_hours of wave {wave.id}"))
-        held: list[PendingExperiment] = []
-        for cap, members, source in caps:
-            scope = (lambda eid: True) if members is None else (lambda eid, m=members: eid in m)
-            spent = sum((r.gpu_seconds or 0.0) for eid, r in results.items() if scope(eid)) / 3600
-            committed = sum(self._expected_gpu_hours(rows[eid]) for eid in active if eid in rows and scope(eid))
-            in_scope = [p for p in capped if scope(p.experiment_id)]
-            _, over = within_budget(in_scope, spent, committed, cap)
-            for exp in over:
-                self.ledger.set_state(exp.experiment_id, ExperimentState.HELD,
-                                      f"would exceed {source} ({cap:g} GPU-hours); `fleet release` runs it anyway",
-                                      only_from=(ExperimentState.PENDING,))
-            held += over
-            over_ids = {p.experiment_id for p in over}
-            capped = [p for p in capped if p.experiment_id not in over_ids]
-        report.held += len(held)
-        return [p for p in pending if p in capped or p in released]
 
     def _submit_all(self, decisions: list[tuple[ExperimentRow, str, str]], report: CycleReport) -> None:
         """Record every attempt, then submit them all in one batch, then record the job ids.
