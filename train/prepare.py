@@ -154,8 +154,14 @@ def shard_url(index: int) -> str:
     return f"{base.rstrip('/')}/shard_{index:05d}.parquet"
 
 
-def val_shard_index() -> int:
-    return int(os.environ.get("SKYFLEET_VAL_SHARD") or DEFAULT_VAL_SHARD)
+def val_shard_index(shards: int | None = None) -> int:
+    """The real data's validation shard; with `shards`, refused if it is one of the training shards."""
+    index = int(os.environ.get("SKYFLEET_VAL_SHARD") or DEFAULT_VAL_SHARD)
+    if shards is not None and index < shards:
+        raise ValueError(f"SKYFLEET_VAL_SHARD is {index}, but DATA_SHARDS is {shards}: shard {index} is one of the "
+                         f"training shards 0..{shards - 1}, so runs would be scored on text they trained on; use a "
+                         f"shard >= {shards} (default {DEFAULT_VAL_SHARD}) or fewer DATA_SHARDS")
+    return index
 
 
 def download(url: str, dest: Path, *, retries: int = 5, backoff: float | None = None, timeout: float = 60.0,
@@ -276,7 +282,7 @@ def _documents(source: str, split: str, shards: int, log: Log) -> Iterable[list[
     if source == "offline":
         documents = offline_documents(split)
         return [documents[i:i + 256] for i in range(0, len(documents), 256)]
-    indices = [val_shard_index()] if split == "val" else list(range(shards))
+    indices = [val_shard_index(shards)] if split == "val" else list(range(shards))
     return parquet_texts(fetch_shards(indices, log))
 
 
@@ -290,6 +296,8 @@ def ensure_prepared(source: str, vocab_size: int, shards: int = DEFAULT_SHARDS, 
     """Prepare (source, vocab size[, shards]) unless already cached; returns its meta.json contents."""
     if source not in SOURCES:
         raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+    if source == "real":
+        val_shard_index(shards)  # refuse a validation shard that is also trained on, cached or not
     folder = dataset_dir(source, vocab_size, shards)
     meta_path = folder / "meta.json"
     if meta_path.exists():  # fast path without the lock: meta.json is renamed into place last
@@ -308,7 +316,7 @@ def ensure_prepared(source: str, vocab_size: int, shards: int = DEFAULT_SHARDS, 
         meta = {"source": source, "vocab_size": vocab_size, "dtype": np.dtype(TOKEN_DTYPE).name,
                 "bos_id": encoding.encode_single_token(BOS_TOKEN), "tokenizer": tok_path.name}
         if source == "real":
-            meta.update(shards=shards, val_shard=val_shard_index(), url=shard_url(0).rsplit("/", 1)[0])
+            meta.update(shards=shards, val_shard=val_shard_index(shards), url=shard_url(0).rsplit("/", 1)[0])
         digest = hashlib.sha256(tok_path.read_bytes())
         for split in ("train", "val"):
             log(f"prepare: tokenizing {source} {split}")
@@ -377,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadError as error:
         print(f"prepare: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:  # a setting that cannot work, e.g. SKYFLEET_VAL_SHARD among the training shards
+        print(f"prepare: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
