@@ -70,6 +70,7 @@ def test_a_damaged_ledger_names_its_backup_and_fleet_restore_puts_it_back(fleet)
     assert Path(restored["damaged_kept_as"]).read_bytes().startswith(b"this is not a database")
     status = fleet.json("status")
     assert [w["id"] for w in status["waves"]] == ["one"]
+    assert fleet.json("restore", str(newest))["restored"] == str(newest)  # a backup named explicitly
 
 
 def test_restore_without_a_backup_says_so(fleet):

@@ -177,3 +177,20 @@ def test_a_disk_that_fills_up_mid_wave_loses_nothing_and_crashes_nothing(small_d
     finally:
         fleet("down", "--all", "-y")
         time.sleep(0.2)  # let the killed jobs' shells exit before the disk is unmounted
+
+
+class AlwaysCutShort(ScriptedBackend):
+    def logs(self, cluster, job_id):
+        raise LogIncomplete("the log was cut short")
+
+
+def test_a_log_lost_again_and_again_is_a_crash_that_says_so(tmp_path):
+    from fleet.core.controller import MAX_ATTEMPTS
+
+    backend = AlwaysCutShort()
+    ledger, controller = _setup(tmp_path, backend)
+    assert controller.run(poll_s=0.0, idle_exit_s=0.0, sleep=lambda s: None) == "idle"
+    exp = ledger.experiments()[0]
+    assert exp.state == ExperimentState.CRASH
+    assert f"cut short {MAX_ATTEMPTS} times" in ledger.result(exp.id).reason
+    assert backend.submit_calls == MAX_ATTEMPTS

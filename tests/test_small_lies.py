@@ -104,3 +104,15 @@ def test_a_validation_experiment_waits_for_its_resting_accelerator(tmp_path):
         controller.cycle()
     assert {c for _, c in backend.placed} == {"h200"}
     assert ledger.counts("v") == {"done": 2}
+
+
+def test_a_failed_wait_after_queueing_says_the_wave_is_queued(fleet):
+    task = fleet.root / "experiment.yaml"
+    task.write_text(task.read_text().replace('echo setup ran >> "${TINYWORK_SETUP_LOG:-/dev/null}"',
+                                             'echo "no data here" >&2; exit 7'))
+    fleet.write("one.yaml", "name: one\nexperiments:\n  - {DEPTH: 1}\n")
+    code, _, err = fleet("wave", "one.yaml", "--wait")
+    assert code == 1
+    assert "wave one is queued" in err and "Do not submit it again" in err and "`fleet wait one`" in err
+    assert "setup failed (exit 7)" in err  # and why waiting failed
+    assert [w.id for w in fleet.ledger.waves()] == ["one"]

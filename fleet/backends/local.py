@@ -47,7 +47,7 @@ SETUP_TIMEOUT_S = 3600
 # `env_passthrough`.
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
             "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "VIRTUAL_ENV", "CONDA_PREFIX")
-BASE_ENV_PREFIXES = ("LC_", "FLEET_", "SKYFLEET_")
+BASE_ENV_PREFIXES = ("LC_", "XDG_", "FLEET_", "SKYFLEET_")
 
 
 def allowed_env(environ: dict[str, str], passthrough: Sequence[str]) -> dict[str, str]:
