@@ -157,23 +157,19 @@ class SlotQueue:
         return job_id
 
     def jobs(self) -> list[QueuedJob]:
-        out = []
-        for job_id in self.job_ids():
-            spec = _read_json(self._spec(job_id))
-            state = _read_json(self._state(job_id)) or {"state": "pending"}
-            if spec is None:
-                continue
-            status = state["state"]
-            if status == "pending" and self._cancel(job_id).exists():
-                status = "cancelled"
-            out.append(
-                QueuedJob(job_id, spec["name"], status, spec["log"], spec["submitted_at"],
-                          state.get("started_at"), state.get("ended_at"), state.get("exit_code"))
-            )
-        return out
+        return [job for job in map(self.job, self.job_ids()) if job is not None]
 
     def job(self, job_id: int) -> QueuedJob | None:
-        return next((j for j in self.jobs() if j.job_id == job_id), None) if self._spec(job_id).exists() else None
+        """One job, from its own files (never the whole queue); None for a job this queue does not have."""
+        spec = _read_json(self._spec(job_id))
+        if spec is None:
+            return None
+        state = _read_json(self._state(job_id)) or {"state": "pending"}
+        status = state["state"]
+        if status == "pending" and self._cancel(job_id).exists():
+            status = "cancelled"
+        return QueuedJob(job_id, spec["name"], status, spec["log"], spec["submitted_at"],
+                         state.get("started_at"), state.get("ended_at"), state.get("exit_code"))
 
     def log_path(self, job_id: int) -> str | None:
         """Where the job writes its output; None for a job this queue does not have."""
