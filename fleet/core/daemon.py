@@ -129,8 +129,8 @@ def run_controller(workspace: Workspace) -> int:
                 if info.state == ClusterState.UP and info.name not in known:
                     ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
             stopped = Controller(workspace, ledger, backend, config).run()
-        except BaseException as exc:  # a crash outside the loop (or SIGTERM): still say why
-            record_exit(ledger, f"crashed: {exc!r}")
+        except BaseException as exc:  # a crash outside the loop, or SIGTERM: still say why
+            record_exit(ledger, f"stopped: {exc}" if isinstance(exc, SystemExit) else f"crashed: {exc!r}")
             raise
         record_exit(ledger, "idle: no work left" if stopped == "idle" else f"stopped: {stopped}")
     if stopped != "idle":
