@@ -9,9 +9,11 @@ knobs: auto                  # env: knobs are environment variables the script l
 snapshot: null               # what a snapshot holds: paths or globs under the workload (null: everything)
 metric: {name: val_bpb, direction: minimize}  # the summary key experiments are judged by
 queue_depth: 2               # jobs kept in each cluster's queue (one running, one waiting)
-tiers:
-  screen:   {accelerators: [H100], seeds: 1}
-  validate: {accelerators: [H200], seeds: 3}
+tiers:                       # priority: waves of higher-priority tiers start first (within a track)
+  screen:   {accelerators: [H100], seeds: 1, priority: 0}
+  validate: {accelerators: [H200], seeds: 3, priority: 10}
+tracks: {}                   # fair-share weights of tracks (e.g. {agent-a: 2, agent-b: 1}); others weigh 1
+fleet_size: {replace_lost: true, backoff_s: 60, autodown_minutes: 30}  # see FleetSizeConfig
 prices: {H100: 2.25, H200: 3.15, cpu: 0.0}   # $ per GPU-hour
 max_gpu_hours: null          # budget cap for the whole ledger
 local: {slots: 2, accelerators: null}         # local backend: CPU slots, or labels per slot
@@ -37,12 +39,17 @@ CONFIG_FILE = "fleet.yaml"
 # Documented defaults: on-demand list prices of single GPUs on common Kubernetes GPU clouds, late
 # 2026. Override them in fleet.yaml; they only feed the cost column and the budget cap.
 DEFAULT_PRICES = {"H100": 2.25, "H200": 3.15, "cpu": 0.0}
+# Waves that decide a verdict (validation tiers, promote and ablate waves) start before screens.
+VALIDATION_PRIORITY = 10
+TRACK_PATTERN = r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$"
 
 
 class Tier(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accelerators: list[str] = Field(default_factory=list, description="accelerators that run this tier; empty = any")
     seeds: int = Field(1, ge=1, description="default seeds for waves of this tier")
+    priority: int = Field(0, ge=-1000, le=1000,
+                          description="waves of this tier start before lower-priority waves of the same track")
 
 
 class LocalConfig(BaseModel):
@@ -51,6 +58,17 @@ class LocalConfig(BaseModel):
     accelerators: list[str] | None = Field(
         None, description="label each slot with an accelerator name (testing tiers and normalization locally)"
     )
+
+
+class FleetSizeConfig(BaseModel):
+    """Keeping the fleet at the size `fleet up --clusters N` recorded."""
+
+    model_config = ConfigDict(extra="forbid")
+    replace_lost: bool = Field(True, description="launch a replacement for a cluster lost while work is queued")
+    backoff_s: float = Field(60.0, gt=0, description="wait after a failed replacement launch (doubles each time)")
+    max_backoff_s: float = Field(1800.0, gt=0, description="the longest wait between replacement launches")
+    autodown_minutes: int = Field(30, ge=1, description="a SkyPilot cluster tears itself down after this many idle "
+                                  "minutes once the ledger has no work left (the controller keeps it up meanwhile)")
 
 
 class MetricConfig(BaseModel):
@@ -76,9 +94,12 @@ class FleetConfig(BaseModel):
     tiers: dict[str, Tier] = Field(
         default_factory=lambda: {
             "screen": Tier(accelerators=["H100"], seeds=1),
-            "validate": Tier(accelerators=["H200"], seeds=3),
+            "validate": Tier(accelerators=["H200"], seeds=3, priority=VALIDATION_PRIORITY),
         }
     )
+    tracks: dict[str, float] = Field(
+        default_factory=dict, description="fair-share weight of each track (a track not listed weighs 1)")
+    fleet_size: FleetSizeConfig = Field(default_factory=FleetSizeConfig)
     prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     max_gpu_hours: float | None = Field(None, gt=0)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -95,6 +116,19 @@ class FleetConfig(BaseModel):
         if bad:
             raise ValueError(f"{bad[0]!r} is not an environment variable name (e.g. HF_TOKEN)")
         return names
+
+    @field_validator("tracks")
+    @classmethod
+    def _track_weights(cls, tracks: dict[str, float]) -> dict[str, float]:
+        for name, weight in tracks.items():
+            if not re.fullmatch(TRACK_PATTERN, name):
+                raise ValueError(f"track {name!r} is not a track name (lowercase letters, digits, '-' or '_', e.g. agent-a)")
+            if not weight > 0:
+                raise ValueError(f"track {name!r} has weight {weight}, but a weight must be positive (e.g. {name}: 1)")
+        return tracks
+
+    def track_weight(self, track: str) -> float:
+        return self.tracks.get(track, 1.0)
 
     @field_validator("script")
     @classmethod

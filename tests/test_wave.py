@@ -311,7 +311,7 @@ def test_a_huge_aliased_value_is_shown_short(tmp_path):
     message = rejection(tmp_path, text)
     assert f"{tmp_path / 'wave.yaml'}:10: `env` = [[[...], [...], [...], [...], ...], " in message
     assert f"{tmp_path / 'wave.yaml'}:11: `grid.A[0]` = [[[...]," in message
-    assert len(message.replace(str(tmp_path), "")) < 4000  # bounded, however deep the aliases nest
+    assert len(message.replace(str(tmp_path), "")) < 4500  # bounded, however deep the aliases nest (9 unknown keys)
 
 
 @pytest.mark.parametrize("name", ["lr-_", "a--b", "x_", "-x", "a---b"])

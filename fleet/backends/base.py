@@ -107,6 +107,10 @@ class Backend(abc.ABC):
     def down(self, clusters: Sequence[str]) -> None:
         """Tear clusters down, killing whatever runs on them."""
 
+    def keep_alive(self, clusters: Sequence[str]) -> None:
+        """Reset the idle timer of clusters that tear themselves down when idle (SkyPilot's autodown):
+        the controller calls it while the ledger has work. Must not block; the default does nothing."""
+
     # Batched forms: the controller calls these once per cycle. A backend with a remote control
     # plane overrides them to send every request first and then collect, so a cycle over 64
     # clusters costs about one round-trip; these defaults simply loop.

@@ -213,6 +213,20 @@ class SkyClusters:
         if failed:
             raise BackendError("; ".join(failed.values()) + ". Run `fleet down` again, or `sky down <name>`.")
 
+    def keep_alive(self, clusters: Sequence[str]) -> None:
+        """Set each cluster's autodown again, which restarts its idle timer (sky/skylet/autostop_lib.py,
+        `set_autostop` sets the last active time to now): the controller does this while the ledger
+        has work, so an idle cluster is not torn down under a fleet with work queued. Best effort, on
+        a thread: the cycle does not wait."""
+        def request() -> None:
+            for name in clusters:
+                with contextlib.suppress(BackendError):
+                    self.api.call("autostop", name, cluster_name=name, idle_minutes=self.idle_minutes_to_autodown,
+                                  down=True)
+
+        if clusters:
+            threading.Thread(target=request, name="fleet-keep-alive", daemon=True).start()
+
     def _down_in_background(self, clusters: Sequence[str]) -> None:
         """Tear down lost clusters that still exist: their queued jobs would otherwise run as duplicates
         of the requeued work, and they would go on billing. Best effort; the cycle does not wait."""

@@ -34,6 +34,7 @@ SDK_CALLS: dict[str, tuple[str, ...]] = {
     "download_logs": ("cluster_name", "job_ids"),
     "cancel": ("cluster_name", "job_ids"),
     "down": ("cluster_name",),
+    "autostop": ("cluster_name", "idle_minutes", "down"),
     "status": ("cluster_names", "refresh"),
     "get": ("request_id",),
     "api_info": (),

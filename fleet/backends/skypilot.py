@@ -70,14 +70,17 @@ class SkyPilotBackend(SkyClusters, Backend):
     name = "sky"
 
     def __init__(self, workspace: Workspace, config: FleetConfig, sdk: ModuleType | None = None,
-                 infra: str | None = None, *, idle_minutes_to_autodown: int = 30, launch_attempts: int = 4,
+                 infra: str | None = None, *, idle_minutes_to_autodown: int | None = None, launch_attempts: int = 4,
                  backoff_s: float = 30.0, fallback_accelerator: bool = True, setup_poll_s: float = 5.0,
                  setup_timeout_s: float = 3600.0, unreachable_grace_s: float = UNREACHABLE_GRACE_S,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
         self.workspace = workspace
         self.config = config
         self.infra = infra
-        self.idle_minutes_to_autodown = idle_minutes_to_autodown
+        # Autodown is the safety net of a fleet whose controller is gone; the controller keeps idle
+        # clusters up while the ledger has work (`keep_alive`).
+        self.idle_minutes_to_autodown = (config.fleet_size.autodown_minutes if idle_minutes_to_autodown is None
+                                         else idle_minutes_to_autodown)
         self.launch_attempts = launch_attempts
         self.backoff_s = backoff_s
         self.fallback_accelerator = fallback_accelerator

@@ -10,6 +10,7 @@ from rich.table import Table
 from fleet.cli.context import Context
 from fleet.core.controller import MAX_ATTEMPTS
 from fleet.core.daemon import bring_up_local, ensure_controller
+from fleet.core.fleet_size import FleetTarget, record_target, shrink_target
 from fleet.errors import FleetError, InputError
 from fleet.types import ClusterState
 
@@ -55,6 +56,8 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
     ctx.ledger.set_meta("backend", name)
     if name == "local":
         names = bring_up_local(ctx.workspace, ctx.ledger, ctx.config, args.clusters)
+        labels = [c.accelerator for c in ctx.ledger.clusters() if c.name in set(names)]
+        record_target(ctx.ledger, FleetTarget(len(names), tuple(labels), "local", "local"))
     else:
         count = args.clusters or 16
         accelerators = parse_accelerators(args.accelerators)
@@ -62,6 +65,8 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
         wanted = [accelerators[i % len(accelerators)] for i in range(count)]
         backend = ctx.backend(name)
         backend.infra = args.infra  # the SkyPilot backend launches on this infra
+        # Recorded first: the controller keeps the fleet at this size, replacing lost clusters.
+        record_target(ctx.ledger, FleetTarget(count, tuple(accelerators), name, args.prefix, args.infra))
         ctx.sink.info(f"launching {count} clusters on {args.infra} (setup runs once per cluster)…")
         try:
             infos = backend.up(names, wanted)
@@ -74,7 +79,8 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
     payload = {"backend": name, "clusters": [{"name": c.name, "accelerator": c.accelerator} for c in clusters]}
     ctx.sink.data(payload, lambda con: [con.print(f"{c.name}  {c.accelerator}") for c in clusters])
     ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
-    ctx.sink.hint(f"{len(clusters)} clusters up — submit work with `fleet wave FILE`")
+    ctx.sink.hint(f"{len(clusters)} clusters up — submit work with `fleet wave FILE`; lost clusters are replaced "
+                  "while work is queued")
     return 0
 
 
@@ -106,6 +112,10 @@ def cmd_down(ctx: Context, args: argparse.Namespace) -> int:
     for attempt in ctx.ledger.attempts(active=True):
         if attempt.cluster in set(targets):
             ctx.ledger.requeue(attempt, f"cluster {attempt.cluster} was torn down", MAX_ATTEMPTS)
+    if args.all:
+        record_target(ctx.ledger, None)  # the fleet is meant to be gone: nothing is replaced
+    else:
+        shrink_target(ctx.ledger, len(targets))
     ctx.sink.data({"down": targets}, lambda c: c.print(f"tore down {len(targets)} clusters"))
     if ctx.ledger.has_unfinished_work():
         ctx.sink.hint("unfinished experiments wait in the ledger until clusters are up again (`fleet up`)")

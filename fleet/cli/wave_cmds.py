@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,9 @@ from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
+from fleet.config import TRACK_PATTERN, VALIDATION_PRIORITY
 from fleet.core.daemon import bring_up_local, controller_running, ensure_controller
+from fleet.core.fleet_size import fleet_target
 from fleet.core.expand import check_size, count_experiments, expand_wave, variant_entries
 from fleet.core.materialize import CodeStore, choices_from, prepare_experiments, resolve_variants
 from fleet.core.wave import load_wave
@@ -39,8 +44,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--yes", "-y", action="store_true", help="allow waves of more than 10,000 experiments")
     p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
                    help="per-experiment timeout in seconds (default: 2x TIME_BUDGET + 600)")
-    p.add_argument("--dry-run", action="store_true", help="validate and list the experiments; submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check a submission runs (knobs, values, combinations) and list the experiments; "
+                        "submit nothing")
+    p.add_argument("--priority", type=bounded_int("--priority", -1000, 1000), default=None,
+                   help="higher starts first within its track (default: the tier's; validation tiers go first)")
+    p.add_argument("--track", default=None,
+                   help="the fair-share track to run on, e.g. one per agent (default: $FLEET_TRACK, else none)")
     p.set_defaults(func=cmd_wave)
+
+    p = sub.add_parser("bump", parents=[common], help="move a wave ahead of the other waves of its track")
+    p.add_argument("wave", help="wave id")
+    p.add_argument("--priority", type=bounded_int("--priority", -1000, 1000), default=None,
+                   help="set this priority instead (default: one above every other unfinished wave of its track)")
+    p.set_defaults(func=cmd_bump)
 
     p = sub.add_parser("wait", parents=[common], help="block until a wave (default: all work) is done")
     p.add_argument("wave", nargs="?", help="wave id (default: every unfinished wave)")
@@ -58,6 +75,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_release)
 
 
+def bounded_int(flag: str, low: int, high: int):
+    """An argparse type: an integer in [low, high], or a message naming the flag and the fix."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise InputError(f"{flag} is {text!r}, but must be an integer from {low} to {high} (e.g. {flag} 5)")
+        return value
+    return parse
+
+
 def positive_seconds(flag: str):
     """An argparse type: a positive number of seconds, or a message naming the flag and the fix."""
     def parse(text: str) -> float:
@@ -71,13 +101,38 @@ def positive_seconds(flag: str):
     return parse
 
 
-def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
-                   parent: str | None = None, max_gpu_hours: float | None = None, source: str = "wave",
-                   snapshot: str | None = None, base: dict | None = None, choices: dict | None = None,
-                   wave_spec: WaveSpec | None = None):
-    """Snapshot the workload, check every knob, write each experiment's code, then record the wave:
-    all or nothing. `snapshot` is the wave's code (default: the working tree now); `choices` the code of
-    each variant its experiments name (default: the variants that already ran)."""
+def wave_priority(ctx: Context, tier: str, kind: str, given: int | None) -> int:
+    """The priority a wave gets: the one given, else its tier's; promote and ablate waves (which
+    decide a verdict) at least the validation priority, so they go ahead of screens."""
+    if given is not None:
+        return given
+    tier_priority = ctx.config.tiers[tier].priority if tier in ctx.config.tiers else 0
+    return max(tier_priority, VALIDATION_PRIORITY) if kind in ("promote", "ablate") else tier_priority
+
+
+def wave_track(ctx: Context, given: str | None, parent: str | None) -> str:
+    """The track a wave runs on: the one given, else its parent wave's (a promote stays on its screen's
+    track), else $FLEET_TRACK, else the default track."""
+    if given is not None:
+        return given
+    if parent is not None:
+        parent_wave = ctx.ledger.wave(parent)
+        if parent_wave is not None:
+            return parent_wave.track
+    return checked_track(os.environ.get("FLEET_TRACK", ""), "FLEET_TRACK")
+
+
+def checked_track(track: str, source: str) -> str:
+    if track and not re.fullmatch(TRACK_PATTERN, track):
+        raise InputError(f"{source} is {track!r}, but a track is lowercase letters and digits with single '-' or '_' "
+                         "between them (e.g. agent-a)")
+    return track
+
+
+def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", snapshot: str | None = None,
+                    choices: dict | None = None, wave_spec: WaveSpec | None = None):
+    """Snapshot the workload, check every knob and combination, write each experiment's code.
+    Nothing is recorded: `fleet wave --dry-run` stops here."""
     workload = workload_for(ctx.workspace.root, ctx.config)
     ctx.workspace.ensure()
     load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
@@ -89,14 +144,30 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     metric = ctx.config.metric
     spec = {**spec, "default_budget": prepared.default_budget, "knobs": prepared.knobs,
             "metric": {"name": metric.name, "direction": metric.direction}}
+    return snapshot, spec, prepared
+
+
+def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
+                   parent: str | None = None, max_gpu_hours: float | None = None, source: str = "wave",
+                   snapshot: str | None = None, base: dict | None = None, choices: dict | None = None,
+                   wave_spec: WaveSpec | None = None, priority: int | None = None, track: str | None = None):
+    """Snapshot the workload, check every knob, write each experiment's code, then record the wave:
+    all or nothing. `snapshot` is the wave's code (default: the working tree now); `choices` the code of
+    each variant its experiments name (default: the variants that already ran)."""
+    priority = wave_priority(ctx, tier, kind, priority)
+    track = wave_track(ctx, track, parent)
+    snapshot, spec, prepared = prepare_planned(ctx, spec, planned, source=source, snapshot=snapshot, choices=choices,
+                                               wave_spec=wave_spec)
     backend = ctx.backend_name()
     if not ctx.ledger.clusters([ClusterState.UP]):
-        if backend != "local":
+        if backend != "local" and fleet_target(ctx.ledger) is None:
             raise FleetError(f"no {backend} clusters are up: run `fleet up --backend {backend} --clusters N` first")
-        bring_up_local(ctx.workspace, ctx.ledger, ctx.config)  # the default backend needs no `fleet up`
+        if backend == "local":
+            bring_up_local(ctx.workspace, ctx.ledger, ctx.config)  # the default backend needs no `fleet up`
     ctx.ledger.set_meta("backend", backend)
     wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, prepared.experiments, kind=kind,
-                                            parent=parent, max_gpu_hours=max_gpu_hours, base=base)
+                                            parent=parent, max_gpu_hours=max_gpu_hours, base=base,
+                                            priority=priority, track=track)
     ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
     return wave, experiments
 
@@ -104,14 +175,13 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
 def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     tiers = ctx.config.tiers
     spec = load_wave(args.file, tiers.keys())
+    if args.priority is not None or args.track is not None:
+        spec = dataclasses.replace(spec, priority=spec.priority if args.priority is None else args.priority,
+                                   track=spec.track if args.track is None else checked_track(args.track, "--track"))
     check_size(count_experiments(spec, tiers[spec.tier].seeds), yes=args.yes)  # before building a huge grid
     planned = expand_wave(spec, tiers[spec.tier].seeds)
     for warning in spec.warnings:
         ctx.sink.warn(warning)
-    if args.dry_run:
-        ctx.sink.data({"wave": spec.name, "experiments": [p.__dict__ for p in planned]},
-                      lambda c: [c.print(Text(plain(f"{p.label}  SEED={p.seed}"))) for p in planned])
-        return 0
     ctx.workspace.ensure()
     workload = workload_for(ctx.workspace.root, ctx.config)
     snapshot = workload.snapshot(ctx.workspace.snapshots)
@@ -123,12 +193,23 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     raw = spec.to_json()
     if args.timeout is not None:
         raw["timeout_s"] = args.timeout
+    if args.dry_run:  # every check a submission makes (knob names, values, combinations), nothing recorded
+        prepare_planned(ctx, raw, planned, source=str(args.file), snapshot=snapshot, choices=choices, wave_spec=spec)
+        priority = wave_priority(ctx, spec.tier, "grid", spec.priority)
+        track = wave_track(ctx, spec.track, None)
+        ctx.sink.data({"wave": spec.name, "tier": spec.tier, "priority": priority, "track": track,
+                       "experiments": [p.__dict__ for p in planned]},
+                      lambda c: [c.print(Text(plain(f"{p.label}  SEED={p.seed}"))) for p in planned])
+        ctx.sink.hint(f"{len(planned)} experiments pass every check; `fleet wave {args.file}` submits them")
+        return 0
     wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),
                                        max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env), snapshot=snapshot,
-                                       choices=choices, wave_spec=spec)
+                                       choices=choices, wave_spec=spec, priority=spec.priority, track=spec.track)
     payload = {"wave": wave.id, "experiments": len(experiments), "tier": wave.tier, "snapshot": wave.snapshot,
-               "backend": ctx.backend_name()}
-    ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, code {wave.snapshot})")
+               "backend": ctx.backend_name(), "priority": wave.priority, "track": wave.track}
+    on_track = f", track {wave.track}" if wave.track else ""
+    ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, priority {wave.priority}"
+                  f"{on_track}, code {wave.snapshot})")
     if args.wait:
         with already_queued(wave.id, len(experiments)):
             return wait_for(ctx, wave.id, None)
@@ -242,4 +323,26 @@ def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
     if held:
         ctx.sink.hint("released experiments run past the budget cap; `fleet wait` blocks until they finish")
+    return 0
+
+
+def cmd_bump(ctx: Context, args: argparse.Namespace) -> int:
+    ledger = ctx.ledger
+    wave = ledger.wave(args.wave)
+    if wave is None:
+        raise InputError(f"wave {args.wave!r} does not exist; `fleet status` lists waves")
+    if args.priority is not None:
+        priority = args.priority
+    else:
+        others = [w.priority for w in ledger.waves(track=wave.track) if w.id != wave.id
+                  and any(ledger.counts(w.id).get(s.value, 0) for s in UNFINISHED)]
+        priority = max([wave.priority, *(p + 1 for p in others)])
+        if priority > 1000:
+            raise InputError(f"wave {wave.id} would need priority {priority}, above the maximum 1000; "
+                             "lower the others with `fleet bump WAVE --priority N`")
+    ledger.set_wave_priority(wave.id, priority)
+    ensure_controller(ctx.workspace, ledger, explicit=True)  # the next cycle starts its work first
+    ctx.sink.data({"wave": wave.id, "track": wave.track, "priority": priority, "was": wave.priority},
+                  lambda c: c.print(Text(plain(f"{wave.id}: priority {wave.priority} -> {priority}"))))
+    ctx.sink.hint(f"its queued experiments start next on the clusters its tier uses; `fleet wait {wave.id}` waits")
     return 0

@@ -50,3 +50,14 @@ def apply_budget(ledger: Ledger, config: FleetConfig,
         over_ids = {p.experiment_id for p in over}
         capped = [p for p in capped if p.experiment_id not in over_ids]
     return [p for p in pending if p in capped or p in released], len(held)
+
+
+def budget_reached(ledger: Ledger, config: FleetConfig) -> bool:
+    """Whether the fleet's GPU-hour cap is used up by what ran and what is queued or running now."""
+    if config.max_gpu_hours is None:
+        return False
+    spent = sum((r.gpu_seconds or 0.0) for r in ledger.results().values()) / 3600
+    rows = {e.id: e for e in ledger.experiments(states=[ExperimentState.QUEUED, ExperimentState.RUNNING])}
+    committed = sum(expected_gpu_hours(rows[a.experiment_id]) for a in ledger.attempts(active=True)
+                    if a.experiment_id in rows)
+    return spent + committed >= config.max_gpu_hours - 1e-9

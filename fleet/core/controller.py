@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +31,11 @@ from fleet.core.backup import BACKUP_EVERY_S
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow, ExperimentRow
 from fleet.core.orphans import find_orphans
-from fleet.core.budget import apply_budget, expected_gpu_hours
+from fleet.core.demand import active_work
+from fleet.core.fleet_size import BackendFactory, Replenisher, default_launcher
 from fleet.core.job_plan import experiment_timeout, job_for, outcome_of
-from fleet.core.schedule import ClusterSlot, PendingExperiment, assign
+from fleet.core.placement import Placement, WaveSource, on_demand_work, plan_placement
+from fleet.core.schedule import Assignment, ClusterSlot
 from fleet.core.transitions import Outcome
 from fleet.errors import DiskProblem, InputError, disk_problem
 from fleet.types import (
@@ -62,20 +64,27 @@ class CycleReport:
     held: int = 0
     repaired: int = 0  # experiments the consistency check put right
     orphans: int = 0  # jobs cancelled because no current attempt owns them
+    swapped: int = 0  # queued jobs taken back for higher-priority work
+    launched: list[str] = field(default_factory=list)  # replacement clusters whose launch started
 
 
 class Controller:
     def __init__(
         self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, sources: Mapping[str, WaveSource] | None = None,
+        launcher: BackendFactory | None = None,
     ) -> None:
         self.workspace = workspace
         self.ledger = ledger
         self.backend = backend
         self.config = config
         self.clock = clock
+        self.sources = dict(sources or {})  # wave kind -> what makes its experiments on demand (a search)
         self._log_failures: dict[int, int] = {}  # attempt id -> failed log fetches so far
         self._resting: dict[str, float] = {}  # cluster -> when it may get new work again
+        # Replacements for lost clusters launch on threads of their own (minutes on SkyPilot).
+        self.replenisher = Replenisher(ledger, config, launcher or default_launcher(workspace, config), clock)
+        self._kept_alive: dict[str, float] = {}  # cluster -> when its autodown timer was last reset
 
     # --- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
@@ -100,7 +109,32 @@ class Controller:
         self._finish_all(finished, report)
         self._cancel_requested()
         self._submit_pending(report)
+        report.launched = self.replenisher.step()
+        self._keep_alive([n for n in clusters if n not in report.lost_clusters])
         return report
+
+    def _keep_alive(self, clusters: list[str]) -> None:
+        """Reset the autodown timer of idle clusters while the ledger has work for the fleet.
+
+        Clusters tear themselves down after `autodown_minutes` idle (so a fleet whose controller
+        died stops billing); while work waits in the ledger, an idle cluster is about to get some
+        (or its tier's work is queued elsewhere), so it must not go down under the fleet.
+        """
+        now = self.clock()
+        every = self.config.fleet_size.autodown_minutes * 60 / 3
+        due = [n for n in clusters if now - self._kept_alive.get(n, float("-inf")) >= every]
+        if not due:
+            return
+        if not self.ledger.select("SELECT 1 FROM experiments WHERE state IN (?, ?, ?) LIMIT 1",
+                                  (ExperimentState.PENDING.value, ExperimentState.QUEUED.value,
+                                   ExperimentState.RUNNING.value)):
+            return  # no work left: let idle clusters autodown
+        busy = {a.cluster for a in self.ledger.attempts(active=True)}
+        idle = [n for n in due if n not in busy]
+        for name in due:
+            self._kept_alive[name] = now
+        if idle:
+            self.backend.keep_alive(idle)
 
     def _repair(self, report: CycleReport) -> None:
         repairs = self.ledger.repair()
@@ -263,25 +297,56 @@ class Controller:
         clusters = self.ledger.clusters([ClusterState.UP])
         if not clusters:
             return
+        active = active_work(self.ledger)
         depth: dict[str, int] = {c.name: 0 for c in clusters}
-        for attempt in self.ledger.attempts(active=True):
-            if attempt.cluster in depth:
-                depth[attempt.cluster] += 1
+        for row in active:
+            if row.attempt.cluster in depth:
+                depth[row.attempt.cluster] += 1
         # Resting clusters are in the list (a tier waits for its own resting accelerator rather
         # than spill onto another), marked as taking no work.
         slots = [ClusterSlot(c.name, c.accelerator, depth[c.name], c.name not in self._resting) for c in clusters]
-        pending_rows = {e.id: e for e in self.ledger.experiments(states=[ExperimentState.PENDING])}
-        if not pending_rows:
-            return
-        pending = [PendingExperiment(e.id, e.tier, expected_gpu_hours(e)) for e in pending_rows.values()]
-        pending, held = apply_budget(self.ledger, self.config, pending)
-        report.held += held
-        if not pending:
-            return
-        tiers = {name: tier.accelerators for name, tier in self.config.tiers.items()}
+        plan = plan_placement(self.ledger, self.config, slots, active, now, on_demand_work(self.ledger, self.sources))
+        report.held += plan.held
         accelerator = {c.name: c.accelerator for c in clusters}
-        decisions = assign(slots, pending, self.config.queue_depth, tiers)
-        self._submit_all([(pending_rows[d.experiment_id], d.cluster, accelerator[d.cluster]) for d in decisions], report)
+        chosen = [(plan.experiments[d.experiment_id], d.cluster) for d in plan.assignments if d.experiment_id]
+        chosen += self._produce([d for d in plan.assignments if d.experiment_id is None])
+        chosen += self._swap(plan, {row.attempt.id: row.attempt for row in active}, report)
+        self._submit_all([(exp, cluster, accelerator[cluster]) for exp, cluster in chosen], report)
+
+    def _produce(self, requests: list[Assignment]) -> list[tuple[ExperimentRow, str]]:
+        """Experiments made now for on-demand waves (a search) that the scheduler gave a slot."""
+        out: list[tuple[ExperimentRow, str]] = []
+        for request in requests:
+            wave = self.ledger.wave(request.wave_id or "")
+            source = self.sources.get(wave.kind) if wave is not None else None
+            if source is not None:
+                out += [(exp, request.cluster) for exp in source.produce(self.ledger, wave, 1)]
+        return out
+
+    def _swap(self, plan: Placement, attempts: dict[int, AttemptRow],
+              report: CycleReport) -> list[tuple[ExperimentRow, str]]:
+        """Take back queued-not-started jobs for higher-priority work of their track, which takes their place.
+
+        The ledger moves first (conditional: a job that started meanwhile is left alone), then the
+        job is cancelled; a cancel that fails leaves an orphan, which the next queue read cancels.
+        """
+        out: list[tuple[ExperimentRow, str]] = []
+        cancels: dict[str, list[int]] = {}
+        for swap in plan.swaps:
+            attempt = attempts[swap.attempt_id]
+            if not self.ledger.withdraw_attempt(attempt, f"taken back for higher-priority {swap.experiment_id}"):
+                continue
+            report.swapped += 1
+            cancels.setdefault(attempt.cluster, []).append(attempt.job_id)
+            out.append((plan.experiments[swap.experiment_id], swap.cluster))
+        for cluster, job_ids in cancels.items():
+            try:
+                self.backend.cancel(cluster, job_ids)
+            except BackendError as exc:  # ClusterLost included: the next queue read sorts it out
+                log.warning("could not cancel jobs taken back on %s (the next queue read will): %s", cluster, exc)
+        if cancels:
+            log.info("took back %d queued jobs for higher-priority work", sum(len(v) for v in cancels.values()))
+        return out
 
     def _submit_all(self, decisions: list[tuple[ExperimentRow, str, str]], report: CycleReport) -> None:
         """Record every attempt, then submit them all in one batch, then record the job ids.
@@ -363,7 +428,9 @@ class Controller:
                     last_backup = self.clock()
                     self._backup()
                 if not self.ledger.clusters([ClusterState.UP]):
-                    return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
+                    self.replenisher.step()  # a fleet with a recorded size launches replacements
+                    if not self.replenisher.busy():
+                        return self._stop("no clusters are up; run `fleet up` (experiments stay queued in the ledger)")
                 full = self.workspace.disk_problem(probe=False)  # before jobs' logs get cut short
                 if full is not None:
                     return self._stop(str(full))
@@ -389,7 +456,7 @@ class Controller:
                     return self._stop(str(problem))
                 log.exception("controller crashed")
                 return self._stop(f"the controller crashed: {exc!r}; details in .fleet/logs/controller.log")
-            if self.ledger.has_unfinished_work():
+            if self.ledger.has_unfinished_work() or self.replenisher.busy():
                 idle_since = None
             else:
                 idle_since = idle_since or self.clock()

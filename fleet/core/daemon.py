@@ -23,6 +23,7 @@ from fleet.backends.slot_queue import try_flock
 from fleet.config import FleetConfig, load_config
 from fleet.core import faults
 from fleet.core.controller import Controller
+from fleet.core.fleet_size import fleet_target
 from fleet.core.ledger import Ledger
 from fleet.errors import DiskProblem
 from fleet.types import ClusterState
@@ -49,8 +50,10 @@ def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = 
     by a command that asks for work to run (`explicit`: wave, wait, up, release, cancel), not by
     `fleet status` in an agent's loop. Returns True if it started one.
     """
-    if not ledger.has_unfinished_work() or not ledger.clusters([ClusterState.UP]):
+    if not ledger.has_unfinished_work():
         return False
+    if not ledger.clusters([ClusterState.UP]) and fleet_target(ledger) is None:
+        return False  # nothing could run it; a fleet with a recorded size launches replacements
     problem = ledger.get_meta("controller_error") or ""
     if problem and not problem.startswith("retrying") and not explicit:
         return False

@@ -23,6 +23,7 @@ from fleet.core.backup import RESTORE_COMMAND, newest_backup, take_backup
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
     ADDED_COLUMNS,
+    ADDED_INDEXES,
     SCHEMA,
     AttemptRow,
     ClusterRow,
@@ -110,6 +111,8 @@ class Ledger(Transitions):
                     have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                for statement in ADDED_INDEXES:
+                    db.execute(statement)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             if is_damage(exc):
@@ -150,6 +153,12 @@ class Ledger(Transitions):
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
         return self._db.execute(sql, tuple(args)).fetchall()
 
+    def select(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
+        """A read for modules that build their own views of the ledger (`fleet.core.demand`)."""
+        if not sql.lstrip().upper().startswith("SELECT"):
+            raise ValueError("select() only reads")  # internal misuse, never user input
+        return self._query(sql, args)
+
     def backup(self) -> Path:
         """A consistent copy in `.fleet/backups/` (the newest few are kept)."""
         return take_backup(self._db, self.path, self.clock())
@@ -167,7 +176,7 @@ class Ledger(Transitions):
     def add_wave(
         self, name: str, tier: str, spec: dict, snapshot: str, experiments: list[NewExperiment],
         *, base: dict | None = None, kind: str = "grid", parent: str | None = None,
-        max_gpu_hours: float | None = None,
+        max_gpu_hours: float | None = None, priority: int = 0, track: str = "",
     ) -> tuple[WaveRow, list[ExperimentRow]]:
         """Insert a wave and all its experiments in one transaction: all or nothing."""
         now = self.clock()
@@ -177,9 +186,10 @@ class Ledger(Transitions):
             while wave_id in taken:
                 wave_id, k = f"{name}-{k}", k + 1
             db.execute(
-                "INSERT INTO waves VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO waves (id, name, tier, kind, spec, base, snapshot, parent, max_gpu_hours, created_at,"
+                " priority, track) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (wave_id, name, tier, kind, json.dumps(spec), json.dumps(base or {}), snapshot, parent,
-                 max_gpu_hours, now),
+                 max_gpu_hours, now, priority, track),
             )
             width = max(3, len(str(len(experiments))))
             for seq, exp in enumerate(experiments, start=1):
@@ -197,17 +207,33 @@ class Ledger(Transitions):
         rows = self._query("SELECT * FROM waves WHERE id = ?", (wave_id,))
         return decode_row(WaveRow, rows[0]) if rows else None
 
-    def waves(self) -> list[WaveRow]:
-        return [decode_row(WaveRow, r) for r in self._query("SELECT * FROM waves ORDER BY created_at, id")]
+    def waves(self, track: str | None = None) -> list[WaveRow]:
+        """Every wave in submission order; with `track`, only that track's."""
+        sql, args = "SELECT * FROM waves", []
+        if track is not None:
+            sql += " WHERE track = ?"
+            args.append(track)
+        return [decode_row(WaveRow, r) for r in self._query(sql + " ORDER BY created_at, id", args)]
+
+    def set_wave_priority(self, wave_id: str, priority: int) -> bool:
+        with self.tx("set_wave_priority") as db:
+            return db.execute("UPDATE waves SET priority = ? WHERE id = ?", (priority, wave_id)).rowcount > 0
+
+    def tracks(self) -> list[str]:
+        """The tracks waves were submitted on ("" is the default track)."""
+        return [r["track"] for r in self._query("SELECT DISTINCT track FROM waves ORDER BY track")]
 
     # --- experiments -------------------------------------------------------------------------
     def experiments(
-        self, wave: str | None = None, states: Iterable[ExperimentState] | None = None
+        self, wave: str | None = None, states: Iterable[ExperimentState] | None = None, track: str | None = None,
     ) -> list[ExperimentRow]:
         sql, args = "SELECT e.* FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE 1=1", []
         if wave is not None:
             sql += " AND e.wave_id = ?"
             args.append(wave)
+        if track is not None:
+            sql += " AND w.track = ?"
+            args.append(track)
         if states is not None:
             states = [s.value for s in states]
             sql += f" AND e.state IN ({','.join('?' * len(states))})"
@@ -271,13 +297,16 @@ class Ledger(Transitions):
         return {r["experiment_id"]: decode_row(ResultRow, r) for r in self._query(sql, args)}
 
     # --- clusters ----------------------------------------------------------------------------
-    def upsert_cluster(self, name: str, backend: str, accelerator: str, state: ClusterState) -> None:
+    def upsert_cluster(self, name: str, backend: str, accelerator: str, state: ClusterState,
+                       replaces: str | None = None) -> None:
         now = self.clock()
         with self.tx("upsert_cluster") as db:
             db.execute(
-                "INSERT INTO clusters VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET backend = excluded.backend,"
-                " accelerator = excluded.accelerator, state = excluded.state, updated_at = excluded.updated_at",
-                (name, backend, accelerator, state.value, now, now),
+                "INSERT INTO clusters (name, backend, accelerator, state, created_at, updated_at, replaces)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET backend = excluded.backend,"
+                " accelerator = excluded.accelerator, state = excluded.state, updated_at = excluded.updated_at,"
+                " replaces = COALESCE(excluded.replaces, clusters.replaces)",
+                (name, backend, accelerator, state.value, now, now, replaces),
             )
 
     def clusters(self, states: Iterable[ClusterState] | None = None) -> list[ClusterRow]:
@@ -288,12 +317,15 @@ class Ledger(Transitions):
         return rows
 
     # --- summaries ---------------------------------------------------------------------------
-    def counts(self, wave: str | None = None) -> dict[str, int]:
-        sql, args = "SELECT state, COUNT(*) AS n FROM experiments", []
+    def counts(self, wave: str | None = None, track: str | None = None) -> dict[str, int]:
+        sql, args = "SELECT e.state, COUNT(*) AS n FROM experiments e", []
+        if track is not None:
+            sql += " JOIN waves w ON w.id = e.wave_id AND w.track = ?"
+            args.append(track)
         if wave is not None:
-            sql += " WHERE wave_id = ?"
+            sql += " WHERE e.wave_id = ?"
             args.append(wave)
-        return {r["state"]: r["n"] for r in self._query(sql + " GROUP BY state", args)}
+        return {r["state"]: r["n"] for r in self._query(sql + " GROUP BY e.state", args)}
 
     def has_unfinished_work(self) -> bool:
         """Experiments to run, or jobs still on a cluster (a cancelled experiment's job must be stopped)."""

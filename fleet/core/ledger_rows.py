@@ -50,6 +50,14 @@ ADDED_COLUMNS = (
     ("experiments", "code_snapshot", "TEXT"),
     ("experiments", "base_snapshot", "TEXT"),
     ("experiments", "seeding", "TEXT NOT NULL DEFAULT 'seed'"),
+    ("waves", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("waves", "track", "TEXT NOT NULL DEFAULT ''"),
+    ("clusters", "replaces", "TEXT"),
+)
+# Indexes on added columns: created after the columns exist (a ledger made before them gets both on open).
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS waves_track ON waves(track)",
+    "CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at)",
 )
 SEEDED, REPLICATE = "seed", "replicate"
 
@@ -58,6 +66,7 @@ ATTEMPT_SUBMITTING = "submitting"  # row written before the backend call, so a c
 ATTEMPT_LOST = "lost"  # its cluster died; the experiment went back to pending
 ATTEMPT_NOT_SUBMITTED = "not_submitted"  # never reached a cluster (setup failed): does not count
 ATTEMPT_LOG_LOST = "log_lost"  # ran, but its log was cut short (a full disk): run again, does not count
+ATTEMPT_WITHDRAWN = "withdrawn"  # queued but not started, taken back for higher-priority work: does not count
 ACTIVE_ATTEMPT_STATES = ("submitting", "pending", "running")
 
 
@@ -73,6 +82,8 @@ class WaveRow:
     parent: str | None
     max_gpu_hours: float | None
     created_at: float
+    priority: int = 0  # higher starts first, within its track
+    track: str = ""  # fair-share group (e.g. one per agent); "" is the default track
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,8 @@ class ClusterRow:
     state: ClusterState
     created_at: float
     updated_at: float
+    replaces: str | None = None  # the lost cluster this one was launched to replace
+
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from fleet.core.ledger_rows import (
     ATTEMPT_LOST,
     ATTEMPT_NOT_SUBMITTED,
     ATTEMPT_SUBMITTING,
+    ATTEMPT_WITHDRAWN,
     AttemptRow,
     decode_row,
 )
@@ -223,6 +224,25 @@ class Transitions:
             db.execute("UPDATE experiments SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
                        (ExperimentState.PENDING.value, reason, now, attempt.experiment_id))
             return ExperimentState.PENDING
+
+    def withdraw_attempt(self, attempt: AttemptRow, reason: str) -> bool:
+        """Take back a job that is queued on its cluster but has not started, for higher-priority work.
+
+        Conditional on the attempt still being `pending` (queued) and its experiment `queued`: a job
+        that started meanwhile is left alone. The try does not count. The caller cancels the job
+        after this; if that cancel is lost, the job is an orphan and the next queue read cancels it.
+        """
+        now = self.clock()
+        with self.tx("withdraw_attempt") as db:
+            current = db.execute("SELECT state FROM experiments WHERE id = ?", (attempt.experiment_id,)).fetchone()
+            if current is None or current[0] != ExperimentState.QUEUED.value:
+                return False  # running, finished or cancelled meanwhile: leave it
+            if not db.execute("UPDATE attempts SET state = ?, ended_at = ? WHERE id = ? AND state = 'pending'"
+                              " AND job_id IS NOT NULL", (ATTEMPT_WITHDRAWN, now, attempt.id)).rowcount:
+                return False
+            db.execute("UPDATE experiments SET state = ?, reason = ?, updated_at = ?, attempts = MAX(0, attempts - 1)"
+                       " WHERE id = ?", (ExperimentState.PENDING.value, reason, now, attempt.experiment_id))
+            return True
 
     def abandon_attempt(self, attempt: AttemptRow, reason: str) -> bool:
         """The attempt never reached a cluster (setup failed, refused): it does not count."""

@@ -6,6 +6,8 @@ tier: screen              # a tier from fleet.yaml (default: screen)
 seeds: 1                  # runs per configuration, SEED=0..seeds-1 (default: the tier's seeds)
 description: optional text
 max_gpu_hours: 20         # optional budget cap for this wave
+priority: 5               # optional: higher starts first within its track (default: the tier's priority)
+track: agent-a            # optional: the fair-share track it runs on (e.g. one per agent; default: none)
 env: {TIME_BUDGET: 300}   # fixed knob overrides for every experiment
 grid:                     # factorial product of knob values
   MATRIX_LR: [0.03, 0.04, 0.05]
@@ -148,6 +150,10 @@ class WaveFile(BaseModel):
     experiments: list[ExperimentEntry] | None = Field(
         None, min_length=1, description="explicit override sets, run after the grid's configurations"
     )
+    priority: int | None = Field(None, ge=-1000, le=1000, strict=True,
+                                 description="higher starts first within its track (default: the tier's priority)")
+    track: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, strict=True,
+                              description="the fair-share track the wave runs on, e.g. one per agent")
 
     @field_validator("tier")
     @classmethod
@@ -183,6 +189,8 @@ HINTS = {
     "seeds": "allowed: a positive integer (e.g. `seeds: 3`), or leave it out for the tier's default",
     "description": "allowed: text (quote it if it looks like a number)",
     "max_gpu_hours": "allowed: a positive number of GPU-hours (e.g. `max_gpu_hours: 20`), or leave it out",
+    "priority": "allowed: an integer from -1000 to 1000 (e.g. `priority: 5`), or leave it out for the tier's",
+    "track": "allowed: lowercase letters and digits, with single '-' or '_' between them (e.g. `track: agent-a`)",
     "env": "allowed: a mapping of knob names to single values (e.g. `env: {TIME_BUDGET: 300}`)",
     "grid": "allowed: a mapping of knob names to non-empty lists of values (e.g. `grid: {MATRIX_LR: [0.03, 0.04]}`)",
     "experiments": "allowed: a list of mappings of knob overrides, each may carry `description`, and `code` "
@@ -335,6 +343,8 @@ def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
         seeds=model.seeds,
         description=model.description,
         max_gpu_hours=model.max_gpu_hours,
+        priority=model.priority,
+        track=model.track,
         env=dict(model.env),
         grid={k: list(v) for k, v in (model.grid or {}).items()},
         experiments=[

@@ -38,6 +38,8 @@ class WaveSpec:
     seeds: int | None = None  # None: the tier's seeds
     description: str = ""
     max_gpu_hours: float | None = None
+    priority: int | None = None  # None: the tier's priority (validation tiers go first)
+    track: str | None = None  # None: the default track (or $FLEET_TRACK)
     env: dict[str, KnobValue] = field(default_factory=dict)
     grid: dict[str, list[KnobValue]] = field(default_factory=dict)
     experiments: list[ExplicitExperiment] = field(default_factory=list)
@@ -48,7 +50,8 @@ class WaveSpec:
         """The wave as the user meant it, JSON-ready (for the ledger and `--json` output)."""
         return {
             "name": self.name, "tier": self.tier, "seeds": self.seeds, "description": self.description,
-            "max_gpu_hours": self.max_gpu_hours, "env": dict(self.env),
+            "max_gpu_hours": self.max_gpu_hours, "priority": self.priority, "track": self.track,
+            "env": dict(self.env),
             "grid": {k: list(v) for k, v in self.grid.items()},
             "experiments": [_entry_json(e) for e in self.experiments],
         }

@@ -371,6 +371,18 @@ def down(cluster_name: str, purge: bool = False, graceful: bool = False, gracefu
     return _submit("down", run)
 
 
+def autostop(cluster_name: str, idle_minutes: int, wait_for: Any = None, down: bool = False,
+             hook: str | None = None, hook_timeout: int | None = None) -> str:
+    """Set the autostop again; as on a real cluster, this restarts its idle timer (`last_active`)."""
+    def run() -> None:
+        with state.locked():
+            _require_up(cluster_name)
+            state.set_meta(cluster_name, autostop=idle_minutes, to_down=bool(down), last_active=time.time(),
+                           autostop_calls=(state.meta(cluster_name).get("autostop_calls") or 0) + 1)
+
+    return _submit("autostop", run)
+
+
 def status(cluster_names: list[str] | None = None, refresh: StatusRefreshMode = StatusRefreshMode.NONE,
            all_users: bool = False) -> str:
     def run() -> list[Record]:
@@ -419,7 +431,7 @@ def fail_next_jobs(cluster_name: str, status: str = "FAILED_SETUP", count: int =
 
 __all__ = [  # the SDK's surface, then the failure injectors tests drive it with
     "API_URL", "FAKE_CONTEXT", "ClusterStatus", "Handle", "JobStatus", "RealtimeGpuAvailability", "Record",
-    "Resources", "StatusRefreshMode", "Task", "__version__", "api_info", "cancel", "client", "download_logs",
+    "Resources", "StatusRefreshMode", "Task", "__version__", "api_info", "autostop", "cancel", "client", "download_logs",
     "exceptions", "exec", "get", "job_status", "launch", "queue", "realtime_kubernetes_gpu_availability",
     "status", "stream_and_get", "tail_logs", "down",
     "DEFAULT_CAPACITY", "fail_next_jobs", "flap_cluster", "hold_execs", "home", "kill_cluster", "make_unreachable",

@@ -1,0 +1,110 @@
+"""What the scheduler is given each cycle, read from the ledger in a few indexed queries.
+
+`fleet.core.schedule` decides over plain records; this module builds them: the pending work with
+its wave's priority and track, the jobs in the clusters' queues with theirs, and each track's
+recent and committed cluster-time. Queries read only live rows (pending experiments, active
+attempts, attempts that ended within a few half-lives), never the whole history.
+"""
+from __future__ import annotations
+
+import json
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fleet.core.ledger import Ledger
+from fleet.core.ledger_rows import ACTIVE_ATTEMPT_STATES, AttemptRow, ExperimentRow, decode_row
+from fleet.core.schedule import QueuedJob, TrackLoad, decayed_usage
+from fleet.types import ExperimentState
+
+USAGE_HALF_LIFE_S = 600.0  # fair shares remember about the last half hour of each track's use
+START_OVERHEAD_S = 60.0  # beyond TIME_BUDGET: start-up, compile, evaluation (an estimate; refined by history)
+DEFAULT_BUDGET_S = 300.0
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    experiment: ExperimentRow
+    priority: int
+    track: str
+
+
+@dataclass(frozen=True)
+class ActiveRow:
+    attempt: AttemptRow
+    priority: int
+    track: str
+    expected_s: float  # how long its job is expected to run, start to end
+
+
+def expected_seconds(config: Mapping[str, str], default_budget: float | None) -> float:
+    """An experiment's expected run time on a cluster: its TIME_BUDGET plus start-up and evaluation."""
+    try:
+        budget = float(config["TIME_BUDGET"])
+    except (KeyError, ValueError):
+        budget = default_budget if default_budget is not None else DEFAULT_BUDGET_S
+    return budget + START_OVERHEAD_S
+
+
+def _extra(row) -> tuple[dict, dict]:
+    """A joined row split into the main table's columns and the joined ones (prefixed `x_`)."""
+    data = dict(row)
+    return data, {k[2:]: data.pop(k) for k in list(data) if k.startswith("x_")}
+
+
+def pending_work(ledger: Ledger) -> list[PendingRow]:
+    """Pending experiments, each with its wave's priority and track; best first within a track."""
+    rows = ledger.select(
+        "SELECT e.*, w.priority AS x_priority, w.track AS x_track FROM experiments e JOIN waves w ON w.id = e.wave_id"
+        " WHERE e.state = ? ORDER BY w.priority DESC, w.created_at, w.rowid, e.seq",
+        (ExperimentState.PENDING.value,))
+    out = []
+    for row in rows:
+        data, extra = _extra(row)
+        out.append(PendingRow(decode_row(ExperimentRow, data), extra["priority"], extra["track"]))
+    return out
+
+
+def active_work(ledger: Ledger) -> list[ActiveRow]:
+    """Attempts queued or running on a cluster, with their wave's priority and track and expected length."""
+    marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
+    rows = ledger.select(
+        f"SELECT a.*, e.config AS x_config, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec"
+        f" FROM attempts a JOIN experiments e ON e.id = a.experiment_id JOIN waves w ON w.id = e.wave_id"
+        f" WHERE a.state IN ({marks}) ORDER BY a.id", ACTIVE_ATTEMPT_STATES)
+    out = []
+    for row in rows:
+        data, extra = _extra(row)
+        default = json.loads(extra["spec"] or "{}").get("default_budget")
+        expected = expected_seconds(json.loads(extra["config"]),
+                                    float(default) if isinstance(default, (int, float)) else None)
+        out.append(ActiveRow(decode_row(AttemptRow, data), extra["priority"], extra["track"], expected))
+    return out
+
+
+def queued_jobs(active: Iterable[ActiveRow]) -> list[QueuedJob]:
+    """Jobs that sit in a cluster's queue and have not started (candidates to swap for higher priority)."""
+    return [QueuedJob(a.attempt.id, a.attempt.cluster, a.priority, a.track, a.attempt.submitted_at)
+            for a in active if a.attempt.state == "pending" and a.attempt.job_id is not None]
+
+
+def track_loads(ledger: Ledger, active: Iterable[ActiveRow], now: float,
+                half_life_s: float = USAGE_HALF_LIFE_S) -> dict[str, TrackLoad]:
+    """Each track's decayed recent cluster-time and the cluster-time its active jobs still need."""
+    committed: dict[str, float] = {}
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    for a in active:
+        started = a.attempt.started_at if a.attempt.state == "running" else None
+        remaining = a.expected_s if started is None else max(a.expected_s - (now - started), 0.0)
+        committed[a.track] = committed.get(a.track, 0.0) + remaining
+        if started is not None:
+            intervals.setdefault(a.track, []).append((started, now))
+    since = now - 6 * half_life_s  # older use weighs under 2%
+    for row in ledger.select(
+            "SELECT w.track AS track, a.started_at AS s, a.ended_at AS e FROM attempts a"
+            " JOIN experiments x ON x.id = a.experiment_id JOIN waves w ON w.id = x.wave_id"
+            " WHERE a.ended_at > ? AND a.started_at IS NOT NULL", (since,)):
+        intervals.setdefault(row["track"], []).append((row["s"], row["e"]))
+    tracks = set(committed) | set(intervals)
+    return {t: TrackLoad(decayed_usage(intervals.get(t, []), now, half_life_s), committed.get(t, 0.0))
+            for t in tracks}
