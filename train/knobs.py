@@ -16,7 +16,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 PRESETS = ("gpu", "cpu", "tiny")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -141,8 +141,12 @@ def check_env(knobs: Mapping[str, Knob], env: Mapping[str, str]) -> dict[str, An
     return values
 
 
-def combination_error(values: Mapping[str, Any]) -> str | None:
-    """Rules that tie knobs together (each knob alone may be fine); one line naming the fix, or None."""
+def combination_error(values: Mapping[str, Any], given: Collection[str] = ()) -> str | None:
+    """Rules that tie knobs together (each knob alone may be fine); one line naming the fix, or None.
+
+    `given` are the knobs the run sets on purpose (the change being tested): fixes that keep them
+    come first, so the advice is never only "undo your change".
+    """
     head_dim = values["HEAD_DIM"]
     if head_dim % 2:
         return f"knob HEAD_DIM={head_dim} must be even (rotary embeddings rotate pairs), e.g. HEAD_DIM={head_dim + 1}"
@@ -151,8 +155,20 @@ def combination_error(values: Mapping[str, Any]) -> str | None:
     if total % micro:
         return (f"knob TOTAL_BATCH_SIZE={total} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
                 f"{values['DEVICE_BATCH_SIZE']}*{values['MAX_SEQ_LEN']}={micro}; "
-                f"e.g. TOTAL_BATCH_SIZE={micro * max(1, total // micro)}")
+                f"e.g. {' or '.join(_batch_fixes(values, given))}")
     return None
+
+
+def _batch_fixes(values: Mapping[str, Any], given: Collection[str]) -> list[str]:
+    """Ways to make TOTAL_BATCH_SIZE a multiple of the micro-batch; those keeping the given knobs first."""
+    device, seq, total = values["DEVICE_BATCH_SIZE"], values["MAX_SEQ_LEN"], values["TOTAL_BATCH_SIZE"]
+    micro = device * seq
+    fixes: list[tuple[bool, str]] = []
+    if total % seq == 0:  # keep TOTAL_BATCH_SIZE: the largest smaller DEVICE_BATCH_SIZE that divides it
+        fit = next(d for d in range(device, 0, -1) if (total // seq) % d == 0)
+        fixes.append(("DEVICE_BATCH_SIZE" in given, f"DEVICE_BATCH_SIZE={fit} (keeps TOTAL_BATCH_SIZE={total})"))
+    fixes.append(("TOTAL_BATCH_SIZE" in given, f"TOTAL_BATCH_SIZE={micro * max(1, total // micro)}"))
+    return [text for _, text in sorted(fixes, key=lambda fix: fix[0])]  # fixes that change a given knob last
 
 
 def _presets_for(given: Mapping[str, Any]) -> tuple[str, ...]:
@@ -167,7 +183,7 @@ def check_combinations(knobs: Mapping[str, Knob], given: Mapping[str, Any]) -> N
     """Raise KnobError if the values break a combination rule under any preset they may run with."""
     for preset in _presets_for(given):
         values = {name: given.get(name, knob.default(preset)) for name, knob in knobs.items()}
-        problem = combination_error(values)
+        problem = combination_error(values, given)
         if problem:
             raise KnobError(problem + (f" (with PRESET={preset})" if "PRESET" not in given else ""))
 

@@ -16,6 +16,7 @@ from fleet.cli.context import Context
 from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import backend_name, controller_running
+from fleet.core.fleet_size import fleet_target, launch_failures, launches_under_way
 from fleet.core.ledger_rows import SEEDED
 from fleet.core.results import ANSI
 from fleet.errors import InputError
@@ -27,6 +28,7 @@ from fleet.types import ClusterState, job_name
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", parents=[common], help="clusters, queues, running experiments, wave progress")
+    p.add_argument("--track", default=None, help="only the waves of this track (\"\" for the default track)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("results", parents=[common], help="the leaderboard (table, tsv or json)")
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_logs)
 
 
-def status_payload(ctx: Context) -> dict:
+def status_payload(ctx: Context, track: str | None = None) -> dict:
     ledger = ctx.ledger
     now = time.time()
     attempts = ledger.attempts(active=True)
@@ -58,17 +60,18 @@ def status_payload(ctx: Context) -> dict:
         running = next((a for a in mine if a.state == "running"), None)
         clusters.append({
             "name": c.name, "accelerator": c.accelerator, "state": c.state.value, "queue_depth": len(mine),
+            "replaces": c.replaces,
             "running": None if running is None else {
                 "experiment": running.experiment_id,
                 "elapsed_s": round(now - (running.started_at or running.submitted_at), 1)},
         })
     waves = []
-    for w in ledger.waves():
+    for w in ledger.waves(track=track):
         counts = ledger.counts(w.id)
         total = sum(counts.values())
         finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
-        waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "total": total, "finished": finished,
-                      "counts": counts})
+        waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
+                      "total": total, "finished": finished, "counts": counts})
     board = leaderboard_payload(ctx, None)
     best = next((r for r in board["rows"] if r["rank"] == 1), None)
     running = controller_running(ctx.workspace)
@@ -77,11 +80,16 @@ def status_payload(ctx: Context) -> dict:
         full = ctx.workspace.disk_problem(probe=False)
         error = None if full is None else str(full)
     idle = [c["name"] for c in clusters if c["state"] == "up" and c["queue_depth"] == 0]
+    target = fleet_target(ledger)
     return {
         "backend": backend_name(ledger),
         "controller": {"running": running, "error": error},
         "clusters": clusters,
         "idle_clusters": idle,
+        "fleet_size": None if target is None else {
+            "target": target.count, "live": sum(1 for c in clusters if c["state"] in ("up", "provisioning")),
+            "launching": launches_under_way(ledger), "last_failure": launch_failures(ledger).get("error")},
+        "track": track,
         "waves": waves,
         "best": None if best is None else {k: best[k] for k in ("experiment", "label", "val_bpb", "normalized",
                                                                  "accelerator")},
@@ -94,20 +102,27 @@ def render_status(console: Console, payload: dict) -> None:
     ctrl = payload["controller"]
     console.print(styled(f"backend {payload['backend']} · controller {'running' if ctrl['running'] else 'stopped'}",
                          *((" · ", (ctrl["error"], "red")) if ctrl["error"] else ())))
-    table = Table(title="clusters", title_justify="left")
+    size = payload.get("fleet_size")
+    title = "clusters" if size is None else f"clusters ({size['live']} of {size['target']} up or launching)"
+    table = Table(title=title, title_justify="left")
     for col in ("cluster", "accel", "state", "queue", "running", "elapsed"):
         table.add_column(col)
     for c in payload["clusters"]:
         run = c["running"]
-        table.add_row(*(Text(plain(x)) for x in (c["name"], c["accelerator"], c["state"], str(c["queue_depth"]),
+        state = c["state"] + (f" (replaces {c['replaces']})" if c.get("replaces") else "")
+        table.add_row(*(Text(plain(x)) for x in (c["name"], c["accelerator"], state, str(c["queue_depth"]),
                       run["experiment"] if run else "-", f"{run['elapsed_s']:.0f}s" if run else "-")))
     console.print(table)
-    waves = Table(title="waves", title_justify="left")
-    for col in ("wave", "tier", "progress", "pending", "running", "done", "crash"):
+    if size and size["last_failure"]:
+        console.print(styled(("last replacement launch failed: ", "yellow"), size["last_failure"]))
+    waves = Table(title="waves" if payload.get("track") is None else f"waves of track {payload['track'] or '(default)'}",
+                  title_justify="left")
+    for col in ("wave", "track", "tier", "prio", "progress", "pending", "running", "done", "crash"):
         waves.add_column(col)
     for w in payload["waves"]:
         n = w["counts"]
-        waves.add_row(Text(plain(w["id"])), Text(plain(w["tier"])), f"{w['finished']}/{w['total']}",
+        waves.add_row(Text(plain(w["id"])), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
+                      f"{w['finished']}/{w['total']}",
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
                       str(n.get("crash", 0) + n.get("timeout", 0)))
     console.print(waves)
@@ -119,7 +134,10 @@ def render_status(console: Console, payload: dict) -> None:
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
-    payload = status_payload(ctx)
+    if args.track is not None and args.track not in ctx.ledger.tracks():
+        known = ", ".join(repr(t) for t in ctx.ledger.tracks()) or "none yet"
+        raise InputError(f"--track {args.track!r} has no waves; tracks with waves: {known}")
+    payload = status_payload(ctx, args.track)
     ctx.sink.data(payload, lambda c: render_status(c, payload))
     if payload["idle_clusters"] and not any(w["finished"] < w["total"] for w in payload["waves"]):
         ctx.sink.hint(f"{len(payload['idle_clusters'])} clusters idle — submit another wave or `fleet promote`")

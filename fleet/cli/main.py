@@ -16,6 +16,7 @@ from fleet.backends.base import BackendError
 from fleet.cli import (
     cluster_cmds,
     code_cmds,
+    controller_cmds,
     init_cmds,
     inspect_cmds,
     ledger_cmds,
@@ -30,7 +31,8 @@ from fleet.core.ledger import damaged_error, is_damage
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, code_cmds, research_cmds, observe_cmds, ledger_cmds)
+GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, controller_cmds, code_cmds, research_cmds, observe_cmds,
+          ledger_cmds)
 
 
 class _Parser(argparse.ArgumentParser):

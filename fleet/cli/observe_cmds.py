@@ -95,7 +95,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
             elapsed = now - (run.started_at or run.submitted_at)
             budget = _budget_s(exp.config.get("TIME_BUDGET"), waves[exp.wave_id].spec.get("default_budget"))
         clusters.append(ClusterLine(c["name"], c["accelerator"], c["state"], c["queue_depth"],
-                                    run.experiment_id if run else None, elapsed, budget))
+                                    run.experiment_id if run else None, elapsed, budget, c.get("replaces")))
     results = ledger.results()
     crashed = sorted((e for e in experiments.values() if e.state in (ExperimentState.CRASH, ExperimentState.TIMEOUT)),
                      key=lambda e: (e.finished_at or 0.0, e.id), reverse=True)

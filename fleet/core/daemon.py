@@ -115,7 +115,19 @@ def _previous_exit(ledger: Ledger) -> None:
         log.warning("the previous controller (pid %s) exited without saying why (killed?); resuming its work", pid)
 
 
-def run_controller(workspace: Workspace) -> int:
+PROBLEM_RETRY_S = 60.0  # a foreground controller stopped by a problem looks again after this long
+IDLE_POLL_S = 2.0  # a foreground controller with no work reads the ledger this often
+
+
+def run_controller(workspace: Workspace, *, persistent: bool = False, problem_retry_s: float = PROBLEM_RETRY_S,
+                   should_stop=lambda: False) -> int:
+    """Run the controller in this process while it holds the workspace's lock.
+
+    In the background (`persistent` False) it exits once no work is left. In the foreground
+    (`fleet controller run`: tmux, systemd, a pod) it stays: when idle it waits for new work, and
+    after a problem for the user to fix (no clusters, a broken task file) it records it and looks
+    again every `problem_retry_s` seconds. `should_stop` ends the foreground loop (tests).
+    """
     config = load_config(workspace.root)
     ledger = Ledger(workspace.ledger_path)
     faults.arm_from_env()  # tests only: FLEET_FAULT_AT crashes this controller at a chosen point
@@ -131,7 +143,21 @@ def run_controller(workspace: Workspace) -> int:
             for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
                 if info.state == ClusterState.UP and info.name not in known:
                     ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
-            stopped = Controller(workspace, ledger, backend, config).run()
+            controller = Controller(workspace, ledger, backend, config)
+            while True:
+                stopped = controller.run(idle_exit_s=30.0 if persistent else 1.0)
+                if not persistent or should_stop():
+                    break
+                if stopped == "idle":
+                    log.info("no work left; waiting for a wave (`fleet wave FILE`)")
+                    while not ledger.has_unfinished_work() and not should_stop():
+                        ledger.set_meta("controller_heartbeat", str(time.time()))
+                        time.sleep(IDLE_POLL_S)
+                else:
+                    log.warning("looking again in %.0fs (fix it meanwhile): %s", problem_retry_s, stopped)
+                    time.sleep(problem_retry_s)
+                if should_stop():
+                    break
         except BaseException as exc:  # a crash outside the loop, or SIGTERM: still say why
             record_exit(ledger, f"stopped: {exc}" if isinstance(exc, SystemExit) else f"crashed: {exc!r}")
             raise
@@ -139,18 +165,18 @@ def run_controller(workspace: Workspace) -> int:
     if stopped != "idle":
         return 1
     # Work may have arrived between the last check and the lock's release: take it on.
-    if ledger.has_unfinished_work():
+    if not persistent and ledger.has_unfinished_work():
         return run_controller(workspace)
     return 0
 
 
-def _terminate(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
+def terminate_on_signal(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
     raise SystemExit(f"terminated by signal {signal.Signals(signum).name}")
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)  # a `kill` is recorded as the reason, not lost
+    signal.signal(signal.SIGTERM, terminate_on_signal)  # a `kill` is recorded as the reason, not lost
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()
     started = time.time()
     try:

@@ -27,6 +27,7 @@ class PendingRow:
     experiment: ExperimentRow
     priority: int
     track: str
+    expected_s: float = 0.0  # how long it is expected to run, start to end
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ def expected_seconds(config: Mapping[str, str], default_budget: float | None) ->
     return budget + START_OVERHEAD_S
 
 
+def default_budget_of(spec_text: str | None) -> float | None:
+    """The workload's default TIME_BUDGET the wave recorded (for experiments that do not set it)."""
+    value = json.loads(spec_text or "{}").get("default_budget")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _extra(row) -> tuple[dict, dict]:
     """A joined row split into the main table's columns and the joined ones (prefixed `x_`)."""
     data = dict(row)
@@ -55,13 +62,16 @@ def _extra(row) -> tuple[dict, dict]:
 def pending_work(ledger: Ledger) -> list[PendingRow]:
     """Pending experiments, each with its wave's priority and track; best first within a track."""
     rows = ledger.select(
-        "SELECT e.*, w.priority AS x_priority, w.track AS x_track FROM experiments e JOIN waves w ON w.id = e.wave_id"
+        "SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec"
+        " FROM experiments e JOIN waves w ON w.id = e.wave_id"
         " WHERE e.state = ? ORDER BY w.priority DESC, w.created_at, w.rowid, e.seq",
         (ExperimentState.PENDING.value,))
     out = []
     for row in rows:
         data, extra = _extra(row)
-        out.append(PendingRow(decode_row(ExperimentRow, data), extra["priority"], extra["track"]))
+        exp = decode_row(ExperimentRow, data)
+        out.append(PendingRow(exp, extra["priority"], extra["track"],
+                              expected_seconds(exp.config, default_budget_of(extra["spec"]))))
     return out
 
 
@@ -75,9 +85,7 @@ def active_work(ledger: Ledger) -> list[ActiveRow]:
     out = []
     for row in rows:
         data, extra = _extra(row)
-        default = json.loads(extra["spec"] or "{}").get("default_budget")
-        expected = expected_seconds(json.loads(extra["config"]),
-                                    float(default) if isinstance(default, (int, float)) else None)
+        expected = expected_seconds(json.loads(extra["config"]), default_budget_of(extra["spec"]))
         out.append(ActiveRow(decode_row(AttemptRow, data), extra["priority"], extra["track"], expected))
     return out
 

@@ -241,6 +241,14 @@ class Ledger(Transitions):
         sql += " ORDER BY w.created_at, w.rowid, e.seq"
         return [decode_row(ExperimentRow, r) for r in self._query(sql, args)]
 
+    def finished_since(self, since: float, wave: str | None = None) -> list[ExperimentRow]:
+        """Experiments (of a wave) that finished after `since`, oldest first: what progress lines show."""
+        sql, args = "SELECT * FROM experiments WHERE finished_at > ?", [since]
+        if wave is not None:
+            sql += " AND wave_id = ?"
+            args.append(wave)
+        return [decode_row(ExperimentRow, r) for r in self._query(sql + " ORDER BY finished_at, id", args)]
+
     def experiment(self, experiment_id: str) -> ExperimentRow | None:
         rows = self._query("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         return decode_row(ExperimentRow, rows[0]) if rows else None

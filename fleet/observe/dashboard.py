@@ -33,6 +33,7 @@ class ClusterLine:
     running: str | None = None  # experiment id
     elapsed_s: float | None = None
     budget_s: float | None = None  # the running experiment's TIME_BUDGET
+    replaces: str | None = None  # the lost cluster it was launched to replace
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,10 @@ def render_clusters(snap: FleetSnapshot) -> RenderableType:
             elapsed = Text(f"{_clock(c.elapsed_s)} / {_clock(c.budget_s)}")
             if c.budget_s and c.elapsed_s and c.elapsed_s > c.budget_s:
                 elapsed.stylize("yellow")  # over its training budget: evaluating, or slow
-        table.add_row(_t(c.name), _t(c.accelerator), _t(c.state, style), str(c.queue_depth), _t(c.running or "-"),
-                      elapsed)
+        state = _t(c.state, style)
+        if c.replaces:
+            state.append(f" (replaces {plain(c.replaces)})", style="dim")
+        table.add_row(_t(c.name), _t(c.accelerator), state, str(c.queue_depth), _t(c.running or "-"), elapsed)
     return table
 
 
