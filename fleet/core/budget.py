@@ -9,6 +9,9 @@ from fleet.core.schedule import PendingExperiment, within_budget
 from fleet.types import ExperimentState
 
 
+FLEET_CAP = "max_gpu_hours in fleet.yaml"
+
+
 def expected_gpu_hours(exp: ExperimentRow) -> float:
     return budget_seconds(exp, 300.0) / 3600
 
@@ -31,7 +34,7 @@ def apply_budget(ledger: Ledger, config: FleetConfig,
     active = {a.experiment_id for a in ledger.attempts(active=True)}
     caps: list[tuple[float, set[str] | None, str]] = []
     if config.max_gpu_hours is not None:
-        caps.append((config.max_gpu_hours, None, "max_gpu_hours in fleet.yaml"))
+        caps.append((config.max_gpu_hours, None, FLEET_CAP))
     for wave in capped_waves:
         members = {e.id for e in rows.values() if e.wave_id == wave.id}
         caps.append((wave.max_gpu_hours, members, f"max_gpu_hours of wave {wave.id}"))
@@ -53,11 +56,14 @@ def apply_budget(ledger: Ledger, config: FleetConfig,
 
 
 def budget_reached(ledger: Ledger, config: FleetConfig) -> bool:
-    """Whether the fleet's GPU-hour cap is used up by what ran and what is queued or running now."""
+    """Whether the fleet's GPU-hour cap leaves no room: it holds experiments back, or what ran plus
+    what is pending, queued or running already takes all of it. No new clusters are bought then."""
     if config.max_gpu_hours is None:
         return False
+    if ledger.select("SELECT 1 FROM experiments WHERE state = ? AND reason LIKE ? LIMIT 1",
+                     (ExperimentState.HELD.value, f"%{FLEET_CAP}%")):
+        return True
     spent = sum((r.gpu_seconds or 0.0) for r in ledger.results().values()) / 3600
-    rows = {e.id: e for e in ledger.experiments(states=[ExperimentState.QUEUED, ExperimentState.RUNNING])}
-    committed = sum(expected_gpu_hours(rows[a.experiment_id]) for a in ledger.attempts(active=True)
-                    if a.experiment_id in rows)
-    return spent + committed >= config.max_gpu_hours - 1e-9
+    allocated = sum(expected_gpu_hours(e) for e in ledger.experiments(
+        states=[ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING]))
+    return spent + allocated >= config.max_gpu_hours - 1e-9
