@@ -2,8 +2,9 @@
 
 One cycle = check the ledger's consistency, read every queue (one concurrent round-trip for remote
 backends), reconcile the ledger with what the backend reports (finished jobs become results, lost
-clusters give their work back, orphan jobs are cancelled), then ask the pure `schedule.assign`
-what to submit and submit it. Every move of an experiment is one conditional ledger transaction
+clusters give their work back, orphan jobs are cancelled), then place work (`fleet.core.placing`:
+the pure `schedule.assign` decides, fair between tracks and by priority within one) and submit it,
+and have lost clusters replaced off the cycle (`fleet.core.fleet_size`). Every move of an experiment is one conditional ledger transaction
 (`fleet.core.transitions`) written *before* the backend call it announces, and logs are saved
 before the transaction that records their result, so a controller killed at any point is resumed
 by the next one without losing or duplicating an experiment: job names carry the experiment id
@@ -22,27 +23,23 @@ from fleet.backends.base import (
     BackendError,
     ClusterLost,
     LogIncomplete,
-    NoSpaceForJob,
-    NotSubmitted,
     SetupFailed,
 )
 from fleet.config import FleetConfig
 from fleet.core.backup import BACKUP_EVERY_S
 from fleet.core.ledger import Ledger
-from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow, ExperimentRow
+from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow
 from fleet.core.orphans import find_orphans
-from fleet.core.demand import active_work
 from fleet.core.fleet_size import BackendFactory, Replenisher, default_launcher
-from fleet.core.job_plan import experiment_timeout, job_for, outcome_of
-from fleet.core.placement import Placement, WaveSource, on_demand_work, plan_placement
-from fleet.core.schedule import Assignment, ClusterSlot
+from fleet.core.job_plan import outcome_of
+from fleet.core.placement import WaveSource
+from fleet.core.placing import REFUSED_REST_S, Placing  # noqa: F401 - REFUSED_REST_S re-exported
 from fleet.core.transitions import Outcome
 from fleet.errors import DiskProblem, InputError, disk_problem
 from fleet.types import (
     ClusterState,
     ExperimentState,
     JobInfo,
-    JobSpec,
     JobState,
     job_name,
 )
@@ -52,7 +49,6 @@ log = logging.getLogger("fleet.core.controller")
 
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures (or lost logs) an experiment may suffer before it is recorded as a crash
-REFUSED_REST_S = 30.0  # a cluster that refused a submission gets no new work for this long
 
 
 @dataclass
@@ -68,7 +64,7 @@ class CycleReport:
     launched: list[str] = field(default_factory=list)  # replacement clusters whose launch started
 
 
-class Controller:
+class Controller(Placing):
     def __init__(
         self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
         clock: Callable[[], float] = time.time, sources: Mapping[str, WaveSource] | None = None,
@@ -112,29 +108,6 @@ class Controller:
         report.launched = self.replenisher.step()
         self._keep_alive([n for n in clusters if n not in report.lost_clusters])
         return report
-
-    def _keep_alive(self, clusters: list[str]) -> None:
-        """Reset the autodown timer of idle clusters while the ledger has work for the fleet.
-
-        Clusters tear themselves down after `autodown_minutes` idle (so a fleet whose controller
-        died stops billing); while work waits in the ledger, an idle cluster is about to get some
-        (or its tier's work is queued elsewhere), so it must not go down under the fleet.
-        """
-        now = self.clock()
-        every = self.config.fleet_size.autodown_minutes * 60 / 3
-        due = [n for n in clusters if now - self._kept_alive.get(n, float("-inf")) >= every]
-        if not due:
-            return
-        if not self.ledger.select("SELECT 1 FROM experiments WHERE state IN (?, ?, ?) LIMIT 1",
-                                  (ExperimentState.PENDING.value, ExperimentState.QUEUED.value,
-                                   ExperimentState.RUNNING.value)):
-            return  # no work left: let idle clusters autodown
-        busy = {a.cluster for a in self.ledger.attempts(active=True)}
-        idle = [n for n in due if n not in busy]
-        for name in due:
-            self._kept_alive[name] = now
-        if idle:
-            self.backend.keep_alive(idle)
 
     def _repair(self, report: CycleReport) -> None:
         repairs = self.ledger.repair()
@@ -289,125 +262,6 @@ class Controller:
                 continue
             for attempt in attempts:
                 self.ledger.cancel_attempt(attempt)
-
-    # --- placing work ------------------------------------------------------------------------
-    def _submit_pending(self, report: CycleReport) -> None:
-        now = self.clock()
-        self._resting = {name: until for name, until in self._resting.items() if until > now}
-        clusters = self.ledger.clusters([ClusterState.UP])
-        if not clusters:
-            return
-        active = active_work(self.ledger)
-        depth: dict[str, int] = {c.name: 0 for c in clusters}
-        for row in active:
-            if row.attempt.cluster in depth:
-                depth[row.attempt.cluster] += 1
-        # Resting clusters are in the list (a tier waits for its own resting accelerator rather
-        # than spill onto another), marked as taking no work.
-        slots = [ClusterSlot(c.name, c.accelerator, depth[c.name], c.name not in self._resting) for c in clusters]
-        plan = plan_placement(self.ledger, self.config, slots, active, now, on_demand_work(self.ledger, self.sources))
-        report.held += plan.held
-        accelerator = {c.name: c.accelerator for c in clusters}
-        chosen = [(plan.experiments[d.experiment_id], d.cluster) for d in plan.assignments if d.experiment_id]
-        chosen += self._produce([d for d in plan.assignments if d.experiment_id is None])
-        chosen += self._swap(plan, {row.attempt.id: row.attempt for row in active}, report)
-        self._submit_all([(exp, cluster, accelerator[cluster]) for exp, cluster in chosen], report)
-
-    def _produce(self, requests: list[Assignment]) -> list[tuple[ExperimentRow, str]]:
-        """Experiments made now for on-demand waves (a search) that the scheduler gave a slot."""
-        out: list[tuple[ExperimentRow, str]] = []
-        for request in requests:
-            wave = self.ledger.wave(request.wave_id or "")
-            source = self.sources.get(wave.kind) if wave is not None else None
-            if source is not None:
-                out += [(exp, request.cluster) for exp in source.produce(self.ledger, wave, 1)]
-        return out
-
-    def _swap(self, plan: Placement, attempts: dict[int, AttemptRow],
-              report: CycleReport) -> list[tuple[ExperimentRow, str]]:
-        """Take back queued-not-started jobs for higher-priority work of their track, which takes their place.
-
-        The ledger moves first (conditional: a job that started meanwhile is left alone), then the
-        job is cancelled; a cancel that fails leaves an orphan, which the next queue read cancels.
-        """
-        out: list[tuple[ExperimentRow, str]] = []
-        cancels: dict[str, list[int]] = {}
-        for swap in plan.swaps:
-            attempt = attempts[swap.attempt_id]
-            if not self.ledger.withdraw_attempt(attempt, f"taken back for higher-priority {swap.experiment_id}"):
-                continue
-            report.swapped += 1
-            cancels.setdefault(attempt.cluster, []).append(attempt.job_id)
-            out.append((plan.experiments[swap.experiment_id], swap.cluster))
-        for cluster, job_ids in cancels.items():
-            try:
-                self.backend.cancel(cluster, job_ids)
-            except BackendError as exc:  # ClusterLost included: the next queue read sorts it out
-                log.warning("could not cancel jobs taken back on %s (the next queue read will): %s", cluster, exc)
-        if cancels:
-            log.info("took back %d queued jobs for higher-priority work", sum(len(v) for v in cancels.values()))
-        return out
-
-    def _submit_all(self, decisions: list[tuple[ExperimentRow, str, str]], report: CycleReport) -> None:
-        """Record every attempt, then submit them all in one batch, then record the job ids.
-
-        The ledger row comes first: if the controller dies mid-batch, the next one finds the
-        attempt still `submitting` and adopts the job by its name, or requeues it if it never
-        reached the cluster (and cancels it as an orphan if it lands after that).
-        """
-        items: list[tuple[AttemptRow, str, JobSpec]] = []
-        waves = {w.id: w for w in self.ledger.waves()}
-        for exp, cluster, accelerator in decisions:
-            attempt = self.ledger.start_attempt(
-                exp.id, cluster, accelerator, lambda n, e=exp.id: self.workspace.relative(self._log_path(e, n)))
-            if attempt is None:
-                continue  # cancelled since the pending list was read
-            wave = waves[exp.wave_id]
-            timeout = float(wave.spec.get("timeout_s") or experiment_timeout(exp, wave.spec.get("default_budget")))
-            items.append((attempt, cluster, job_for(exp, attempt.n, accelerator, timeout)))
-        if not items:
-            return
-        # If this raises (the API server went away mid-batch), the attempts stay `submitting`: the
-        # next cycle adopts those that reached a cluster by name and requeues the rest.
-        outcomes = self.backend.submit_many([(cluster, job) for _, cluster, job in items])
-        lost: set[str] = set()
-        setup_failure: SetupFailed | None = None
-        no_space: DiskProblem | None = None
-        for (attempt, cluster, _), outcome in zip(items, outcomes):
-            if isinstance(outcome, SetupFailed):
-                self.ledger.abandon_attempt(attempt, str(outcome).splitlines()[0])
-                setup_failure = outcome
-            elif isinstance(outcome, ClusterLost):
-                if cluster not in lost:
-                    lost.add(cluster)
-                    self._lose_cluster(cluster, outcome.reason, [], report)
-                self._requeue(attempt, f"cluster {cluster} lost: {outcome.reason}", report)
-            elif isinstance(outcome, NoSpaceForJob):  # never reached a cluster: no try lost, then stop
-                self.ledger.abandon_attempt(attempt, f"not submitted: {outcome}")
-                no_space = outcome.problem
-            elif isinstance(outcome, NotSubmitted):
-                # Not the experiment's fault and maybe not the cluster's: retry it elsewhere at no
-                # cost, and give that cluster a rest instead of refilling it every cycle.
-                log.warning("%s refused %s, resting it %.0fs: %s", cluster, attempt.experiment_id, REFUSED_REST_S, outcome)
-                self.ledger.abandon_attempt(attempt, f"not submitted: {outcome}")
-                self._resting[cluster] = self.clock() + REFUSED_REST_S
-            elif isinstance(outcome, BackendError):
-                log.warning("submit of %s to %s failed: %s", attempt.experiment_id, cluster, outcome)
-                self._requeue(attempt, f"submit failed: {outcome}", report)
-            elif self.ledger.attempt_submitted(attempt, outcome):
-                report.submitted += 1
-            else:
-                # Given up meanwhile (say by `fleet down`): the job that just landed is an orphan.
-                log.warning("%s landed as job %s on %s after its attempt was closed; cancelling it",
-                            job_name(attempt.experiment_id, attempt.n), outcome, cluster)
-                try:
-                    self.backend.cancel(cluster, [outcome])
-                except BackendError as exc:
-                    log.warning("could not cancel it now (the next queue read will): %s", exc)
-        if setup_failure is not None:
-            raise setup_failure  # the jobs that did reach a cluster are recorded; stop for the fix
-        if no_space is not None:
-            raise no_space
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, poll_s: float = 0.2, idle_exit_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:

@@ -1,0 +1,179 @@
+"""The fleet-operations commands through the CLI on the local backend: priorities and tracks on
+waves, `fleet bump`, `status --track`, `wave --dry-run` running every knob check, progress lines of
+`wave --wait`, `wait --until-idle`, and `fleet controller run` in the foreground."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fleet_cli import make_project, teardown
+
+from fleet.core.drain import ClusterWork, PendingRun, dry_in
+from fleet.types import ExperimentState
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = "name: quick\nenv: {TIME_BUDGET: 0.05}\ngrid:\n  MATRIX_LR: [0.02, 0.03, 0.04]\n"
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FLEET_TRACK", raising=False)
+    runner = make_project(tmp_path, monkeypatch, capsys)
+    yield runner
+    teardown(runner)
+
+
+# --- priorities and tracks on waves ----------------------------------------------------------------
+def test_waves_get_their_tiers_priority_and_a_track(fleet, monkeypatch):
+    fleet.write("s.yaml", "name: s\nenv: {TIME_BUDGET: 0.05, HANG: 1}\ngrid: {MATRIX_LR: [0.01, 0.02, 0.03]}\n")
+    screen = fleet.json("wave", "s.yaml")
+    assert (screen["priority"], screen["track"]) == (0, "")
+    fleet.write("v.yaml", "name: v\ntier: validate\nenv: {TIME_BUDGET: 0.05}\nexperiments: [{}]\n")
+    validate = fleet.json("wave", "v.yaml", "--track", "agent-a")
+    assert (validate["priority"], validate["track"]) == (10, "agent-a")  # validation goes ahead by default
+    monkeypatch.setenv("FLEET_TRACK", "agent-b")
+    fleet.write("t.yaml", "name: t\npriority: -3\nenv: {TIME_BUDGET: 0.05, HANG: 1}\nexperiments: [{}]\n")
+    low = fleet.json("wave", "t.yaml")
+    assert (low["priority"], low["track"]) == (-3, "agent-b")
+    explicit = fleet.json("wave", "t.yaml", "--priority", "7")
+    assert explicit["priority"] == 7
+
+    status = fleet.json("status", "--track", "agent-b")
+    assert [w["id"] for w in status["waves"]] == ["t", "t-2"] and status["track"] == "agent-b"
+    assert {w["id"]: w["priority"] for w in fleet.json("status")["waves"]} == {"s": 0, "v": 10, "t": -3, "t-2": 7}
+    code, _, err = fleet("status", "--track", "nobody")
+    assert code == 2 and "--track 'nobody' has no waves" in err
+
+    bumped = fleet.json("bump", "t")
+    assert (bumped["was"], bumped["priority"]) == (-3, 8)  # one above the other unfinished wave of its track
+    assert fleet.ledger.wave("t").priority == 8
+    assert fleet.json("bump", "s", "--priority", "-1")["priority"] == -1
+    fleet("cancel", "--wave", "s")
+    fleet("cancel", "--wave", "t")
+    fleet("cancel", "--wave", "t-2")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--priority", "1001"], "--priority is '1001', but must be an integer from -1000 to 1000"),
+    (["--priority", "high"], "--priority is 'high'"),
+    (["--track", "Agent A"], "--track is 'Agent A', but a track is lowercase letters"),
+])
+def test_bad_priority_or_track_is_one_line_and_submits_nothing(fleet, args, message):
+    fleet.write("q.yaml", QUICK)
+    code, _, err = fleet("wave", "q.yaml", *args)
+    assert code == 2 and message in err
+    assert fleet.ledger.waves() == []
+
+
+def test_bump_an_unknown_wave(fleet):
+    code, _, err = fleet("bump", "nope")
+    assert code == 2 and "wave 'nope' does not exist" in err
+
+
+# --- dry-run: every check a submission makes -------------------------------------------------------
+@pytest.fixture
+def real_workload(fleet):
+    """The repository's own train/ (its knob rules need no torch to be checked)."""
+    shutil.rmtree(fleet.root / "train")
+    shutil.copytree(REPO / "train", fleet.root / "train", ignore=shutil.ignore_patterns("__pycache__"))
+    return fleet
+
+
+@pytest.mark.parametrize("wave, message", [
+    ("grid: {MATRIX_LRR: [0.03]}", "`grid.MATRIX_LRR`: unknown knob; did you mean MATRIX_LR?"),
+    ("grid: {DEPTH: [-1]}", "knob DEPTH='-1' is below the minimum 1"),
+    # the combination rule: the fix keeps the value under test and is offered first
+    ("env: {PRESET: gpu}\ngrid: {TOTAL_BATCH_SIZE: [32768]}",
+     "e.g. DEVICE_BATCH_SIZE=16 (keeps TOTAL_BATCH_SIZE=32768) or TOTAL_BATCH_SIZE=131072"),
+])
+def test_dry_run_runs_the_full_knob_and_combination_check(real_workload, wave, message):
+    fleet = real_workload
+    fleet.write("w.yaml", f"name: w\n{wave}\n")
+    code, out, err = fleet("wave", "w.yaml", "--dry-run")
+    assert code == 2, out
+    assert message in err
+    assert fleet.ledger.waves() == [] and fleet.ledger.clusters() == []  # nothing submitted, nothing brought up
+
+
+def test_dry_run_of_a_good_wave_lists_it_and_records_nothing(real_workload):
+    fleet = real_workload
+    fleet.write("w.yaml", "name: w\nenv: {PRESET: gpu, DEVICE_BATCH_SIZE: 16}\ngrid: {TOTAL_BATCH_SIZE: [32768]}\n")
+    dry = fleet.json("wave", "w.yaml", "--dry-run")
+    assert len(dry["experiments"]) == 1 and dry["priority"] == 0
+    assert fleet.ledger.waves() == []
+
+
+# --- progress while waiting ------------------------------------------------------------------------
+def test_wave_wait_prints_one_line_per_finished_experiment_when_not_on_a_terminal(fleet):
+    fleet.write("q.yaml", QUICK.replace("name: quick", "name: quick\ndescription: '[bold]x[/bold]'"))
+    code, out, err = fleet("wave", "q.yaml", "--wait")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("quick-")]
+    assert len(lines) == 3, err
+    assert sorted(line.split()[-1] for line in lines) == ["[1/3]", "[2/3]", "[3/3]"]
+    assert all(" done " in f" {line} " and "val_bpb=" in line for line in lines)
+    assert any("MATRIX_LR=0.04" in line for line in lines)
+
+
+# --- wait --until-idle -----------------------------------------------------------------------------
+@pytest.mark.parametrize("clusters, pending, expected", [
+    # the pending run goes to the cluster that frees first
+    ([ClusterWork("a", "H100", 100.0), ClusterWork("b", "H100", 10.0)], [PendingRun("screen", 50.0)],
+     {"a": 100.0, "b": 60.0}),
+    # a tier's runs go only to its accelerator: the H200 runs dry while the H100 has work
+    ([ClusterWork("h1", "H100", 0.0), ClusterWork("h2", "H200", 30.0)],
+     [PendingRun("screen", 100.0), PendingRun("screen", 100.0)], {"h1": 200.0, "h2": 30.0}),
+    # nothing queued or pending: dry now
+    ([ClusterWork("a", "H100", 0.0)], [], {"a": 0.0}),
+])
+def test_dry_in_table(clusters, pending, expected):
+    assert dry_in(clusters, pending, {"screen": ["H100"]}) == pytest.approx(expected)
+
+
+def test_until_idle_returns_when_a_cluster_runs_dry_soon_and_waits_while_it_does_not(fleet):
+    fleet.write("long.yaml", "name: long\nenv: {TIME_BUDGET: 600, HANG: 1}\ngrid: {MATRIX_LR: [0.01, 0.02, 0.03, 0.04]}\n")
+    fleet.json("wave", "long.yaml")
+    # 4 runs of 10+ minutes on 2 slots: no slot runs dry within a minute
+    code, _, err = fleet("wait", "--until-idle", "1", "--timeout", "2")
+    assert code == 1 and "gave up waiting after 2s; the first cluster runs dry in" in err
+    soon = fleet.json("wait", "--until-idle", "60")
+    assert {c["cluster"] for c in soon["idle_soon"]} == {"local-01", "local-02"}
+    assert all(10 * 60 <= c["dry_in_s"] <= 60 * 60 for c in soon["idle_soon"])
+    fleet("cancel", "--wave", "long")
+    fleet.wait_until(lambda: not fleet.ledger.has_unfinished_work())
+    now = fleet.json("wait", "--until-idle")  # default 5 minutes; an idle fleet is dry now
+    assert all(c["dry_in_s"] == 0 for c in now["idle_soon"])
+    code, _, err = fleet("wait", "long", "--until-idle", "5")
+    assert code == 2 and "drop the wave id" in err
+
+
+# --- the controller in the foreground --------------------------------------------------------------
+def test_controller_run_stays_up_between_waves_and_stops_on_sigterm(fleet):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    fleet.write("q.yaml", QUICK)
+    proc = subprocess.Popen([sys.executable, "-m", "fleet", "controller", "run", "--retry", "1"], cwd=fleet.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fleet.wait_until(lambda: fleet.ledger.get_meta("controller_pid") == str(proc.pid), timeout=60)
+        fleet.json("wave", "q.yaml")
+        fleet.wait_until(lambda: fleet.ledger.counts("quick").get("done", 0) == 3, timeout=120)
+        assert proc.poll() is None  # no work left, still running
+        fleet.json("wave", "q.yaml")  # the next wave: the same controller runs it
+        fleet.wait_until(lambda: fleet.ledger.counts("quick-2").get("done", 0) == 3, timeout=120)
+        assert fleet.ledger.get_meta("controller_pid") == str(proc.pid)
+        code, _, err = fleet("controller", "run")
+        assert code == 1 and f"a controller is already running (pid {proc.pid})" in err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    exit_record = json.loads(fleet.ledger.get_meta("controller_exit"))
+    assert exit_record["pid"] == proc.pid and "SIGTERM" in exit_record["reason"]
+    assert all(e.state == ExperimentState.DONE for e in fleet.ledger.experiments())
