@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from fleet_cli import make_project, teardown
 
+from fleet.core.daemon import controller_lock
 from fleet.core.drain import ClusterWork, PendingRun, dry_in
 from fleet.types import ExperimentState
+from fleet.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = "name: quick\nenv: {TIME_BUDGET: 0.05}\ngrid:\n  MATRIX_LR: [0.02, 0.03, 0.04]\n"
@@ -177,3 +179,46 @@ def test_controller_run_stays_up_between_waves_and_stops_on_sigterm(fleet):
     exit_record = json.loads(fleet.ledger.get_meta("controller_exit"))
     assert exit_record["pid"] == proc.pid and "SIGTERM" in exit_record["reason"]
     assert all(e.state == ExperimentState.DONE for e in fleet.ledger.experiments())
+
+
+def test_two_tracks_share_two_local_slots_about_evenly(fleet):
+    """A real run at small scale: both tracks queued before the controller starts, equal experiments."""
+    grid = "[" + ", ".join(f"0.0{i}" for i in range(1, 10)) + ", 0.1]"
+    for track in ("a", "b"):
+        fleet.write(f"{track}.yaml", f"name: {track}\ntrack: {track}\nenv: {{TIME_BUDGET: 0.3}}\n"
+                                     f"grid: {{MATRIX_LR: {grid}}}\n")
+    with controller_lock(Workspace(fleet.root)) as held:  # no controller starts until both are queued
+        assert held
+        fleet.json("wave", "a.yaml")
+        fleet.json("wave", "b.yaml")
+    fleet.json("wait")
+    ledger = fleet.ledger
+    intervals = {"a": [], "b": []}
+    for attempt in ledger.attempts():
+        if attempt.state == "succeeded":
+            intervals[attempt.experiment_id.split("-")[0]].append((attempt.started_at, attempt.ended_at))
+    # the window where both tracks had work: until the first track's last run ended
+    end = min(max(e for _, e in runs) for runs in intervals.values())
+    used = {t: sum(max(0.0, min(e, end) - s) for s, e in runs) for t, runs in intervals.items()}
+    share = used["a"] / (used["a"] + used["b"])
+    print(f"track a's share of the cluster-time while both had work: {share:.3f}")
+    assert share == pytest.approx(0.5, abs=0.15), (share, intervals)
+
+
+def test_replacements_show_in_status_and_watch(fleet):
+    from fleet.core.fleet_size import FleetTarget, record_target
+    from fleet.types import ClusterState
+
+    ledger = fleet.ledger
+    record_target(ledger, FleetTarget(2, ("cpu",), "local", "local"))
+    ledger.upsert_cluster("local-01", "local", "cpu", ClusterState.UP)
+    ledger.upsert_cluster("local-02", "local", "cpu", ClusterState.LOST)
+    ledger.upsert_cluster("local-03", "local", "cpu", ClusterState.UP, replaces="local-02")
+    status = fleet.json("status")
+    assert {c["name"]: c["replaces"] for c in status["clusters"]} == {
+        "local-01": None, "local-02": None, "local-03": "local-02"}
+    assert status["fleet_size"] == {"target": 2, "live": 2, "launching": [], "last_failure": None}
+    code, out, _ = fleet("status")
+    assert code == 0 and "clusters (2 of 2 up or launching)" in out and "up (replaces local-02)" in out
+    code, out, _ = fleet("watch", "--once")
+    assert code == 0 and "(replaces local-02)" in out

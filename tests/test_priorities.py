@@ -138,3 +138,34 @@ def test_a_job_that_started_is_never_withdrawn(tmp_path):
     ledger.mark_running(queued, clock.now)  # it started after the controller's last read
     assert not ledger.withdraw_attempt(queued, "test")
     assert ledger.experiment(queued.experiment_id).state == ExperimentState.RUNNING
+
+
+class Search:
+    """A wave source that makes one experiment per free slot, up to `budget` (what a search wave would)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.made = 0
+
+    def capacity(self, wave) -> int:
+        return self.budget - self.made
+
+    def produce(self, ledger, wave, count):
+        count = min(count, self.budget - self.made)
+        self.made += count
+        return ledger.add_experiments(wave.id, [NewExperiment({"TIME_BUDGET": "50"}, f"x{self.made}-{i}", 0, "", "")
+                                                for i in range(count)])
+
+
+def test_an_on_demand_wave_gets_experiments_made_when_slots_free_and_runs_them_once(tmp_path):
+    clock, ledger, backend, controller = setup(tmp_path)
+    search = Search(budget=5)
+    controller.sources["search"] = search
+    ledger.add_wave("s", "screen", {}, "snap", [], kind="search", priority=5)
+    ledger.add_wave("screen", "screen", {}, "snap", experiments(6, 50, "s"))
+    controller.cycle()
+    made = [e.id for e in ledger.experiments(wave="s")]
+    assert made == ["s-001", "s-002", "s-003", "s-004"]  # priority 5: it takes the four free slots
+    run_until_done(clock, ledger, controller)
+    assert search.made == 5 and len(ledger.experiments(wave="s")) == 5
+    assert all(e.state == ExperimentState.DONE and e.attempts == 1 for e in ledger.experiments())

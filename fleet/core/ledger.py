@@ -203,6 +203,28 @@ class Ledger(Transitions):
                 )
         return self.wave(wave_id), self.experiments(wave=wave_id)
 
+    def add_experiments(self, wave_id: str, experiments: list[NewExperiment]) -> list[ExperimentRow]:
+        """Append pending experiments to an existing wave in one transaction (a wave that makes its
+        experiments on demand, such as a search); numbered after the wave's last one."""
+        now = self.clock()
+        with self.tx("add_experiments") as db:
+            wave = db.execute("SELECT tier, snapshot FROM waves WHERE id = ?", (wave_id,)).fetchone()
+            if wave is None:
+                raise ValueError(f"no wave {wave_id!r}")  # internal misuse, never user input
+            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM experiments WHERE wave_id = ?", (wave_id,)).fetchone()[0]
+            ids = []
+            for seq, exp in enumerate(experiments, start=last + 1):
+                ids.append(f"{wave_id}-{seq:03d}")
+                db.execute(
+                    "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
+                    " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (ids[-1], wave_id, seq, json.dumps(exp.config), exp.config_key, exp.seed, exp.description,
+                     exp.label, exp.snapshot or wave["snapshot"], wave["tier"], ExperimentState.PENDING.value, now,
+                     now, exp.code_snapshot, exp.base_snapshot, exp.seeding),
+                )
+        return [e for e in (self.experiment(i) for i in ids) if e is not None]
+
     def wave(self, wave_id: str) -> WaveRow | None:
         rows = self._query("SELECT * FROM waves WHERE id = ?", (wave_id,))
         return decode_row(WaveRow, rows[0]) if rows else None
