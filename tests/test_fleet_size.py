@@ -281,3 +281,31 @@ def test_with_the_budget_cap_reached_no_replacement_is_launched(project):
     assert len(ledger.clusters()) == 8
     done = _exactly_once(ledger)
     assert len(done) == 20 and ledger.counts().get("held") == 20
+
+
+def test_a_cluster_torn_down_while_it_launched_stays_down_and_is_torn_down_again(tmp_path):
+    clock = Clock()
+    ledger = _ledger_with_lost_cluster(tmp_path, clock)
+    release = threading.Event()
+    backend = FifoBackend(clock)
+    downs = []
+
+    class SlowLaunch:
+        def up(self, names, accelerators):
+            release.wait(30)
+            return backend.up(names, accelerators)
+
+        def down(self, names):
+            downs.append(list(names))
+
+    replenisher = Replenisher(ledger, FleetConfig(), lambda target: SlowLaunch(), clock)
+    assert replenisher.step() == ["gpu-03"]
+    ledger.upsert_cluster("gpu-03", "fifo", "H100", DOWN)  # `fleet down gpu-03` meanwhile
+    release.set()
+    replenisher.wait_idle(30)
+    replenisher.step()
+    deadline = time.monotonic() + 30
+    while not downs:
+        assert time.monotonic() < deadline, "the late cluster was not torn down"
+        time.sleep(0.01)
+    assert {c.name: c.state for c in ledger.clusters()}["gpu-03"] == DOWN and downs == [["gpu-03"]]

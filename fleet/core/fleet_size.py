@@ -210,25 +210,39 @@ class Replenisher:
             return
         launches = self._launches()
         failures = self._failures()
-        backend = target.backend if target is not None else "sky"
         for name, outcome in done.items():
             self._threads.pop(name, None)
             plan = launches.pop(name, None) or {"accelerator": "unknown", "replaces": None}
             info = next((i for i in outcome if i.name == name), None) if isinstance(outcome, list) else None
             if info is not None and info.state == ClusterState.UP:
-                self.ledger.upsert_cluster(name, backend, info.accelerator, ClusterState.UP, replaces=plan["replaces"])
-                log.warning("%s is up (%s)%s", name, info.accelerator,
-                            f", replacing {plan['replaces']}" if plan["replaces"] else "")
+                if self.ledger.cluster_launched(name, info.accelerator, ClusterState.UP):
+                    log.warning("%s is up (%s)%s", name, info.accelerator,
+                                f", replacing {plan['replaces']}" if plan["replaces"] else "")
+                else:  # torn down (`fleet down`) while it launched: it must not run on unseen
+                    log.warning("%s came up after it was torn down; tearing it down", name)
+                    self._down_in_background(target, name)
                 failures = {}
                 continue
             error = str(outcome).splitlines()[0] if isinstance(outcome, BaseException) else "it did not come up"
             count = failures.get("count", 0) + 1
             wait = backoff_s(count, self.config.fleet_size.backoff_s, self.config.fleet_size.max_backoff_s)
             failures = {"count": count, "next_at": self.clock() + wait, "error": f"{name}: {error}"}
-            self.ledger.upsert_cluster(name, backend, plan["accelerator"], ClusterState.DOWN)
+            self.ledger.cluster_launched(name, plan["accelerator"], ClusterState.DOWN)
             log.warning("launching %s failed (%s); next try in %.0fs", name, error, wait)
         self._set_launches(launches)
         self.ledger.set_meta(FAILURES_KEY, json.dumps(failures))
+
+    def _down_in_background(self, target: FleetTarget | None, name: str) -> None:
+        if target is None:
+            target = FleetTarget(1, ("unknown",), backend=self.ledger.get_meta("backend") or "sky")
+
+        def down() -> None:
+            try:
+                self.backend_factory(target).down([name])
+            except Exception as exc:  # noqa: BLE001 - best effort; `fleet down` again finishes it
+                log.warning("could not tear %s down: %s", name, exc)
+
+        threading.Thread(target=down, name=f"fleet-down-{name}", daemon=True).start()
 
     # --- the ledger's record of launches -------------------------------------------------------
     def _launches(self) -> dict[str, dict]:

@@ -290,6 +290,14 @@ class Transitions:
             return db.execute("UPDATE clusters SET state = ?, updated_at = ? WHERE name = ? AND state = ?",
                               (ClusterState.LOST.value, self.clock(), name, ClusterState.UP.value)).rowcount > 0
 
+    def cluster_launched(self, name: str, accelerator: str, state: ClusterState) -> bool:
+        """A launch the fleet started has ended: PROVISIONING -> `state` (UP, or DOWN when it failed);
+        never over a cluster torn down (`fleet down`) or lost meanwhile."""
+        with self.tx("cluster_launched") as db:
+            return db.execute("UPDATE clusters SET state = ?, accelerator = ?, updated_at = ? WHERE name = ? AND state = ?",
+                              (state.value, accelerator, self.clock(), name,
+                               ClusterState.PROVISIONING.value)).rowcount > 0
+
     # --- the consistency check ---------------------------------------------------------------
     def repair(self) -> list[Repair]:
         """Find and fix experiments whose state and attempts disagree, in one transaction.
