@@ -17,6 +17,7 @@ Rows (``key: value``; rates over ``--trials`` simulated waves):
 - ``null3_*``: three candidates with no effect in one wave: the family-wise false-keep rate, which
   Holm's correction must keep at or below alpha.
 - ``worse_0.003_pairs``: a candidate worse by 0.003: pairs spent before it is discarded.
+- ``gain_0.001_cap16_*``: the same gain with the default cap of 16 pairs.
 - ``fixed16_gain_0.001_keep``: the fixed design with 16 pairs, for comparison.
 """
 from __future__ import annotations
@@ -94,6 +95,9 @@ def main() -> None:
         c, family, _ = rates(t, [0.0, 0.0, 0.0], Rule(max_n=16), seed, tails)
         suffix = "" if tails == "normal" else "_heavy_tails"
         print(f"null3_false_keep_rate{suffix}: {family:.3f} (alpha 0.05, Holm over 3 candidates)")
+    c, _, pairs = rates(t, [0.001], Rule(max_n=16), 7)
+    print(f"gain_0.001_cap16_keep: {c['keep'] / t:.3f}")
+    print(f"gain_0.001_cap16_mean_pairs: {np.mean(pairs):.1f}")
     _, _, pairs = rates(t // 4, [-0.003], Rule(max_n=16), 5)
     print(f"worse_0.003_pairs: {np.mean(pairs):.1f}")
     c, _, _ = rates(t, [0.001], Rule(max_n=16, design="fixed"), 6)

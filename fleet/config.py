@@ -19,6 +19,7 @@ max_gpu_hours: null          # budget cap for the whole ledger
 local: {slots: 2, accelerators: null}         # local backend: CPU slots, or labels per slot
 env_passthrough: []          # variables of your shell jobs may see (e.g. [HF_TOKEN]); others never reach them
 snapshot_include: []         # dotfiles or ignored paths of the workload to snapshot anyway (e.g. [.config.json])
+verdicts: {alpha: 0.05, min_effect: 0.0005, max_seeds: 16, first_look: 3, step_mismatch: 0.1}
 ```
 """
 from __future__ import annotations
@@ -82,6 +83,20 @@ class MetricConfig(BaseModel):
         return self.direction == "maximize"
 
 
+class VerdictConfig(BaseModel):
+    """How `fleet promote`, `fleet recheck` and `fleet ablate` decide (fleet.research.verdicts)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(0.05, gt=0, lt=1, description="error rate per wave: false keeps over all its candidates "
+                         "(Holm), and false discards per candidate")
+    min_effect: float = Field(0.0005, ge=0, allow_inf_nan=False,
+                              description="smallest gain worth keeping, in the metric's units (val_bpb)")
+    max_seeds: int = Field(16, ge=2, le=1024, description="seed pairs per candidate at most (the sequential cap)")
+    first_look: int = Field(3, ge=2, le=64, description="pairs before the first look (the seeds a candidate starts with)")
+    step_mismatch: float = Field(0.1, gt=0, description="flag seed pairs whose step ratio is this far (relative) "
+                                 "off the configurations' typical ratio")
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = "experiment.yaml"
@@ -116,6 +131,7 @@ class FleetConfig(BaseModel):
         if bad:
             raise ValueError(f"{bad[0]!r} is not an environment variable name (e.g. HF_TOKEN)")
         return names
+    verdicts: VerdictConfig = Field(default_factory=VerdictConfig)
 
     @field_validator("tracks")
     @classmethod

@@ -77,7 +77,8 @@ def test_a_grid_of_two_constants_runs_diffs_and_adopts_only_those_constants(flee
     assert {r["memory_gb"] for r in rows} == {6.0, 8.0}  # peak_vram_mb feeds memory_gb
     code, tsv, _ = fleet("results", "--format", "tsv")
     lines = {line.split("\t")[0]: line.split("\t") for line in tsv.splitlines()[1:]}
-    assert lines[rows[0]["experiment"]][2:] == ["6.0", "keep", "MATRIX_LR=0.04 DEPTH=6 replicate 0"]
+    # status is the verdict on the configuration: none has been validated yet
+    assert lines[rows[0]["experiment"]][2:] == ["6.0", "screen", "MATRIX_LR=0.04 DEPTH=6 replicate 0"]
 
     first, last = ledger.experiment("lr-001"), ledger.experiment("lr-006")
     assert (first.config, last.config) == ({"MATRIX_LR": "0.03", "DEPTH": "6"}, {"MATRIX_LR": "0.05", "DEPTH": "8"})
@@ -153,8 +154,9 @@ def test_code_variants_run_their_own_code_and_adopt_merges_without_undoing(fleet
         assert metrics["variant"] == (expected[kind](exp.config[kind]) if kind else "baseline"), exp
         assert metrics["depth"] == float(exp.config.get("DEPTH", 8))
         assert metrics["matrix_lr"] == float(exp.config.get("MATRIX_LR", 0.05))
-    # the grid runs on the wave's code and on each variant: 2 depths x (baseline code + 4 variants) + baseline
-    assert sorted(ran.values()) == sorted(["baseline"] * 3 + ["better-a", "better-b", "better-c", "patched"] * 2)
+    # the grid runs on the wave's code and on each variant: 2 depths x (baseline code + 4 variants); the
+    # baseline entry is the grid point DEPTH=8 once defaults are filled in, so it runs once, as the baseline
+    assert sorted(ran.values()) == sorted(["baseline"] * 2 + ["better-a", "better-b", "better-c", "patched"] * 2)
     labels = {r["label"] for r in board["rows"]}
     assert any(re.fullmatch(r"code=idea-a@[0-9a-f]{8} DEPTH=6", label) for label in labels), labels
     assert any(re.fullmatch(r"patch=patched\.diff@[0-9a-f]{8} DEPTH=8", label) for label in labels), labels

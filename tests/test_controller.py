@@ -125,3 +125,28 @@ def test_a_passing_backend_outage_is_retried_with_backoff_not_a_crash(tmp_path):
     assert sleeps[:3] == [0.2, 1.4, 3.8]  # backoff doubles (plus 1 s) while the outage lasts
     assert ledger.experiments()[0].state == ExperimentState.DONE
     assert ledger.get_meta("controller_error") == ""  # the retry notice went away with the outage
+
+
+def test_cycle_hooks_see_what_finished_and_may_add_work(tmp_path):
+    """The hook a sequential validation uses: after results are recorded, before work is placed."""
+    backend = ScriptedBackend()
+    workspace = Workspace(tmp_path).ensure()
+    ledger = Ledger(workspace.ledger_path)
+    ledger.upsert_cluster("c1", backend.name, "H100", ClusterState.UP)
+    ledger.add_wave("w", "screen", {"timeout_s": 60}, "snap", [NewExperiment({}, "k", 0, "", "")])
+    calls: list = []
+
+    def hook(workspace_, ledger_, config, finished):
+        calls.append(None if finished is None else list(finished))
+        if finished and len(ledger_.experiments()) < 3:
+            return len(ledger_.add_experiments("w", [NewExperiment({}, "k", len(ledger_.experiments()), "", "")]))
+        return 0
+
+    def broken(workspace_, ledger_, config, finished):
+        raise RuntimeError("a bug in a hook")
+
+    controller = Controller(workspace, ledger, backend, FleetConfig(), hooks=[broken, hook])
+    assert controller.run(poll_s=0.0, idle_exit_s=0.0, sleep=lambda s: None) == "idle"
+    assert calls[0] is None  # the first cycle looks at everything (a controller may have died mid-way)
+    assert calls[1:] == [["w-001"], ["w-002"], ["w-003"]]
+    assert [e.state for e in ledger.experiments()] == [ExperimentState.DONE] * 3  # the added runs ran too

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.core.expand import expand_wave
+from fleet.core.expand import PlannedExperiment, expand_wave, interleave_baseline
 from fleet.core.knobs import (
+    canonical_config,
+    canonicalize,
     check_wave_knobs,
     load_knob_listing,
     parse_knob_listing,
@@ -177,3 +179,40 @@ def test_parse_listing_accepts_a_plain_default_and_extra_fields():
     listing = parse_knob_listing({"knobs": {"A": {"type": "int", "default": 3, "unit": "s", "help": None}}})
     assert listing.knobs["A"].default == {"default": 3}
     assert listing.knobs["A"].help == ""
+
+
+# ---- configurations compared after filling in defaults ------------------------------------------------
+
+
+def test_canonical_config_leaves_out_defaults_of_every_preset_and_spells_values_once(workload):
+    listing = load_knob_listing(workload)
+    assert canonical_config({"WEIGHT_DECAY": "0.00", "DEVICE": "auto", "DEPTH": "8.0"}, listing) == {"DEPTH": "8"}
+    # 0.04 is the default on a GPU but not on CPU: it stays, unless PRESET says which applies
+    assert canonical_config({"MATRIX_LR": "0.040"}, listing) == {"MATRIX_LR": "0.04"}
+    assert canonical_config({"MATRIX_LR": "0.040", "PRESET": "gpu"}, listing) == {"PRESET": "gpu"}
+    assert canonical_config({"ROPE": "yarn", "DEPTH": "abc"}, listing) == {"ROPE": "yarn", "DEPTH": "abc"}
+
+
+def test_a_grid_point_equal_to_the_baseline_is_the_baseline_and_runs_once(tmp_path, workload):
+    planned, source = planned_for(tmp_path, """\
+        name: w
+        seeds: 2
+        grid: {WEIGHT_DECAY: [0.0, 0.1]}
+        experiments:
+          - {description: baseline}
+    """)
+    merged, warnings = canonicalize(planned, load_knob_listing(workload), source)
+    assert len(planned) == 6 and len(merged) == 4
+    base = [p for p in merged if p.description == "baseline"]
+    assert [p.seed for p in base] == [0, 1] and {p.label for p in base} == {"baseline"}
+    assert base[0].config == {"WEIGHT_DECAY": "0.0"}  # the first one's knobs, run as the baseline
+    assert len(warnings) == 1 and "WEIGHT_DECAY=0.0" in warnings[0] and "as the baseline" in warnings[0]
+    assert len({p.config_key for p in merged}) == 2
+
+
+def test_the_baseline_is_spread_through_the_wave():
+    planned = [PlannedExperiment({"A": str(i)}, 0, "", f"k{i}", f"A={i}") for i in range(6)]
+    planned += [PlannedExperiment({}, s, "baseline", "b", "baseline") for s in range(2)]
+    order = [p.label for p in interleave_baseline(planned)]
+    assert order == ["A=0", "A=1", "baseline", "A=2", "A=3", "A=4", "baseline", "A=5"]
+    assert interleave_baseline(planned[:6]) == planned[:6]

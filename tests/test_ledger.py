@@ -158,3 +158,18 @@ def test_a_ledger_from_before_code_variants_gets_the_new_columns(tmp_path):
     (exp,) = ledger.add_wave("w", "screen", {}, "snap",
                              [NewExperiment({}, "k", 0, "", "", "s2", "c2", "b2", "replicate")])[1]
     assert (exp.snapshot, exp.code, exp.base_snapshot, exp.seeding) == ("s2", "c2", "b2", "replicate")
+
+
+def test_add_experiments_appends_each_run_once_and_keeps_their_own_code(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.add_wave("w", "validate", {}, "snap", exps(2))
+    more = [NewExperiment({"LR": "0"}, "k0", 1, "", "LR=0"), NewExperiment({}, "base", 1, "baseline", "baseline",
+                                                                           snapshot="old")]
+    added = ledger.add_experiments("w", more, skip_existing=True)
+    assert [(e.id, e.seed, e.snapshot, e.tier) for e in added] == [("w-003", 1, "snap", "validate"),
+                                                                   ("w-004", 1, "old", "validate")]
+    # the same runs again (two extenders at once): nothing
+    assert ledger.add_experiments("w", more + exps(1), skip_existing=True) == []
+    assert len(ledger.experiments(wave="w")) == 4
+    with pytest.raises(ValueError):
+        ledger.add_experiments("nosuch", more)

@@ -41,7 +41,8 @@ def test_results_files_are_in_the_format_asked_for_and_limit_applies_everywhere(
     code, tsv, _ = fleet("results", "--format", "tsv", "--limit", "2")
     assert code == 0 and len(tsv.splitlines()) == 1 + 2
     code, table, _ = fleet("results", "--limit", "2")
-    assert code == 0 and sum("MATRIX_LR=" in line for line in table.splitlines()) == 2
+    # two sections, each cut to 2: the configurations by their mean, then the runs
+    assert code == 0 and sum("MATRIX_LR=" in line for line in table.splitlines()) == 2 + 2
     code, _, err = fleet("results", "--limit", "0")
     assert code == 2 and "--limit" in err
 

@@ -86,3 +86,29 @@ def test_outside_offset_needs_two_runs_each():
     assert outside_offset([6.9, 6.91], [6.8]) is None
     off = outside_offset([6.9, 6.92], [6.8, 6.82, 6.81])
     assert off.offset == pytest.approx(6.91 - 6.81) and off.se > 0 and (off.n_candidate, off.n_baseline) == (2, 3)
+
+
+def test_the_leaderboard_reports_step_corrected_values_beside_raw(tmp_path):
+    """Repeated runs of two configurations on one accelerator, their step counts jittered (busy cores)."""
+    from fleet.core.ledger import Ledger
+    from fleet.core.ledger_rows import NewExperiment
+    from fleet.research.normalize_view import corrected_for
+    from fleet.types import ExperimentState
+
+    rng = np.random.default_rng(5)
+    ledger = Ledger(tmp_path / "l.db")
+    news = [NewExperiment({"A": a}, f"k{a}", s, "", f"A={a}") for a in ("1", "2") for s in range(6)]
+    _, rows = ledger.add_wave("w", "screen", {}, "snap", news)
+    for e in rows:
+        dev = rng.normal(0.0, 0.1)
+        quality = 1.0 if e.config["A"] == "1" else 1.01
+        ledger.record_result(e.id, None, ExperimentState.DONE, outcome="done", accelerator="cpu",
+                             val_bpb=quality - SLOPE * dev + rng.normal(0, 0.0005),
+                             metrics={"num_steps": 20 * math.exp(dev), "training_seconds": 5.0})
+    view = corrected_for(ledger)
+    assert view.slope.method == "jitter" and view.variance_removed > 0.8
+    assert "step noise" in view.summary and "removed" in view.summary
+    by_config = {"1": [], "2": []}
+    for e in rows:
+        by_config[e.config["A"]].append(view.values[e.id])
+    assert np.std(by_config["1"]) < 0.002 and np.mean(by_config["1"]) < np.mean(by_config["2"])

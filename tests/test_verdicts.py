@@ -227,3 +227,18 @@ def test_pairs_whose_step_counts_disagree_are_flagged():
 def test_bad_rules_are_refused(rule, match):
     with pytest.raises(InputError, match=match):
         judge([], rule)
+
+
+def test_unpaired_false_keeps_stay_below_alpha_when_there_is_no_effect():
+    """Replicates from one distribution on both sides: Welch's test may keep at most alpha of them."""
+    rng = np.random.default_rng(7)
+    rule = Rule(max_n=4, design="fixed", min_effect=0.0)
+    trials = 1000
+    keeps = 0
+    for _ in range(trials):
+        cand, base = rng.normal(1.0, 0.01, 4), rng.normal(1.0, 0.01, 4)
+        (v,) = judge([Comparison("c", tuple(Run(i, x) for i, x in enumerate(cand)),
+                                 tuple(Run(i, x) for i, x in enumerate(base)), "unpaired", closed=True)], rule)
+        keeps += v.label == "keep"
+    print(f"false keep rate (unpaired, alpha 0.05, 4 replicates each): {keeps / trials:.3f}")
+    assert keeps / trials <= 0.05 + 2 * (0.05 * 0.95 / trials) ** 0.5

@@ -68,9 +68,10 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         assert status["waves"][0]["finished"] == 7
 
         # Loop 4: promote the best three to the validate tier, block, judge.
-        promoted = run(fleet, "fleet promote WAVE --top 3 --seeds 3 --json", WAVE="lr-wd")
+        promoted = run(fleet, "fleet promote WAVE --top 3 --json", WAVE="lr-wd")
         assert promoted["wave"] == "lr-wd-promote" and promoted["tier"] == "validate"
-        assert promoted["experiments"] == 12  # 3 candidates + the baseline, 3 paired seeds each
+        assert promoted["experiments"] == 12  # 3 candidates + the baseline, 3 paired seeds each to start
+        assert promoted["rule"]["design"] == "sequential" and promoted["rule"]["min_effect"] == 0.0005
         run(fleet, "fleet wait WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
         report = run(fleet, "fleet verdict WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
         assert report["complete"] and report["accelerators"] == ["H200"]
@@ -90,6 +91,13 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
                                         "to": "Knob(0.02, 0.04, 0.02, ...)"}]
         expected = screened_code.replace("MATRIX_LR = Knob(0.02, min=0.0)", "MATRIX_LR = Knob(0.02, 0.04, 0.02, min=0.0)")
         assert train.read_text() == expected + "# half-finished next idea\n"
+
+        # Loop 6: recheck the current best against the original baseline, on fresh seeds.
+        recheck = run(fleet, "fleet recheck --json")
+        assert recheck["wave"] == f"{winner}-recheck"
+        run(fleet, "fleet wait --json")
+        rechecked = run(fleet, "fleet verdict WAVE-promote --json", **{"WAVE-promote": recheck["wave"]})
+        assert rechecked["recheck"] and rechecked["candidates"][0]["verdict"] == "keep"
 
         # Finish: everything done, results exported, fleet torn down.
         run(fleet, "fleet wait --json")

@@ -7,7 +7,7 @@ import sys
 
 from rich.table import Table
 
-from fleet.cli.context import Context
+from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.core.controller import MAX_ATTEMPTS
 from fleet.core.daemon import bring_up_local, ensure_controller
 from fleet.core.fleet_size import FleetTarget, record_target, shrink_target
@@ -78,7 +78,7 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
     clusters = [c for c in ctx.ledger.clusters([ClusterState.UP]) if c.name in set(names)]
     payload = {"backend": name, "clusters": [{"name": c.name, "accelerator": c.accelerator} for c in clusters]}
     ctx.sink.data(payload, lambda con: [con.print(f"{c.name}  {c.accelerator}") for c in clusters])
-    ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
+    ensure_controller(ctx.workspace, ctx.ledger, explicit=True, hooks=CONTROLLER_HOOKS)
     ctx.sink.hint(f"{len(clusters)} clusters up — submit work with `fleet wave FILE`; lost clusters are replaced "
                   "while work is queued")
     return 0

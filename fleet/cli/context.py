@@ -14,6 +14,10 @@ from fleet.errors import InputError
 from fleet.types import ClusterState
 from fleet.workspace import Workspace
 
+# The controller's cycle hooks, by name (it runs in its own process): sequential validation adds
+# seed pairs to promote waves as their results arrive.
+CONTROLLER_HOOKS = ("fleet.research.sequential:extend_waves",)
+
 
 @dataclass
 class Context:

@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 
-from fleet.cli.context import Context
+from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.core.daemon import PROBLEM_RETRY_S, controller_running, terminate_on_signal, run_controller
+from fleet.core.hooks import load_hook
 from fleet.errors import FleetError, InputError
 
 TAKE_OVER_WAIT_S = 30.0
@@ -59,7 +60,8 @@ def cmd_controller_run(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"controller running in the foreground (pid {os.getpid()}); Ctrl-C stops it, the fleet's "
                   "clusters and queued work stay")
     try:
-        code = run_controller(workspace, persistent=True, problem_retry_s=args.retry)
+        code = run_controller(workspace, persistent=True, problem_retry_s=args.retry,
+                              hooks=[load_hook(name) for name in CONTROLLER_HOOKS])
     except KeyboardInterrupt:
         code = 0
     except SystemExit as exc:  # SIGTERM

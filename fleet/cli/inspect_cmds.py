@@ -14,14 +14,19 @@ from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.cli.output import PlainConsole, styled
-from fleet.cli.results_view import leaderboard_payload, render_leaderboard
+from fleet.cli.results_view import (
+    configuration_verdicts,
+    leaderboard_payload,
+    render_leaderboard,
+    validation_reports,
+)
 from fleet.core.daemon import backend_name, controller_running
 from fleet.core.fleet_size import fleet_target, launch_failures, launches_under_way
 from fleet.core.ledger_rows import SEEDED
 from fleet.core.results import ANSI
 from fleet.errors import InputError
 from fleet.observe.cost import cost_summary, describe_spend, dollars_for
-from fleet.observe.leaderboard import autoresearch_status
+from fleet.observe.leaderboard import verdict_status
 from fleet.plain_text import plain
 from fleet.types import ClusterState, job_name
 
@@ -73,7 +78,7 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
                       "total": total, "finished": finished, "counts": counts})
     board = leaderboard_payload(ctx, None)
-    best = next((r for r in board["rows"] if r["rank"] == 1), None)
+    best = board["best"]
     running = controller_running(ctx.workspace)
     error = ledger.get_meta("controller_error") or None
     if not running and error is None:  # a controller stopped by a full disk may not have recorded it
@@ -91,8 +96,11 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
             "launching": launches_under_way(ledger), "last_failure": launch_failures(ledger).get("error")},
         "track": track,
         "waves": waves,
-        "best": None if best is None else {k: best[k] for k in ("experiment", "label", "val_bpb", "normalized",
-                                                                 "accelerator")},
+        # The best configuration by its mean over runs (pooled across waves), never one lucky run.
+        "best": None if best is None else {
+            "experiment": best["experiments"][0], "experiments": list(best["experiments"]), "label": best["label"],
+            "config_key": best["config_key"], "n": best["n"], "val_bpb": best["val_bpb"], "std": best["std"],
+            "normalized": best["normalized"], "accelerator": ", ".join(best["accelerators"])},
         "sorted_by": board["sorted_by"],
         "cost": cost_summary(ledger, ctx.config),
     }
@@ -128,8 +136,9 @@ def render_status(console: Console, payload: dict) -> None:
     console.print(waves)
     if payload["best"]:
         b = payload["best"]
-        console.print(styled(f"best: {b['experiment']} val_bpb={b['val_bpb']:.4f} ({b['label'] or 'base'}, "
-                             f"{b['accelerator']})"))
+        spread = f" ± {b['std']:.4f}" if b["std"] is not None else ""
+        console.print(styled(f"best: {b['label'] or 'base'} val_bpb={b['val_bpb']:.4f}{spread} (mean of n={b['n']}, "
+                             f"{b['accelerator']}; {b['experiment']})"))
     console.print(styled(f"spend: {describe_spend(payload['cost'])}"))
 
 
@@ -149,7 +158,7 @@ def results_tsv(ctx: Context, wave: str | None, limit: int | None = None) -> str
     ledger = ctx.ledger
     experiments = ledger.experiments(wave=wave)
     results = ledger.results(wave=wave)
-    status = autoresearch_status(experiments, results, ctx.config.metric.higher_is_better)
+    status = verdict_status(experiments, *configuration_verdicts(ctx, validation_reports(ctx)))
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["experiment", "val_bpb", "memory_gb", "status", "description"])
@@ -188,6 +197,7 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     else:
         payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort), args.wave)
         payload["rows"] = payload["rows"][:args.limit]
+        payload["configs"] = payload["configs"][:args.limit]
         if fmt == "json":
             text = json.dumps(payload, indent=2, default=str) + "\n"
         elif args.output is None:

@@ -14,6 +14,7 @@ import traceback
 from fleet import __version__
 from fleet.backends.base import BackendError
 from fleet.cli import (
+    ablation_cmds,
     cluster_cmds,
     code_cmds,
     controller_cmds,
@@ -24,14 +25,15 @@ from fleet.cli import (
     research_cmds,
     wave_cmds,
 )
-from fleet.cli.context import Context
+from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.cli.output import Sink
 from fleet.core.daemon import ensure_controller
 from fleet.core.ledger import damaged_error, is_damage
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, controller_cmds, code_cmds, research_cmds, observe_cmds,
+GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, controller_cmds, code_cmds, research_cmds, ablation_cmds,
+          observe_cmds,
           ledger_cmds)
 
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = int(args.func(ctx, args) or 0)
             if "ledger" in ctx.__dict__:  # the command used the ledger: resume a controller that died
-                ensure_controller(ctx.workspace, ctx.ledger)
+                ensure_controller(ctx.workspace, ctx.ledger, hooks=CONTROLLER_HOOKS)
         except sqlite3.DatabaseError as exc:
             if not is_damage(exc):
                 raise

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
-from fleet.cli.results_view import leaderboard_payload
+from fleet.cli.results_view import leaderboard_payload, validation_reports
 from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
 from fleet.observe.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
@@ -24,7 +24,7 @@ from fleet.observe.dashboard import (
     render_dashboard,
     utilization,
 )
-from fleet.observe.leaderboard import Row
+from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.observe.plot import PlotData, plot_data, render_png
 from fleet.observe.report import (
     PROMOTE_KIND,
@@ -115,6 +115,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
         leaderboard=tuple(Row(**r) for r in board["rows"]), sorted_by=board["sorted_by"],
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
         crashes=crashes, utilization=utilization(busy, available, now), cost=status["cost"],
+        configs=tuple(ConfigRow(**c) for c in board["configs"]),
     )
 
 
@@ -129,18 +130,8 @@ def _budget_s(value: object, default: object) -> float | None:
 
 
 def promote_verdicts(ctx: Context) -> list[ConfigVerdict]:
-    """The verdicts `fleet verdict` gives, for every promote wave (none where fleet.research.plans is absent)."""
-    try:
-        from fleet.research.plans import promotion_report
-    except ImportError:
-        return []
-    ledger = ctx.ledger
-    waves = [w for w in ledger.waves() if w.kind == PROMOTE_KIND and "baseline" in w.spec and "candidates" in w.spec]
-    if not waves:
-        return []
-    experiments, results = ledger.experiments(), ledger.results()
-    norm = normalized_for(ledger, ctx.config.reference_accelerator).values
-    return verdicts_from_reports(promotion_report(w, experiments, results, norm) for w in waves)
+    """The verdicts `fleet verdict` gives, for every promote and recheck wave."""
+    return verdicts_from_reports(validation_reports(ctx))
 
 
 # --- fleet watch -----------------------------------------------------------------------------------
@@ -219,7 +210,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
         generated=time.strftime("%Y-%m-%d %H:%M"), scope=f"wave `{args.wave}`" if args.wave else "all waves",
         waves=wave_lines(ctx, status_payload(ctx)["waves"], args.wave), rows=[Row(**r) for r in board["rows"]], sorted_by=board["sorted_by"],
         calibration=board["calibration"], verdicts=verdicts, cost=cost_summary(ledger, ctx.config, args.wave),
-        plot_file=plot_file, plot_note=plot_note,
+        plot_file=plot_file, plot_note=plot_note, configs=[ConfigRow(**c) for c in board["configs"]],
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

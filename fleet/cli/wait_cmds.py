@@ -15,13 +15,14 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from fleet.cli.context import Context
+from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import controller_running, ensure_controller
 from fleet.core.drain import drain_estimate
 from fleet.core.fleet_size import fleet_target
 from fleet.errors import FleetError, InputError
 from fleet.plain_text import plain
+from fleet.research.sequential import extend_waves
 from fleet.types import ClusterState, ExperimentState
 
 UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
@@ -105,7 +106,10 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                     seen_until = max(seen_until, exp.finished_at or seen_until)
             progress.update(bar, completed=finished, total=sum(counts.values()),
                             description=plain(f"{wave or 'all waves'}: {counts.get('running', 0)} running"))
-            if unfinished == 0:
+            # A sequential validation may still need seed pairs: add them now rather than call it done
+            # (the controller does so too, as results arrive; adding is idempotent).
+            if unfinished == 0 and not extend_waves(ctx.workspace, ledger, ctx.config,
+                                                    waves=None if wave is None else {wave}):
                 return
             if not controller_running(ctx.workspace):
                 if not ledger.clusters([ClusterState.UP]) and fleet_target(ledger) is None:
@@ -122,7 +126,7 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                     raise FleetError(f"the controller stopped: {problem}")
                 if spawned_at is None or time.time() - spawned_at > 10:
                     spawned_at = time.time()
-                    ensure_controller(ctx.workspace, ledger, explicit=True)
+                    ensure_controller(ctx.workspace, ledger, explicit=True, hooks=CONTROLLER_HOOKS)
             if deadline is not None and time.monotonic() > deadline:
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
                                  "(they keep running: `fleet wait` again later)")
@@ -152,7 +156,13 @@ def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
     if held:
         ctx.sink.hint(f"{held} experiments are held by the budget cap: `fleet release` runs them")
     else:
-        ctx.sink.hint("`fleet promote WAVE` validates the best configurations; `fleet adopt EXP` keeps a winner's code")
+        screens = [w for w in ctx.ledger.waves() if w.kind == "grid" and (wave is None or w.id == wave)]
+        if screens:
+            ctx.sink.hint(f"`fleet promote {screens[-1].id}` validates its best configurations against its baseline, "
+                          "seed pair by seed pair")
+        elif wave is not None:
+            ctx.sink.hint(f"`fleet verdict {wave}` judges it" if ctx.ledger.wave(wave).kind == "promote"
+                          else f"`fleet ablation {wave}` says what each change is worth")
     return 0
 
 
@@ -191,7 +201,7 @@ def wait_until_idle(ctx: Context, minutes: float, timeout: float | None) -> int:
         if ledger.has_unfinished_work() and not controller_running(ctx.workspace):
             if spawned_at is None or time.time() - spawned_at > 10:
                 spawned_at = time.time()
-                ensure_controller(ctx.workspace, ledger, explicit=True)
+                ensure_controller(ctx.workspace, ledger, explicit=True, hooks=CONTROLLER_HOOKS)
         if deadline is not None and time.monotonic() > deadline:
             first = min(estimate.values(), default=0.0)
             raise FleetError(f"gave up waiting after {timeout:g}s; the first cluster runs dry in "

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.text import Text
 
 from fleet.cli import wait_cmds
-from fleet.cli.context import Context
+from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research commands
     UNFINISHED,
     already_queued,
@@ -22,8 +22,9 @@ from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research c
 from fleet.config import TRACK_PATTERN, VALIDATION_PRIORITY
 from fleet.core.daemon import bring_up_local, ensure_controller
 from fleet.core.fleet_size import fleet_target
-from fleet.core.expand import check_size, count_experiments, expand_wave, variant_entries
-from fleet.core.materialize import CodeStore, choices_from, prepare_experiments, resolve_variants
+from fleet.core.expand import check_size, count_experiments, expand_wave, interleave_baseline, variant_entries
+from fleet.core.knobs import canonicalize
+from fleet.core.materialize import CodeStore, choices_from, code_choice, prepare_experiments, resolve_variants
 from fleet.core.wave import load_wave
 from fleet.core.wave_spec import WaveSpec
 from fleet.core.workload import workload_for
@@ -109,9 +110,13 @@ def checked_track(track: str, source: str) -> str:
 
 
 def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", snapshot: str | None = None,
-                    choices: dict | None = None, wave_spec: WaveSpec | None = None):
+                    choices: dict | None = None, wave_spec: WaveSpec | None = None, kind: str = "grid"):
     """Snapshot the workload, check every knob and combination, write each experiment's code.
-    Nothing is recorded: `fleet wave --dry-run` stops here."""
+    Nothing is recorded: `fleet wave --dry-run` stops here.
+
+    Configurations equal once defaults are filled in are one experiment (a grid point that is the
+    baseline runs once, as the baseline), and a grid wave's baseline runs are spread through it.
+    Returns the snapshot, the spec, the prepared experiments and the planned runs they came from."""
     workload = workload_for(ctx.workspace.root, ctx.config)
     ctx.workspace.ensure()
     load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
@@ -119,11 +124,16 @@ def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", 
     codes = CodeStore(workload, ctx.workspace.snapshots)
     if choices is None:
         choices = choices_from(ctx.ledger.experiments())
+    planned, merged = canonicalize(planned, lambda p: codes.listing(code_choice(p, snapshot, choices).code), source)
+    for warning in merged:
+        ctx.sink.warn(warning)
+    if kind == "grid":
+        planned = interleave_baseline(planned)
     prepared = prepare_experiments(planned, codes, snapshot, choices, source, wave_spec)
     metric = ctx.config.metric
     spec = {**spec, "default_budget": prepared.default_budget, "knobs": prepared.knobs,
             "metric": {"name": metric.name, "direction": metric.direction}}
-    return snapshot, spec, prepared
+    return snapshot, spec, prepared, planned
 
 
 def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
@@ -135,8 +145,8 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     each variant its experiments name (default: the variants that already ran)."""
     priority = wave_priority(ctx, tier, kind, priority)
     track = wave_track(ctx, track, parent)
-    snapshot, spec, prepared = prepare_planned(ctx, spec, planned, source=source, snapshot=snapshot, choices=choices,
-                                               wave_spec=wave_spec)
+    snapshot, spec, prepared, _ = prepare_planned(ctx, spec, planned, source=source, snapshot=snapshot,
+                                                  choices=choices, wave_spec=wave_spec, kind=kind)
     backend = ctx.backend_name()
     if not ctx.ledger.clusters([ClusterState.UP]):
         if backend != "local" and fleet_target(ctx.ledger) is None:
@@ -147,7 +157,7 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
     wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, prepared.experiments, kind=kind,
                                             parent=parent, max_gpu_hours=max_gpu_hours, base=base,
                                             priority=priority, track=track)
-    ensure_controller(ctx.workspace, ctx.ledger, explicit=True)
+    ensure_controller(ctx.workspace, ctx.ledger, explicit=True, hooks=CONTROLLER_HOOKS)
     return wave, experiments
 
 
@@ -173,7 +183,8 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     if args.timeout is not None:
         raw["timeout_s"] = args.timeout
     if args.dry_run:  # every check a submission makes (knob names, values, combinations), nothing recorded
-        prepare_planned(ctx, raw, planned, source=str(args.file), snapshot=snapshot, choices=choices, wave_spec=spec)
+        *_, planned = prepare_planned(ctx, raw, planned, source=str(args.file), snapshot=snapshot, choices=choices,
+                                      wave_spec=spec)
         priority = wave_priority(ctx, spec.tier, "grid", spec.priority)
         track = wave_track(ctx, spec.track, None)
         ctx.sink.data({"wave": spec.name, "tier": spec.tier, "priority": priority, "track": track,
@@ -211,7 +222,7 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
         raise InputError(f"unknown experiment {unknown[0]!r}; `fleet results --json` lists experiment ids")
     cancelled = [t for t in targets if ledger.set_state(
         t, ExperimentState.CANCELLED, "cancelled by user", only_from=[*UNFINISHED, ExperimentState.HELD])]
-    ensure_controller(ctx.workspace, ledger, explicit=True)  # it cancels the jobs that already reached a cluster
+    ensure_controller(ctx.workspace, ledger, explicit=True, hooks=CONTROLLER_HOOKS)  # it cancels the jobs that already reached a cluster
     ctx.sink.data({"cancelled": cancelled}, lambda c: c.print(f"cancelled {len(cancelled)} experiments"))
     if ledger.has_unfinished_work():
         ctx.sink.hint("the rest of the queue goes on; `fleet status` shows it")
@@ -225,7 +236,7 @@ def cmd_release(ctx: Context, args: argparse.Namespace) -> int:
     held = ledger.experiments(wave=args.wave, states=[ExperimentState.HELD])
     for exp in held:
         ledger.release(exp.id)
-    ensure_controller(ctx.workspace, ledger, explicit=True)
+    ensure_controller(ctx.workspace, ledger, explicit=True, hooks=CONTROLLER_HOOKS)
     ctx.sink.data({"released": [e.id for e in held]}, lambda c: c.print(f"released {len(held)} experiments"))
     if held:
         ctx.sink.hint("released experiments run past the budget cap; `fleet wait` blocks until they finish")
@@ -247,7 +258,7 @@ def cmd_bump(ctx: Context, args: argparse.Namespace) -> int:
             raise InputError(f"wave {wave.id} would need priority {priority}, above the maximum 1000; "
                              "lower the others with `fleet bump WAVE --priority N`")
     ledger.set_wave_priority(wave.id, priority)
-    ensure_controller(ctx.workspace, ledger, explicit=True)  # the next cycle starts its work first
+    ensure_controller(ctx.workspace, ledger, explicit=True, hooks=CONTROLLER_HOOKS)  # the next cycle starts its work first
     ctx.sink.data({"wave": wave.id, "track": wave.track, "priority": priority, "was": wave.priority},
                   lambda c: c.print(Text(plain(f"{wave.id}: priority {wave.priority} -> {priority}"))))
     ctx.sink.hint(f"its queued experiments start next on the clusters its tier uses; `fleet wait {wave.id}` waits")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow
 from fleet.core.orphans import find_orphans
 from fleet.core.fleet_size import BackendFactory, Replenisher, default_launcher
+from fleet.core.hooks import CycleHook, HookRunner
 from fleet.core.job_plan import outcome_of
 from fleet.core.placement import WaveSource
 from fleet.core.placing import REFUSED_REST_S, Placing  # noqa: F401 - REFUSED_REST_S re-exported
@@ -62,15 +63,18 @@ class CycleReport:
     orphans: int = 0  # jobs cancelled because no current attempt owns them
     swapped: int = 0  # queued jobs taken back for higher-priority work
     launched: list[str] = field(default_factory=list)  # replacement clusters whose launch started
+    finished_ids: list[str] = field(default_factory=list)
+    extended: int = 0  # experiments the cycle hooks added (a sequential validation's next seed pairs)
 
 
 class Controller(Placing):
     def __init__(
         self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
         clock: Callable[[], float] = time.time, sources: Mapping[str, WaveSource] | None = None,
-        launcher: BackendFactory | None = None,
+        launcher: BackendFactory | None = None, hooks: Sequence[CycleHook] = (),
     ) -> None:
         self.workspace = workspace
+        self.hooks = HookRunner(hooks)
         self.ledger = ledger
         self.backend = backend
         self.config = config
@@ -104,6 +108,7 @@ class Controller(Placing):
         self._cancel_orphans(live, active, report)
         self._finish_all(finished, report)
         self._cancel_requested()
+        report.extended = self.hooks.run(self.workspace, self.ledger, self.config, report.finished_ids)
         self._submit_pending(report)
         report.launched = self.replenisher.step()
         self._keep_alive([n for n in clusters if n not in report.lost_clusters])
@@ -203,6 +208,7 @@ class Controller(Placing):
                                           started_at=job.started_at, ended_at=job.ended_at or self.clock(),
                                           exit_code=job.exit_code):
                 report.finished += 1
+                report.finished_ids.append(attempt.experiment_id)
             self._log_failures.pop(attempt.id, None)
 
     def _log_lost(self, attempt: AttemptRow, problem: LogIncomplete, report: CycleReport) -> None:

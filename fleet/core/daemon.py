@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.backends import make_backend
@@ -24,6 +25,7 @@ from fleet.config import FleetConfig, load_config
 from fleet.core import faults
 from fleet.core.controller import Controller
 from fleet.core.fleet_size import fleet_target
+from fleet.core.hooks import CycleHook, load_hook
 from fleet.core.ledger import Ledger
 from fleet.errors import DiskProblem
 from fleet.types import ClusterState
@@ -41,7 +43,8 @@ def controller_running(workspace: Workspace) -> bool:
         return not got
 
 
-def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = False) -> bool:
+def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = False,
+                      hooks: Sequence[str] = ()) -> bool:
     """Start a controller in the background if work is left, clusters are up and none runs.
 
     Every `fleet` command calls this on its way out, so a controller killed mid-wave is resumed by
@@ -62,7 +65,7 @@ def ensure_controller(workspace: Workspace, ledger: Ledger, *, explicit: bool = 
     workspace.logs.mkdir(parents=True, exist_ok=True)
     out = open(workspace.logs / "controller.log", "ab")
     subprocess.Popen(
-        [sys.executable, "-m", "fleet.core.daemon", str(workspace.root)],
+        [sys.executable, "-m", "fleet.core.daemon", str(workspace.root), *(f"--hook={h}" for h in hooks)],
         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=str(workspace.root),
     )
     out.close()
@@ -120,13 +123,14 @@ IDLE_POLL_S = 2.0  # a foreground controller with no work reads the ledger this 
 
 
 def run_controller(workspace: Workspace, *, persistent: bool = False, problem_retry_s: float = PROBLEM_RETRY_S,
-                   should_stop=lambda: False) -> int:
+                   should_stop=lambda: False, hooks: Sequence[CycleHook] = ()) -> int:
     """Run the controller in this process while it holds the workspace's lock.
 
     In the background (`persistent` False) it exits once no work is left. In the foreground
     (`fleet controller run`: tmux, systemd, a pod) it stays: when idle it waits for new work, and
     after a problem for the user to fix (no clusters, a broken task file) it records it and looks
-    again every `problem_retry_s` seconds. `should_stop` ends the foreground loop (tests).
+    again every `problem_retry_s` seconds. `should_stop` ends the foreground loop (tests). `hooks`
+    are the cycle hooks the layers above named (`fleet.core.hooks`).
     """
     config = load_config(workspace.root)
     ledger = Ledger(workspace.ledger_path)
@@ -143,7 +147,7 @@ def run_controller(workspace: Workspace, *, persistent: bool = False, problem_re
             for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
                 if info.state == ClusterState.UP and info.name not in known:
                     ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
-            controller = Controller(workspace, ledger, backend, config)
+            controller = Controller(workspace, ledger, backend, config, hooks=hooks)
             while True:
                 stopped = controller.run(idle_exit_s=30.0 if persistent else 1.0)
                 if not persistent or should_stop():
@@ -166,7 +170,7 @@ def run_controller(workspace: Workspace, *, persistent: bool = False, problem_re
         return 1
     # Work may have arrived between the last check and the lock's release: take it on.
     if not persistent and ledger.has_unfinished_work():
-        return run_controller(workspace)
+        return run_controller(workspace, hooks=hooks)
     return 0
 
 
@@ -177,10 +181,13 @@ def terminate_on_signal(signum: int, frame) -> None:  # noqa: ARG001 - signal ha
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, terminate_on_signal)  # a `kill` is recorded as the reason, not lost
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()
+    args = sys.argv[1:]
+    hooks = [load_hook(a.split("=", 1)[1]) for a in args if a.startswith("--hook=")]
+    paths = [a for a in args if not a.startswith("--hook=")]
+    root = Path(paths[0]) if paths else Path.cwd()
     started = time.time()
     try:
-        return run_controller(Workspace(root.resolve()))
+        return run_controller(Workspace(root.resolve()), hooks=hooks)
     finally:
         log.info("controller exiting after %.1fs", time.time() - started)
 

@@ -32,6 +32,7 @@ class PlannedExperiment:
     config_key: str  # same knobs => same key, across waves
     label: str  # short and human: the knobs that vary within the wave, or the description
     origins: dict[str, str] = field(default_factory=dict, compare=False)  # knob -> its field path in the file
+    snapshot: str | None = None  # None: the wave's code; else this run's own (a baseline from another commit)
 
     @property
     def envs(self) -> dict[str, str]:
@@ -212,3 +213,24 @@ def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
             planned.append(PlannedExperiment(cfg.config, seed, cfg.description, key, label, cfg.origins))
     return planned
 
+
+
+def interleave_baseline(planned: list[PlannedExperiment], baseline_description: str = "baseline") -> list[PlannedExperiment]:
+    """The baseline's runs spread evenly through the wave instead of after the grid.
+
+    Runs start in submission order, so a baseline run last would meet a different fleet (other jobs,
+    a warmer machine) than the ideas it is compared with; spread out, it samples the same conditions.
+    The other runs keep their order.
+    """
+    is_base = [p.description.strip().lower() == baseline_description for p in planned]
+    base = [p for p, b in zip(planned, is_base) if b]
+    rest = [p for p, b in zip(planned, is_base) if not b]
+    if not base or not rest:
+        return list(planned)
+    out: list[PlannedExperiment] = []
+    step = (len(rest) + len(base)) / len(base)
+    slots = {int(step * i + step / 2) for i in range(len(base))}
+    b, r = iter(base), iter(rest)
+    for position in range(len(planned)):
+        out.append(next(b) if position in slots else next(r))
+    return out

@@ -17,13 +17,14 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet.core.expand import PlannedExperiment, knob_values
+from fleet.core.expand import PlannedExperiment, config_key, knob_values
 from fleet.errors import InputError, format_validation_error
 
 DEFAULT_SCRIPT = "train/train.py"
@@ -183,6 +184,17 @@ def value_errors(
     return list(out)
 
 
+def workload_answers(configs: list[dict[str, str]], snapshot_root: Path, script: str = DEFAULT_SCRIPT) -> list[Any]:
+    """The workload's `--check-knobs` answer per configuration: None where it accepts it, else its error line."""
+    if not configs:
+        return []
+    stdout = _run_workload(Path(snapshot_root), script, "--check-knobs", json.dumps(configs))
+    answers = _json_output(stdout, script, "--check-knobs")
+    if not isinstance(answers, list) or len(answers) != len(configs):
+        raise InputError(f"`python {script} --check-knobs` did not return one answer per configuration")
+    return answers
+
+
 def check_wave_knobs(
     planned: list[PlannedExperiment],
     listing: KnobListing,
@@ -206,3 +218,84 @@ def check_wave_knobs(
         if len(problems) > MAX_REPORTED:
             shown.append(f"... and {len(problems) - MAX_REPORTED} more")
         raise InputError("\n".join(shown))
+
+
+# ---- configurations compared after filling in defaults ---------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def normal_value(value: Any, kind: str) -> str | None:
+    """A knob value in one spelling per meaning ("0.040" and "0.04" alike); None if it does not parse."""
+    text = str(value).strip()
+    try:
+        if kind == "float":
+            return repr(float(text))
+        if kind == "int":
+            number = float(text)
+            return str(int(number)) if number == int(number) else None
+        if kind == "bool":
+            low = text.lower() if not isinstance(value, bool) else ("1" if value else "0")
+            return "1" if low in _TRUE else "0" if low in _FALSE else None
+    except (ValueError, OverflowError):
+        return None
+    return text
+
+
+def canonical_config(config: dict[str, str], listing: KnobListing) -> dict[str, str]:
+    """``config`` with every knob that equals its default left out, values in one spelling (pure).
+
+    Two configurations are the same experiment when they agree after defaults are filled in: a grid
+    point ``MATRIX_LR=0.04`` where 0.04 is the default *is* the baseline. A knob counts as default only
+    if it equals the default of every preset it may run with (the one ``PRESET`` names, else all), so
+    a value that is the default on CPU but not on a GPU stays.
+    """
+    preset = str(config.get("PRESET", "")).strip()
+    out: dict[str, str] = {}
+    for name, value in config.items():
+        info = listing.knobs.get(name)
+        if info is None:
+            out[name] = value
+            continue
+        spelled = normal_value(value, info.type)
+        if spelled is None:
+            out[name] = value
+            continue
+        presets = [preset] if preset in info.default else list(info.default)
+        defaults = {normal_value(info.default[p], info.type) for p in presets}
+        if not (presets and defaults == {spelled}):
+            out[name] = spelled
+    return out
+
+
+def canonicalize(planned: list[PlannedExperiment], listing: KnobListing | Callable[[PlannedExperiment], KnobListing],
+                 source: str, baseline_description: str = "baseline") -> tuple[list[PlannedExperiment], list[str]]:
+    """Give each planned run the key of its canonical configuration and run each configuration once.
+
+    ``listing`` is the code's knob listing, or a function of a planned run to the listing of the
+    code it runs (its own snapshot, its variant's, or the wave's). Two planned configurations on the same code that are equal once defaults are
+    filled in keep the first one's knobs; if either is the baseline, the merged configuration is the
+    baseline (described and labelled so). Returns the runs to submit, in order, and one warning per merge.
+    """
+    listing_of = listing if callable(listing) else (lambda _snapshot: listing)
+    first_of: dict[tuple[str | None, str], PlannedExperiment] = {}
+    merged: dict[tuple[str | None, str, int], PlannedExperiment] = {}
+    warnings: dict[tuple[str | None, str], str] = {}
+    for p in planned:
+        key = config_key(canonical_config(p.config, listing_of(p)))
+        first = first_of.setdefault((p.snapshot, key), p)
+        if config_key(first.config) != config_key(p.config) and (p.snapshot, key) not in warnings:
+            is_base = baseline_description in (first.description.strip().lower(), p.description.strip().lower())
+            warnings[(p.snapshot, key)] = (f"{source}: `{first.label}` and `{p.label}` are the same configuration "
+                                           "once defaults are filled in; it runs once"
+                                           + (", as the baseline" if is_base else ""))
+        slot = (p.snapshot, key, p.seed)
+        kept = merged.get(slot)
+        if kept is None:
+            merged[slot] = PlannedExperiment(first.config, p.seed, p.description, key, p.label, first.origins,
+                                             p.snapshot)
+        elif p.description.strip().lower() == baseline_description:
+            merged[slot] = PlannedExperiment(kept.config, p.seed, p.description, key, p.description, kept.origins,
+                                             kept.snapshot)
+    return list(merged.values()), list(warnings.values())

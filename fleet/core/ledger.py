@@ -193,36 +193,49 @@ class Ledger(Transitions):
             )
             width = max(3, len(str(len(experiments))))
             for seq, exp in enumerate(experiments, start=1):
-                db.execute(
-                    "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
-                    " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (f"{wave_id}-{seq:0{width}d}", wave_id, seq, json.dumps(exp.config), exp.config_key,
-                     exp.seed, exp.description, exp.label, exp.snapshot or snapshot, tier,
-                     ExperimentState.PENDING.value, now, now, exp.code_snapshot, exp.base_snapshot, exp.seeding),
-                )
+                self._insert_experiment(db, wave_id, seq, width, exp, exp.snapshot or snapshot, tier, now)
         return self.wave(wave_id), self.experiments(wave=wave_id)
 
-    def add_experiments(self, wave_id: str, experiments: list[NewExperiment]) -> list[ExperimentRow]:
+    @staticmethod
+    def _insert_experiment(db: sqlite3.Connection, wave_id: str, seq: int, width: int, exp: NewExperiment,
+                           snapshot: str, tier: str, now: float) -> str:
+        experiment_id = f"{wave_id}-{seq:0{width}d}"
+        db.execute(
+            "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
+            " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (experiment_id, wave_id, seq, json.dumps(exp.config), exp.config_key,
+             exp.seed, exp.description, exp.label, snapshot, tier, ExperimentState.PENDING.value, now, now,
+             exp.code_snapshot, exp.base_snapshot, exp.seeding),
+        )
+        return experiment_id
+
+    def add_experiments(self, wave_id: str, experiments: list[NewExperiment], *,
+                        skip_existing: bool = False) -> list[ExperimentRow]:
         """Append pending experiments to an existing wave in one transaction (a wave that makes its
-        experiments on demand, such as a search); numbered after the wave's last one."""
+        experiments on demand, such as a search, or a sequential validation adding seed pairs);
+        numbered after the wave's last one.
+
+        With ``skip_existing`` an experiment whose configuration, seed and code the wave already has
+        is not added again, so two processes extending the same wave at once add each run once.
+        """
         now = self.clock()
         with self.tx("add_experiments") as db:
             wave = db.execute("SELECT tier, snapshot FROM waves WHERE id = ?", (wave_id,)).fetchone()
             if wave is None:
                 raise ValueError(f"no wave {wave_id!r}")  # internal misuse, never user input
-            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM experiments WHERE wave_id = ?", (wave_id,)).fetchone()[0]
+            rows = db.execute("SELECT seq, config_key, seed, snapshot FROM experiments WHERE wave_id = ?",
+                              (wave_id,)).fetchall()
+            have = {(r["config_key"], r["seed"], r["snapshot"]) for r in rows}
+            seq = max((r["seq"] for r in rows), default=0)
             ids = []
-            for seq, exp in enumerate(experiments, start=last + 1):
-                ids.append(f"{wave_id}-{seq:03d}")
-                db.execute(
-                    "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
-                    " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (ids[-1], wave_id, seq, json.dumps(exp.config), exp.config_key, exp.seed, exp.description,
-                     exp.label, exp.snapshot or wave["snapshot"], wave["tier"], ExperimentState.PENDING.value, now,
-                     now, exp.code_snapshot, exp.base_snapshot, exp.seeding),
-                )
+            for exp in experiments:
+                snapshot = exp.snapshot or wave["snapshot"]
+                if skip_existing and (exp.config_key, exp.seed, snapshot) in have:
+                    continue
+                have.add((exp.config_key, exp.seed, snapshot))
+                seq += 1
+                ids.append(self._insert_experiment(db, wave_id, seq, 3, exp, snapshot, wave["tier"], now))
         return [e for e in (self.experiment(i) for i in ids) if e is not None]
 
     def wave(self, wave_id: str) -> WaveRow | None:

@@ -191,20 +191,25 @@ def _written(files: dict[str, SnapshotFile], script: str, scan: const_knobs.Cons
     return {**files, script: SnapshotFile(script, old.executable, source.encode("utf-8"))}
 
 
+def code_choice(exp: PlannedExperiment, wave_snapshot: str, choices: Mapping[str, CodeChoice]) -> CodeChoice:
+    """The code a planned experiment runs: its own snapshot (a baseline from another commit), its
+    variant's, or the wave's."""
+    if exp.snapshot is not None:
+        return CodeChoice(exp.snapshot, exp.snapshot)
+    variant = variant_of(exp.config)
+    if variant is None:
+        return CodeChoice(wave_snapshot, wave_snapshot)
+    if variant[1] in choices:
+        return choices[variant[1]]
+    raise FleetError(f"the code of variant {variant[0]}={variant[1]} is not known here; "
+                     "submit it with `fleet wave` first")
+
+
 def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave_snapshot: str,
                         choices: Mapping[str, CodeChoice], source: str,
                         spec: WaveSpec | None = None) -> Prepared:
     """Check every experiment's knobs against its code, then give each the snapshot it runs."""
-    code_of: list[CodeChoice] = []
-    for exp in planned:
-        variant = variant_of(exp.config)
-        if variant is None:
-            code_of.append(CodeChoice(wave_snapshot, wave_snapshot))
-        elif variant[1] in choices:
-            code_of.append(choices[variant[1]])
-        else:
-            raise FleetError(f"the code of variant {variant[0]}={variant[1]} is not known here; "
-                             "submit it with `fleet wave` first")
+    code_of = [code_choice(exp, wave_snapshot, choices) for exp in planned]
     problems: list[str] = []
     by_code: dict[str, list[PlannedExperiment]] = {}
     for exp, choice in zip(planned, code_of):
@@ -255,5 +260,5 @@ def _default_budget(listing: KnobListing) -> float | None:
     return float(max(values)) if values else None
 
 
-__all__ = ["CodeChoice", "CodeStore", "Prepared", "choices_from", "constant_problems", "prepare_experiments",
+__all__ = ["CodeChoice", "CodeStore", "Prepared", "choices_from", "code_choice", "constant_problems", "prepare_experiments",
            "resolve_variants", "typed_value"]

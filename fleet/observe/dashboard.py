@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.observe.cost import describe_spend
-from fleet.observe.leaderboard import Row
+from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.plain_text import plain
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -83,6 +83,7 @@ class FleetSnapshot:
     crashes: tuple[CrashLine, ...]  # most recent first
     utilization: Utilization
     cost: dict = field(default_factory=dict)  # fleet.observe.cost.spend() plus cap_gpu_hours
+    configs: tuple[ConfigRow, ...] = ()  # configurations by their mean over runs, best first
 
 
 # --- utilization ---------------------------------------------------------------------------------
@@ -194,19 +195,19 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
 
 
 def render_leaderboard_top(snap: FleetSnapshot, top: int = 10) -> RenderableType:
-    title = "leaderboard top %d — by %s" % (top, f"val_bpb normalized to {snap.reference_accelerator}"
-                                             if snap.sorted_by == "normalized" else "raw val_bpb")
-    ranked = [r for r in snap.leaderboard if r.rank is not None][:top]
+    """The best configurations by their mean over runs (one lucky run is not a best), with n."""
+    by = f"val_bpb normalized to {snap.reference_accelerator}" if snap.sorted_by == "normalized" else "raw val_bpb"
+    title = f"leaderboard top {top} — configurations by mean {by}"
+    ranked = [c for c in snap.configs if c.rank is not None][:top]
     if not ranked:
         return Text.assemble(("leaderboard", "bold"), ": no finished experiments yet")
     table = Table(title=title, title_justify="left")
-    for col, justify in (("#", "right"), ("experiment", "left"), ("config", "left"), ("val_bpb", "right"),
-                         ("normalized", "right"), ("accel", "left"), ("GPU-s", "right")):
+    for col, justify in (("#", "right"), ("config", "left"), ("n", "right"), ("val_bpb", "right"), ("± std", "right"),
+                         ("normalized", "right"), ("accel", "left"), ("e.g.", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "config")
-    for r in ranked:
-        table.add_row(str(r.rank), _t(r.experiment), _t((r.label or "(base)")[:48]), _num(r.val_bpb),
-                      _num(r.normalized), _t(r.accelerator or "-"),
-                      "-" if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}")
+    for c in ranked:
+        table.add_row(str(c.rank), _t((c.label or "(base)")[:48]), str(c.n), _num(c.val_bpb), _num(c.std),
+                      _num(c.normalized), _t(", ".join(c.accelerators)), _t(c.experiments[0]))
     if snap.calibration:
         return Group(table, _t(snap.calibration, "dim"))
     return table

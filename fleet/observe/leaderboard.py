@@ -1,8 +1,15 @@
-"""The leaderboard: experiments ranked by val_bpb, as plain rows (pure; the CLI renders them)."""
+"""The leaderboard: experiments ranked by val_bpb, and configurations ranked by their mean (pure; the CLI
+renders them).
+
+"Best" is a configuration, never a single run: one lucky seed is not a result. ``build_configs`` groups
+the finished runs of the same code and configuration, from any wave (evidence is pooled), and ranks
+them by their mean, with n beside it.
+"""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from fleet.core.ledger_rows import ExperimentRow, ResultRow
@@ -26,6 +33,28 @@ class Row:
     memory_gb: float | None
     gpu_seconds: float | None
     reason: str
+    corrected: float | None = None  # the value at its configuration's typical step count (step noise removed)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """One configuration on one code, its finished runs pooled across waves."""
+
+    rank: int | None
+    label: str
+    config_key: str
+    code: str
+    n: int  # runs the means rest on
+    val_bpb: float | None  # mean of the raw values
+    std: float | None
+    normalized: float | None  # mean of the normalized values (None: some run's hardware speed is unknown)
+    corrected: float | None  # mean of the step-noise-corrected values
+    accelerators: tuple[str, ...]
+    experiments: tuple[str, ...]
+    waves: tuple[str, ...]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,11 +66,12 @@ def build_rows(
     normalized: Mapping[str, float | None] | None = None,
     sort_by: str = "raw",
     higher_is_better: bool = False,
+    corrected: Mapping[str, float | None] | None = None,
 ) -> list[Row]:
     """Finished experiments first, best first by `sort_by` ("raw" or "normalized"), then the rest.
 
     `val_bpb` holds the configured metric's value; best is lowest unless `higher_is_better`."""
-    normalized = normalized or {}
+    normalized, corrected = normalized or {}, corrected or {}
     rows = []
     for exp in experiments:
         res = results.get(exp.id)
@@ -52,7 +82,7 @@ def build_rows(
             normalized=normalized.get(exp.id), num_steps=res.num_steps if res else None,
             accelerator=res.accelerator if res else None, device=res.device if res else None,
             memory_gb=memory, gpu_seconds=res.gpu_seconds if res else None,
-            reason=(res.reason if res else exp.reason),
+            reason=(res.reason if res else exp.reason), corrected=corrected.get(exp.id),
         ))
 
     def key(row: Row) -> float | None:
@@ -66,24 +96,58 @@ def build_rows(
     return out + rest
 
 
-def autoresearch_status(experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow],
-                        higher_is_better: bool = False) -> dict[str, str]:
-    """keep / discard / crash per finished experiment, in the autoresearch `results.tsv` sense.
+def build_configs(rows: Sequence[Row], code_of: Mapping[str, str], sort_by: str = "raw",
+                  higher_is_better: bool = False) -> list[ConfigRow]:
+    """Configurations of the finished runs in ``rows``, best mean first (``sort_by``: "raw" or "normalized").
 
-    `keep` marks a new running best at the time it finished; `discard` a finished run that did
-    not beat it; `crash` a run that crashed or timed out.
+    ``code_of`` maps an experiment id to its code (`ExperimentRow.code`): the same knobs on other code
+    are another configuration.
     """
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        if r.state == ExperimentState.DONE.value and r.val_bpb is not None and math.isfinite(r.val_bpb):
+            groups.setdefault((code_of.get(r.experiment, ""), r.config_key), []).append(r)
+    out = []
+    for (code, key), runs in groups.items():
+        raw = [r.val_bpb for r in runs]
+        norm = [r.normalized for r in runs]
+        corr = [r.corrected for r in runs]
+        std = statistics.stdev(raw) if len(raw) > 1 else None
+        out.append(ConfigRow(
+            None, runs[0].label, key, code, len(runs), statistics.fmean(raw), std,
+            statistics.fmean(norm) if all(v is not None for v in norm) else None,
+            statistics.fmean(corr) if all(v is not None for v in corr) else None,
+            tuple(sorted({r.accelerator or "unknown" for r in runs})), tuple(r.experiment for r in runs),
+            tuple(dict.fromkeys(r.wave for r in runs)),
+        ))
+
+    def value(c: ConfigRow) -> float | None:
+        return c.normalized if sort_by == "normalized" else c.val_bpb
+
     sign = -1.0 if higher_is_better else 1.0
-    best = math.inf
+    ranked = sorted((c for c in out if value(c) is not None), key=lambda c: (sign * value(c), -c.n, c.config_key))
+    rest = sorted((c for c in out if value(c) is None), key=lambda c: c.config_key)
+    return [replace(c, rank=i) for i, c in enumerate(ranked, start=1)] + rest
+
+
+def verdict_status(experiments: Sequence[ExperimentRow], verdicts: Mapping[tuple[str, str], str],
+                   baselines: Collection[tuple[str, str]] = ()) -> dict[str, str]:
+    """Each finished experiment's status for `results.tsv`: the verdict on its configuration.
+
+    ``verdicts`` maps (code, configuration key) to its latest verdict (keep / discard / inconclusive;
+    need_more reads as `validating`); a configuration never validated is `screen`, a baseline that
+    was never judged itself `baseline`; a run that crashed or timed out is `crash`. Never a "new
+    running best": one run beating the others is not a verdict.
+    """
     out: dict[str, str] = {}
-    finished = [e for e in experiments if e.state.finished and e.state != ExperimentState.CANCELLED]
-    for exp in sorted(finished, key=lambda e: (e.finished_at or 0, e.id)):
-        res = results.get(exp.id)
-        if exp.state != ExperimentState.DONE or res is None or res.val_bpb is None:
+    for exp in experiments:
+        if not exp.state.finished or exp.state == ExperimentState.CANCELLED:
+            continue
+        if exp.state != ExperimentState.DONE:
             out[exp.id] = "crash"
-        elif sign * res.val_bpb < best:
-            best = sign * res.val_bpb
-            out[exp.id] = "keep"
+        elif (exp.code, exp.config_key) in verdicts:
+            verdict = verdicts[(exp.code, exp.config_key)]
+            out[exp.id] = "validating" if verdict == "need_more" else verdict
         else:
-            out[exp.id] = "discard"
+            out[exp.id] = "baseline" if (exp.code, exp.config_key) in baselines else "screen"
     return out

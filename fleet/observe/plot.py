@@ -1,5 +1,8 @@
 """`fleet plot`: val_bpb of every finished experiment, the running best, crashes and promotions.
 
+The running best is the best *configuration* so far by its mean over the runs finished by then (its
+label says n): one lucky run is not a best, and a leader whose next seed is worse can fall back.
+
 `plot_data` is pure (ledger rows in, points out) and tested without matplotlib; `render_png` draws
 it with matplotlib's Agg canvas (no pyplot, no display, no global backend switch). matplotlib is
 the optional `plot` extra, imported only here and only when drawing.
@@ -38,7 +41,7 @@ class Point:
 class PlotData:
     points: tuple[Point, ...]
     crashes: tuple[tuple[float, str], ...]  # (x, experiment) of crashed or timed-out experiments
-    best: tuple[tuple[float, float, str], ...]  # the running best after each improvement: (x, y, label)
+    best: tuple[tuple[float, float, str], ...]  # the best configuration's mean after each change: (x, y, label)
     x_end: float  # the last finished experiment's x (the step line runs to it)
     xlabel: str
     ylabel: str
@@ -69,7 +72,8 @@ def plot_data(
         return float(i) if x == "order" else ((exp.finished_at or origin) - origin) / 60
 
     points, crashes, best, skipped = [], [], [], 0
-    running = math.inf
+    by_config: dict[tuple[str, str], list[float]] = {}
+    labels: dict[tuple[str, str], str] = {}
     for i, exp in enumerate(finished, start=1):
         res = results.get(exp.id)
         if exp.state != ExperimentState.DONE or res is None or res.val_bpb is None:
@@ -83,9 +87,13 @@ def plot_data(
         point = Point(x_of(i, exp), float(y), exp.id, res.accelerator or "unknown", label,
                       exp.id in promoted, verdicts.get(exp.id))
         points.append(point)
-        if y < running:
-            running = float(y)
-            best.append((point.x, running, label))
+        by_config.setdefault((exp.code, exp.config_key), []).append(float(y))
+        labels.setdefault((exp.code, exp.config_key), label)
+        key, values = min(by_config.items(), key=lambda kv: (sum(kv[1]) / len(kv[1]), kv[0]))
+        mean = sum(values) / len(values)
+        leader = f"{labels[key]} (n={len(values)})"
+        if not best or best[-1][1] != mean or best[-1][2] != leader:
+            best.append((point.x, mean, leader))
     metric = "val_bpb" if normalized is None else "normalized val_bpb"
     x_end = x_of(len(finished), finished[-1]) if finished else 0.0
     title = f"{metric} of {len(finished)} finished experiments"
@@ -144,8 +152,13 @@ def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
     if data.best:
         xs = [b[0] for b in data.best] + [max(data.x_end, data.best[-1][0])]
         ys_best = [b[1] for b in data.best] + [data.best[-1][1]]
-        ax.step(xs, ys_best, where="post", color="tab:green", linewidth=1.8, label="running best", zorder=2)
-        shown = [b for i, b in enumerate(data.best) if i == 0 or b[2] != data.best[i - 1][2]]  # a new config
+        ax.step(xs, ys_best, where="post", color="tab:green", linewidth=1.8, label="best configuration (mean)",
+                zorder=2)
+
+        def config(label: str) -> str:
+            return label.rsplit(" (n=", 1)[0]
+
+        shown = [b for i, b in enumerate(data.best) if i == 0 or config(b[2]) != config(data.best[i - 1][2])]
         for bx, by, label in shown[-MAX_BEST_LABELS:]:
             ax.annotate(_literal(label[:40]), (bx, by), xytext=(4, -11), textcoords="offset points", fontsize=7,
                         color="tab:green")

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleet.observe.dashboard import WaveLine
-from fleet.observe.leaderboard import Row
+from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.plain_text import plain
 
 PROMOTE_KIND = "promote"
@@ -27,12 +27,16 @@ class ConfigVerdict:
     p_value: float | None
     verdict: str
     reason: str
+    low: float | None = None  # bounds on delta the verdict used
+    high: float | None = None
+    power: float | None = None  # to detect a gain of min_effect by the cap, at the observed noise
 
 
 def verdicts_from_reports(reports: Iterable[Mapping]) -> list[ConfigVerdict]:
     """One row per candidate of each promote wave's report (the `fleet verdict --json` shape)."""
     return [ConfigVerdict(r["wave"], c["label"], tuple(c["experiments"]), c["n"], c["mean"], c["baseline_mean"],
-                          c["delta"], c["p_value"], c["verdict"], c["reason"])
+                          c["delta"], c["p_value"], c["verdict"], c["reason"], c.get("ci_low"), c.get("ci_high"),
+                          c.get("power"))
             for r in reports for c in r["candidates"]]
 
 
@@ -53,18 +57,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Seque
 def render_report(
     *, generated: str, scope: str, waves: Sequence[WaveLine], rows: Sequence[Row], sorted_by: str,
     calibration: str, verdicts: Sequence[ConfigVerdict], cost: Mapping, plot_file: str | None,
-    plot_note: str = "", top: int = 10,
+    plot_note: str = "", top: int = 10, configs: Sequence[ConfigRow] = (),
 ) -> str:
-    """The report as Markdown; `plot_file` is the PNG's path relative to the report (or None)."""
-    ranked = [r for r in rows if r.rank is not None]
+    """The report as Markdown; `plot_file` is the PNG's path relative to the report (or None).
+
+    The best is a configuration by its mean over runs (with n), never one run."""
+    ranked = [c for c in configs if c.rank is not None]
     finished = sum(w.finished for w in waves)
     total = sum(w.total for w in waves)
     lines = ["# skyfleet report", "", f"{scope} · generated {generated} · {finished}/{total} experiments finished"]
     if ranked:
         b = ranked[0]
-        lines.append(f"\n**Best:** `{b.experiment}` — val_bpb {b.val_bpb:.4f}"
+        spread = f" ± {b.std:.4f}" if b.std is not None else ""
+        lines.append(f"\n**Best:** {_cell(b.label or '(base)')} — val_bpb {b.val_bpb:.4f}{spread}, mean of n={b.n}"
                      + (f" (normalized {b.normalized:.4f})" if b.normalized is not None else "")
-                     + f" on {b.accelerator or 'unknown'}: {_cell(b.label or '(base)')}")
+                     + f" on {', '.join(b.accelerators)}; e.g. `{b.experiments[0]}`")
 
     lines += ["", "## Waves", ""]
     wave_rows = []
@@ -80,33 +87,40 @@ def render_report(
     by = "val_bpb normalized across hardware" if sorted_by == "normalized" else "raw val_bpb"
     lines += ["", "## Best configurations", ""]
     if ranked:
-        lines.append(f"Top {min(top, len(ranked))} of {len(ranked)} finished experiments by {by}.")
+        lines.append(f"Top {min(top, len(ranked))} of {len(ranked)} configurations by their mean {by} over their "
+                     f"finished runs (all waves: the same code and configuration are one experiment).")
     if calibration:
         lines.append(f"Normalization: {calibration}.")
     lines.append("")
     if ranked:
-        lines += _table(["#", "experiment", "configuration", "seed", "val_bpb", "normalized", "accel", "GPU-s"],
-                        [[r.rank, f"`{r.experiment}`", r.label or "(base)", r.seed, r.val_bpb, r.normalized,
-                          r.accelerator, None if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}"]
-                         for r in ranked[:top]], right=(0, 3, 4, 5, 7))
+        lines += _table(["#", "configuration", "n", "val_bpb", "± std", "normalized", "step-corrected", "accel",
+                         "runs"],
+                        [[c.rank, c.label or "(base)", c.n, c.val_bpb, c.std, c.normalized, c.corrected,
+                          ", ".join(c.accelerators), ", ".join(f"`{e}`" for e in c.experiments[:3])
+                          + (" …" if len(c.experiments) > 3 else "")] for c in ranked[:top]],
+                        right=(0, 2, 3, 4, 5, 6))
     else:
         lines.append("No finished experiments yet.")
 
     lines += ["", "## Verdicts", ""]
     if verdicts:
-        lines.append("Candidates of promote waves against their baseline on paired seeds "
-                     "(keep = significant and above the noise floor).")
+        lines.append("Candidates of promote and recheck waves against their baseline, seed pair by seed pair: keep = "
+                     "gain significant (Holm over the wave's candidates) and at least min_effect; discard = gain shown "
+                     "below min_effect; otherwise inconclusive. Δ < 0 is better.")
         lines.append("")
-        lines += _table(["wave", "configuration", "verdict", "seeds", "mean", "baseline", "delta", "p", "why"],
+        lines += _table(["wave", "configuration", "verdict", "pairs", "mean", "baseline", "Δ", "interval of Δ",
+                         "power", "why"],
                         [[v.wave, v.label, f"**{v.verdict}**" if v.verdict == "keep" else v.verdict, v.n, v.mean,
                           v.baseline_mean, None if v.delta is None else f"{v.delta:+.4f}",
-                          None if v.p_value is None else f"{v.p_value:.3g}", v.reason] for v in verdicts],
-                        right=(3, 4, 5, 6, 7))
+                          None if v.low is None or v.high is None else f"[{v.low:+.4f}, {v.high:+.4f}]",
+                          None if v.power is None else f"{100 * v.power:.0f}%", v.reason] for v in verdicts],
+                        right=(3, 4, 5, 6, 8))
     else:
-        lines.append("No validation yet: `fleet promote WAVE` reruns the best configurations with more seeds.")
+        lines.append("No validation yet: `fleet promote` on a screen wave reruns its best configurations against "
+                     "the baseline, seed pair by seed pair.")
 
     lines += ["", "## Progress", ""]
-    lines.append(f"![val_bpb of every experiment and the running best]({plot_file})" if plot_file
+    lines.append(f"![val_bpb of every experiment and the best configuration's mean]({plot_file})" if plot_file
                  else plot_note or "No plot.")
 
     lines += ["", "## Spend", ""]

@@ -259,7 +259,7 @@ def inflation(alpha: float, first_look: int, power: float = 0.8, reference: int 
 
 
 def pairs_for_power(alpha: float, first_look: int, drift: float, power: float = 0.8) -> int | None:
-    """About how many pairs a sequential design needs to keep a gain of ``drift`` sds with ``power``."""
+    """About how many pairs a sequential design needs to detect a gain of ``drift`` sds with ``power``."""
     if drift <= 0:
         return None
     fixed = ((norm.isf(alpha) + norm.isf(1 - power)) / drift) ** 2

@@ -1,6 +1,7 @@
 """Hardware-normalized values for the experiments in the ledger (the I/O side of normalize.py)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -14,6 +15,7 @@ from fleet.research.normalize import (
     estimate_slope,
     normalize,
 )
+from fleet.research.step_noise import SlopeFit, StepRun, choose_slope, correct
 from fleet.types import ExperimentState
 
 
@@ -71,3 +73,36 @@ def normalized_for(ledger: Ledger, reference: str, higher_is_better: bool = Fals
     summary = (f"speed vs {reference}: " + ", ".join(parts) +
                f"; slope {slope.slope:.3f} bpb per e-fold of steps ({slope.method}, {slope.n_pairs} pairs)")
     return NormView(values, calibration, slope, summary)
+
+
+@dataclass(frozen=True)
+class StepView:
+    values: dict[str, float]  # experiment id -> value at its configuration's typical step count (lower is better)
+    slope: SlopeFit
+    variance_removed: float | None  # share of the variance of repeated configurations it removed
+    summary: str  # one line for people: the slope, where it comes from, what it removed
+
+
+def corrected_for(ledger: Ledger, higher_is_better: bool = False, fleet_slope: float | None = None) -> StepView:
+    """Each finished run's value corrected for step noise within its accelerator (`step_noise`), lower is better."""
+    experiments = ledger.experiments(states=[ExperimentState.DONE])
+    results = research_results(ledger.results(), higher_is_better)
+    ids, runs = [], []
+    for e in experiments:
+        res = results.get(e.id)
+        if res is None or res.val_bpb is None or not math.isfinite(res.val_bpb):
+            continue
+        group = f"{e.code}/{e.config_key}/{res.accelerator or 'unknown'}/{e.config.get('TIME_BUDGET', '')}"
+        ids.append(e.id)
+        runs.append(StepRun(group, res.val_bpb, res.num_steps))
+    fit = choose_slope(runs, fleet_slope)
+    corrected = correct(runs, fit)
+    values = {ids[i]: v for i, v in corrected.values.items()}
+    removed = corrected.variance_removed
+    if fit.slope is None:
+        summary = ""
+    else:
+        summary = f"step noise: slope {fit.slope:.3f} per e-fold of steps ({fit.method})"
+        if removed is not None:
+            summary += f"; correcting it removed {100 * removed:.0f}% of the variance of repeated configurations"
+    return StepView(values, fit, removed, summary)

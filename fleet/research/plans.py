@@ -1,81 +1,46 @@
-"""Promotion and ablation waves over the ledger: what to queue, and how to report what came back.
-
-The statistics live in ``promote.py`` and ``ablate.py``; this module only connects them to ledger
-rows. Every function here is pure (rows in, plain data out) so the CLI does the I/O: reading the
-ledger, submitting the wave, printing.
+"""Promotion and recheck waves over the ledger: what to queue (pure; the CLI reads and submits).
 
 Rules
 -----
-- **Baseline** (``resolve_baseline``): ``--baseline EXP``'s configuration; else the wave's
-  experiment described ``baseline``; else the wave's base env alone (no grid overrides).
+- **Configurations** are compared by their key *with defaults filled in* (``key``: the caller passes
+  `fleet.core.knobs.canonical_config` under the code's knob listing): a grid point equal to the
+  baseline is the baseline and is never promoted.
+- **Baseline** (``resolve_baseline``): ``--baseline EXP``'s configuration (and code); else the
+  wave's experiment described ``baseline``; else the wave's base env alone (no grid overrides).
 - **Screen ranking** (``rank_screen``): configurations of the wave's finished runs, mean over
-  seeds, by the hardware-normalized val_bpb when any run of the wave can be normalized, else raw
-  (``sorted_by`` says which).
+  seeds, by the hardware-normalized val_bpb when any run of the wave can be normalized, else raw.
 - **Code**: a validation wave starts from its source wave's code; the baseline configuration runs on
   that code (so a baseline taken from another wave is compared on knobs only), and a candidate that
-  names a code variant (`code`/`patch` in its configuration) runs that variant's code.
+  names a code variant (`code`/`patch` in its configuration) runs that variant's code. A recheck runs
+  each side on its own code.
 - **Pairing**: seeds pair runs across arms; replicates (a workload without a SEED knob, recorded as
   ``seeding == "replicate"``) are compared unpaired, and the report's ``rule.test`` says so.
-- **Metric of a validation wave** (``wave_values``): raw val_bpb when all its runs share one
-  accelerator (the usual case: the tier pins it), else the normalized value.
+- **Recheck** (``plan_recheck``): the current best (the latest kept candidate) against the original
+  baseline (the first promotion's), on fresh seeds, judged on the recheck's own runs only: the runs
+  that made the best look best are not evidence of it (the winner's curse).
 
-JSON shapes (``fleet verdict --json`` / ``fleet promote --wait --json``)
-------------------------------------------------------------------------
-Promote wave::
-
-    {"wave", "kind": "promote", "parent", "tier", "metric": "raw"|"normalized", "accelerators": [...],
-     "rule": {"alpha", "floor_multiple", "test"}, "complete": bool, "unfinished": int,
-     "baseline": {"config", "config_key", "source", "n", "mean", "std", "experiments": [...]},
-     "candidates": [{"rank", "label", "config", "changes", "config_key", "experiment", "experiments",
-                     "screen_value", "n", "mean", "std", "baseline_mean", "baseline_std", "delta",
-                     "p_value", "noise_floor", "verdict", "reason", "missing_seeds"}],
-     "best_keep": experiment id | null}
-
-``candidates`` are sorted best first: ``keep`` before ``inconclusive`` before ``discard``, then by
-delta (most negative first). ``delta`` = candidate − baseline (negative = better).
-
-Ablate wave (``fleet ablation --json``, or ``fleet verdict`` on an ablate wave)::
-
-    {"wave", "kind": "ablate", "parent", "experiment", "tier", "metric", "accelerators", "alpha",
-     "complete", "unfinished",
-     "arms": [{"name", "role", "config", "config_key", "removed", "n", "mean", "std"}],
-     "changes": [{"knob", "baseline_value", "stacked_value", "n", "contribution", "std", "ci_low",
-                  "ci_high", "p_value", "verdict": "keep"|"drop"|"inconclusive", "note"}],
-     "keep": [knob...], "drop": [knob...]}
+Verdicts of the waves these plans make are read back by `fleet.research.verdict_report`.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleet.core.expand import PlannedExperiment, config_key, env_value
-from fleet.core.ledger_rows import REPLICATE, ExperimentRow, ResultRow, WaveRow
+from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
-from fleet.research.ablate import (
-    AblationArm,
-    Change,
-    contributions,
-    find_changes,
-    leave_one_out,
-)
+from fleet.research.ablate import find_changes
 from fleet.research.normalize import LeaderboardRow, NormalizedRecord, rank
 from fleet.research.normalize_view import run_record
-from fleet.research.promote import (
-    DEFAULT_ALPHA,
-    DEFAULT_FLOOR_MULTIPLE,
-    plan_validation,
-    select_candidates,
-    verdict,
-)
-from fleet.research.stats import finite, mean_std
+from fleet.research.promote import rule_spec, select_candidates
+from fleet.research.stats import finite
+from fleet.research.verdicts import Rule
 from fleet.types import ExperimentState
 
 BASELINE_DESCRIPTION = "baseline"
-ABLATION_ALPHA = 0.05
-_VERDICT_ORDER = {"keep": 0, "inconclusive": 1, "discard": 2}
-_UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING, ExperimentState.HELD)
+UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING, ExperimentState.HELD)
+Keyer = Callable[[Mapping[str, str]], str]
 
 
 @dataclass(frozen=True)
@@ -83,19 +48,24 @@ class Baseline:
     config: dict[str, str]
     source: str  # for people: where the configuration came from
     experiment: str | None = None  # the experiment it was taken from, if any
+    config_key: str | None = None  # with defaults filled in (None: computed by the planner)
+    snapshot: str | None = None  # its own code (a recheck or a baseline from a commit); None: the wave's
 
 
 def resolve_baseline(
-    wave: WaveRow, experiments: Sequence[ExperimentRow], explicit: ExperimentRow | None = None
+    wave: WaveRow, experiments: Sequence[ExperimentRow], explicit: ExperimentRow | None = None,
+    key: Keyer = config_key,
 ) -> Baseline:
     """``--baseline EXP``, else the wave's experiment described `baseline`, else its base env."""
     if explicit is not None:
-        return Baseline(dict(explicit.config), f"--baseline {explicit.id}", explicit.id)
+        return Baseline(dict(explicit.config), f"--baseline {explicit.id}", explicit.id, explicit.config_key,
+                        explicit.code)
     for exp in experiments:
         if exp.wave_id == wave.id and exp.description.strip().lower() == BASELINE_DESCRIPTION:
-            return Baseline(dict(exp.config), f"{exp.id} (described `baseline`)", exp.id)
+            return Baseline(dict(exp.config), f"{exp.id} (described `baseline`)", exp.id, exp.config_key, exp.code)
     base = {k: _env_str(v) for k, v in (wave.base or {}).items()}
-    return Baseline(base, f"the base env of wave {wave.id}" + ("" if base else " (empty: every knob at its default)"))
+    return Baseline(base, f"the base env of wave {wave.id}" + ("" if base else " (empty: every knob at its default)"),
+                    None, key(base))
 
 
 def _env_str(value: Any) -> str:
@@ -115,10 +85,9 @@ def rank_screen(
     records = []
     for e in done:
         r = results[e.id]
-        record = run_record(e, r)
         # Ranked through the "normalized" column either way; with nothing normalizable it holds raw values.
         value = normalized.get(e.id) if use_normalized else r.val_bpb
-        records.append(NormalizedRecord(record, value, None))
+        records.append(NormalizedRecord(run_record(e, r), value, None))
     return rank(records, "normalized"), ("normalized" if use_normalized else "raw")
 
 
@@ -131,51 +100,62 @@ class WavePlan:
 
 def plan_promotion(
     wave: WaveRow, experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow],
-    normalized: Mapping[str, float | None], baseline: Baseline, top: int, seeds: int,
+    normalized: Mapping[str, float | None], baseline: Baseline, top: int, rule: Rule, key: Keyer = config_key,
 ) -> WavePlan:
-    """The validation wave: the top ``top`` configurations and the baseline, ``seeds`` paired seeds each."""
+    """The validation wave: the top ``top`` configurations and the baseline, ``rule.first_look``
+    paired seeds each to start with (a fixed design: all ``rule.max_n``)."""
     mine = [e for e in experiments if e.wave_id == wave.id]
     ranked, sorted_by = rank_screen(mine, results, normalized)
     if not ranked:
-        unfinished = sum(e.state in _UNFINISHED for e in mine)
+        unfinished = sum(e.state in UNFINISHED for e in mine)
         failed = sum(e.state.finished and e.state != ExperimentState.DONE for e in mine)
         why = (f"{unfinished} still pending or running: `fleet wait {wave.id}` first" if unfinished
-               else f"{failed} crashed, timed out or were cancelled: `fleet results {wave.id}` shows why")
+               else f"{failed} crashed, timed out or were cancelled: `fleet results --wave {wave.id}` shows why")
         raise FleetError(f"wave {wave.id!r} has no finished results to promote ({why})")
-    baseline_key = config_key(baseline.config)
+    baseline_key = baseline.config_key or key(baseline.config)
     chosen = select_candidates(ranked, top, baseline_key)
     if not chosen:
         raise InputError(f"wave {wave.id!r} has no finished configuration other than the baseline "
-                         f"({baseline.source}); nothing to promote")
+                         f"({baseline.source}) once defaults are filled in; nothing to promote")
     by_key: dict[str, list[ExperimentRow]] = {}
     for e in mine:
         by_key.setdefault(e.config_key, []).append(e)
     snapshot = wave.snapshot  # each candidate's own variant, if any, is found by the submission
-    runs = plan_validation([by_key[row.config_key][0].config for row in chosen], baseline.config, seeds)
-    labels = {baseline_key: BASELINE_DESCRIPTION}
     candidates = []
     for row in chosen:
         first = by_key[row.config_key][0]
-        labels[row.config_key] = first.label or first.description or _changes_label(baseline.config, first.config)
         candidates.append({
-            "config_key": row.config_key, "config": dict(first.config), "label": labels[row.config_key],
+            "config_key": row.config_key, "config": dict(first.config),
+            "label": first.label or first.description or _changes_label(baseline.config, first.config),
             "description": first.description, "screen_value": row.normalized_mean,
             "screen_experiments": [e.id for e in by_key[row.config_key]],
         })
-    planned = []
-    for run in runs:
-        key = config_key(run.config)
-        is_base = key == baseline_key
-        description = BASELINE_DESCRIPTION if is_base else next(c["description"] for c in candidates
-                                                                  if c["config_key"] == key)
-        planned.append(PlannedExperiment(dict(run.config), run.seed, description, key, labels[key]))
+    seeds = rule.max_n if rule.design == "fixed" else rule.first_look
     spec = {
         "name": f"{wave.id}-promote", "source_wave": wave.id, "seeds": seeds, "top": top, "sorted_by": sorted_by,
+        "rule": rule_spec(rule), "pooled": True,
         "baseline": {"config": dict(baseline.config), "config_key": baseline_key, "source": baseline.source,
                      "experiment": baseline.experiment},
         "candidates": candidates,
     }
-    return WavePlan(planned, spec, snapshot)
+    return WavePlan(planned_runs(spec, range(seeds)), spec, snapshot)
+
+
+def planned_runs(spec: Mapping[str, Any], seeds: Iterable[int], only: set[str] | None = None,
+                 baseline_seeds: set[int] | None = None) -> list[PlannedExperiment]:
+    """The experiments of a validation wave for these seeds: the baseline (on ``baseline_seeds``, default
+    all) then each candidate (in ``only``, default all), seed by seed."""
+    base = spec["baseline"]
+    out = []
+    for seed in seeds:
+        if baseline_seeds is None or seed in baseline_seeds:
+            out.append(PlannedExperiment(dict(base["config"]), seed, BASELINE_DESCRIPTION, base["config_key"],
+                                         BASELINE_DESCRIPTION, {}, base.get("snapshot")))
+        for c in spec["candidates"]:
+            if only is None or c["config_key"] in only:
+                out.append(PlannedExperiment(dict(c["config"]), seed, c["description"], c["config_key"], c["label"],
+                                             {}, c.get("snapshot")))
+    return out
 
 
 def _changes_label(baseline: Mapping[str, str], config: Mapping[str, str]) -> str:
@@ -188,152 +168,75 @@ def changes_vs(baseline: Mapping[str, str], config: Mapping[str, str]) -> dict[s
     return {c.knob: c.stacked_value for c in find_changes(baseline, config)}
 
 
-# ---- reading a validation wave back -----------------------------------------------------------------
+# ---- recheck: the current best against the original baseline --------------------------------------------
 
 
-def wave_values(
-    experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow], normalized: Mapping[str, float | None]
-) -> tuple[dict[str, float | None], Literal["raw", "normalized"], list[str]]:
-    """experiment id -> the value to compare (see the module docstring), the metric, the accelerators."""
-    done = [e for e in experiments if e.state == ExperimentState.DONE and e.id in results]
-    accelerators = sorted({results[e.id].accelerator or "unknown" for e in done})
-    if len(accelerators) > 1 and any(normalized.get(e.id) is not None for e in done):
-        return {e.id: normalized.get(e.id) for e in done}, "normalized", accelerators
-    return {e.id: results[e.id].val_bpb for e in done}, "raw", accelerators
+def current_best(waves: Sequence[WaveRow], reports: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The latest kept candidate's experiment: the promote wave made last whose report has a keep.
+
+    ``reports`` are verdict reports by wave id (`verdict_report.promotion_report`); rechecks do not count.
+    """
+    for wave in sorted(waves, key=lambda w: (w.created_at, w.id), reverse=True):
+        report = reports.get(wave.id)
+        if report and not wave.spec.get("recheck") and report.get("best_keep"):
+            return report["best_keep"]
+    return None
 
 
-def is_paired(experiments: Iterable[ExperimentRow]) -> bool:
-    """Runs pair by seed unless they are replicates (the workload has no SEED knob)."""
-    return not any(e.seeding == REPLICATE for e in experiments)
+def original_baseline(waves: Sequence[WaveRow]) -> Baseline | None:
+    """The baseline of the first promotion (its configuration on that wave's code)."""
+    for wave in sorted(waves, key=lambda w: (w.created_at, w.id)):
+        if wave.kind == "promote" and not wave.spec.get("recheck") and "baseline" in wave.spec:
+            b = wave.spec["baseline"]
+            return Baseline(dict(b["config"]), f"the baseline of the first promotion, {wave.id}", b.get("experiment"),
+                            b["config_key"], b.get("snapshot") or wave.snapshot)
+    return None
 
 
-def _test_name(paired: bool) -> str:
-    return "one-sided paired t-test over seeds" if paired else "one-sided Welch t-test over replicates (unpaired)"
-
-
-def _by_seed(experiments: Iterable[ExperimentRow], values: Mapping[str, float | None]) -> dict[int, float | None]:
-    """seed -> value for finished runs (None: crashed); unfinished runs are left out."""
-    return {e.seed: values.get(e.id) for e in experiments if e.state.finished}
-
-
-def _num(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
-
-
-def promotion_report(
-    wave: WaveRow, experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow],
-    normalized: Mapping[str, float | None], alpha: float = DEFAULT_ALPHA,
-    floor_multiple: float = DEFAULT_FLOOR_MULTIPLE,
-) -> dict[str, Any]:
-    """Per candidate of a promote wave: mean ± std, delta, paired p, noise floor, verdict (shape above)."""
-    spec = wave.spec
-    mine = [e for e in experiments if e.wave_id == wave.id]
-    values, metric, accelerators = wave_values(mine, results, normalized)
-    by_key: dict[str, list[ExperimentRow]] = {}
-    for e in mine:
-        by_key.setdefault(e.config_key, []).append(e)
-    base_spec = spec["baseline"]
-    base_runs = by_key.get(base_spec["config_key"], [])
-    base_values = _by_seed(base_runs, values)
-    base_stat = mean_std(list(base_values.values()))
-    paired = is_paired(mine)
-    out = []
-    for cand in spec["candidates"]:
-        runs = by_key.get(cand["config_key"], [])
-        v = verdict(_by_seed(runs, values), base_values, alpha=alpha, floor_multiple=floor_multiple, paired=paired)
-        out.append({
-            "rank": 0, "label": cand["label"], "config": cand["config"],
-            "changes": changes_vs(base_spec["config"], cand["config"]), "config_key": cand["config_key"],
-            "experiment": runs[0].id if runs else None, "experiments": [e.id for e in runs],
-            "screen_value": cand.get("screen_value"), "n": v.n, "mean": _num(v.mean), "std": _num(v.std),
-            "baseline_mean": _num(v.baseline_mean), "baseline_std": _num(v.baseline_std), "delta": _num(v.delta),
-            "p_value": _num(v.p_value), "noise_floor": _num(v.noise_floor), "verdict": v.verdict,
-            "reason": v.reason, "missing_seeds": list(v.missing_seeds),
-        })
-    out.sort(key=lambda c: (_VERDICT_ORDER[c["verdict"]], c["delta"] is None, c["delta"] or 0.0, c["config_key"]))
-    for i, c in enumerate(out, 1):
-        c["rank"] = i
-    keeps = [c for c in out if c["verdict"] == "keep"]
-    unfinished = sum(e.state in _UNFINISHED for e in mine)
-    return {
-        "wave": wave.id, "kind": wave.kind, "parent": wave.parent, "tier": wave.tier, "metric": metric,
-        "accelerators": accelerators,
-        "rule": {"alpha": alpha, "floor_multiple": floor_multiple, "test": _test_name(paired), "paired": paired},
-        "complete": unfinished == 0, "unfinished": unfinished,
-        "baseline": {"config": base_spec["config"], "config_key": base_spec["config_key"],
-                     "source": base_spec["source"], "n": base_stat.n, "mean": _num(base_stat.mean),
-                     "std": _num(base_stat.std), "experiments": [e.id for e in base_runs]},
-        "candidates": out,
-        "best_keep": keeps[0]["experiment"] if keeps else None,
-    }
-
-
-# ---- ablation -----------------------------------------------------------------------------------------
-
-
-def plan_ablation(stacked: ExperimentRow, baseline: Baseline, seeds: int, snapshot: str | None = None) -> WavePlan:
-    """The leave-one-out wave for ``stacked``'s changes vs the baseline, on ``snapshot`` (the code of
-    ``stacked``'s wave; default: ``stacked``'s own). A code variant is one of the changes."""
-    arms = leave_one_out(baseline.config, stacked.config, seeds)
-    planned = [
-        PlannedExperiment(dict(arm.config), seed, arm.name, config_key(arm.config), arm.name)
-        for seed in arms[0].seeds for arm in arms  # seed-major: pairs finish close together
-    ]
+def plan_recheck(best: ExperimentRow, baseline: Baseline, rule: Rule, first_seed: int, key: Keyer = config_key) -> WavePlan:
+    """The best configuration on its code against ``baseline`` on its own code, fresh seeds from ``first_seed``."""
+    base_key = baseline.config_key or key(baseline.config)
+    base_snapshot = baseline.snapshot or best.code
+    if base_key == best.config_key and base_snapshot == best.code:
+        raise InputError(f"{best.id} is the original baseline itself (same code and configuration): nothing to recheck")
+    seeds = rule.max_n if rule.design == "fixed" else rule.first_look
     spec = {
-        "name": f"{stacked.id}-ablate", "experiment": stacked.id, "seeds": list(arms[0].seeds),
-        "baseline": {"config": dict(baseline.config), "source": baseline.source, "experiment": baseline.experiment},
-        "changes": [{"knob": c.knob, "baseline_value": c.baseline_value, "stacked_value": c.stacked_value}
-                    for c in arms[0].changes],
-        "arms": [{"name": a.name, "role": a.role, "config": a.config, "config_key": config_key(a.config),
-                  "removed": a.removed} for a in arms],
+        "name": f"{best.id}-recheck", "source_wave": best.wave_id, "seeds": seeds, "first_seed": first_seed,
+        "rule": rule_spec(rule), "pooled": False, "recheck": True,
+        "baseline": {"config": dict(baseline.config), "config_key": base_key, "source": baseline.source,
+                     "experiment": baseline.experiment, "snapshot": base_snapshot},
+        "candidates": [{"config_key": best.config_key, "config": dict(best.config), "label": best.label or best.id,
+                        "description": best.description, "screen_value": None, "screen_experiments": [best.id],
+                        "snapshot": best.code}],
     }
-    return WavePlan(planned, spec, snapshot or stacked.snapshot)
+    return WavePlan(planned_runs(spec, range(first_seed, first_seed + seeds)), spec, best.code)
 
 
-def ablation_report(
-    wave: WaveRow, experiments: Sequence[ExperimentRow], results: Mapping[str, ResultRow],
-    normalized: Mapping[str, float | None], alpha: float = ABLATION_ALPHA,
-) -> dict[str, Any]:
-    """Each change's contribution ± uncertainty and a keep/drop verdict (shape in the module docstring)."""
+def plan_continuation(wave: WaveRow, config_key: str, rule: Rule, first_seed: int) -> WavePlan:
+    """More pairs for one candidate of a finished validation wave: the same baseline, code and source,
+    a new cap (``rule``), seeds from ``first_seed`` on. Its earlier pairs count as evidence (pooled)."""
     spec = wave.spec
-    mine = [e for e in experiments if e.wave_id == wave.id]
-    values, metric, accelerators = wave_values(mine, results, normalized)
-    changes = tuple(Change(c["knob"], c["baseline_value"], c["stacked_value"]) for c in spec["changes"])
-    seeds = tuple(spec["seeds"])
-    arms_results, arms_out = [], []
-    for a in spec["arms"]:
-        arm = AblationArm(a["name"], a["role"], a["config"], seeds, a["removed"], changes)
-        per_seed = _by_seed((e for e in mine if e.config_key == a["config_key"]), values)
-        arms_results.append((arm, per_seed))
-        stat = mean_std(list(per_seed.values()))
-        arms_out.append({"name": a["name"], "role": a["role"], "config": a["config"], "config_key": a["config_key"],
-                         "removed": a["removed"], "n": stat.n, "mean": _num(stat.mean), "std": _num(stat.std)})
-    paired = is_paired(mine)
-    found = contributions(arms_results, alpha=alpha, paired=paired)
-    rows = [{"knob": c.knob, "baseline_value": c.baseline_value, "stacked_value": c.stacked_value, "n": c.n,
-             "contribution": _num(c.contribution), "std": _num(c.std), "ci_low": _num(c.ci_low),
-             "ci_high": _num(c.ci_high), "p_value": _num(c.p_value), "verdict": c.verdict, "note": c.note}
-            for c in found]
-    unfinished = sum(e.state in _UNFINISHED for e in mine)
-    return {
-        "wave": wave.id, "kind": wave.kind, "parent": wave.parent, "experiment": spec.get("experiment"),
-        "tier": wave.tier, "metric": metric, "accelerators": accelerators, "alpha": alpha, "test": _test_name(paired),
-        "complete": unfinished == 0, "unfinished": unfinished, "arms": arms_out, "changes": rows,
-        "keep": [r["knob"] for r in rows if r["verdict"] == "keep"],
-        "drop": [r["knob"] for r in rows if r["verdict"] == "drop"],
-    }
+    chosen = [c for c in spec["candidates"] if c["config_key"] == config_key]
+    if not chosen:
+        raise InputError(f"{config_key!r} is not a candidate of {wave.id} (candidates: "
+                         f"{', '.join(c['config_key'] for c in spec['candidates'])})")
+    seeds = rule.max_n if rule.design == "fixed" else rule.first_look
+    new = {**spec, "name": f"{wave.id}-more", "candidates": chosen, "rule": rule_spec(rule), "seeds": seeds,
+           "first_seed": first_seed, "pooled": bool(spec.get("pooled", True))}
+    return WavePlan(planned_runs(new, range(first_seed, first_seed + seeds)), new, wave.snapshot)
 
 
 __all__ = [
+    "BASELINE_DESCRIPTION",
     "Baseline",
     "WavePlan",
-    "ablation_report",
     "changes_vs",
-    "is_paired",
-    "plan_ablation",
+    "current_best",
+    "original_baseline",
+    "plan_continuation",
     "plan_promotion",
-    "promotion_report",
+    "plan_recheck",
+    "planned_runs",
     "rank_screen",
     "resolve_baseline",
-    "wave_values",
 ]

@@ -1,45 +1,36 @@
-"""Tier promotion: pick the screen's best few, validate them against a paired baseline, judge them.
+"""Tier promotion: pick the screen's best few, validate them against the baseline seed by seed.
 
 The workflow: screen many ideas cheaply (one seed, usually H100s), take the top K by the
-hardware-normalized metric (``select_candidates``), rerun each with S seeds on the validation tier
-together with the baseline on the same S seeds (``plan_validation``), and judge each candidate on
-the seeds both finished (``verdict``).
+hardware-normalized metric (``select_candidates``; never the baseline, never a configuration equal
+to it once defaults are filled in), run each on the validation tier with the baseline on the same
+seeds (``plan_validation``), and judge them (`fleet.research.verdicts`).
 
-Verdict rule (lower val_bpb is better; delta = mean(candidate − baseline) over common seeds):
+Two designs:
 
-- ``keep`` iff at least 2 paired seeds, the one-sided paired test gives p < ``alpha`` (default
-  0.01), and the improvement −delta exceeds ``floor_multiple`` (default 2) × the baseline's seed
-  std: significant *and* larger than the noise floor.
-- ``discard`` iff the candidate is not better (delta ≥ 0), which includes significantly worse.
-- ``inconclusive`` otherwise: better on average but not significant, or below the noise floor,
-  or too few paired seeds to tell. The reason says which.
+- **sequential** (the default): every candidate starts with ``first_look`` seed pairs; while a
+  candidate is undecided (``need_more``), ``more_pairs`` adds its next seed (and the baseline's,
+  unless that seed already ran) so that ``IN_FLIGHT`` pairs are always queued, up to the cap. The
+  controller calls it as results arrive (`fleet.research.sequential`), so decided candidates stop
+  early and undecided ones get the seeds they need.
+- **fixed** (``--seeds N``): N pairs each, judged once at the end.
 
-Runs with no val_bpb (crashed) are missing seeds; comparisons use only seeds both sides finished.
-
-Replicates (``paired=False``): a workload without a SEED knob runs replicates that share no seed, so
-the same rule is applied to all finished runs of each side with Welch's unpaired test
-(``stats.welch_one_sided``) instead of the paired one, and the reason says so.
+``Rule`` is recorded in the wave's spec when it is made, so a verdict is reproducible even if
+``fleet.yaml`` changes later.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
+from fleet.core.ledger_rows import ExperimentRow
 from fleet.errors import InputError
 from fleet.research.normalize import LeaderboardRow
-from fleet.research.stats import (
-    TestMethod,
-    check_seeds,
-    finite,
-    mean_std,
-    paired_one_sided,
-    welch_one_sided,
-)
+from fleet.research.stats import check_seeds
+from fleet.research.verdicts import Rule, Verdict
+from fleet.types import ExperimentState
 
-VerdictLabel = Literal["keep", "discard", "inconclusive"]
-DEFAULT_ALPHA = 0.01
-DEFAULT_FLOOR_MULTIPLE = 2.0
+IN_FLIGHT = 2  # seed pairs kept queued per undecided candidate (enough to keep a validation GPU busy)
+CRASH_ALLOWANCE = 0.5  # extra seeds (as a share of the cap) planned to replace crashed pairs
 
 
 class PlannedRun(NamedTuple):
@@ -50,26 +41,28 @@ class PlannedRun(NamedTuple):
     description: str
 
 
-@dataclass(frozen=True)
-class Verdict:
-    n: int  # paired seeds (both sides finished)
-    mean: float | None  # candidate mean over paired seeds
-    std: float | None
-    baseline_mean: float | None
-    baseline_std: float | None
-    delta: float | None  # candidate − baseline; negative = better
-    p_value: float | None  # one-sided (candidate better), paired on common seeds
-    verdict: VerdictLabel
-    reason: str
-    noise_floor: float | None = None  # floor_multiple × baseline std
-    missing_seeds: tuple[int, ...] = ()  # seeds that one side lacks
+def rule_spec(rule: Rule) -> dict[str, Any]:
+    return {"alpha": rule.alpha, "min_effect": rule.min_effect, "max_seeds": rule.max_n,
+            "first_look": rule.first_look, "design": rule.design, "step_mismatch": rule.mismatch}
+
+
+def rule_from_spec(spec: Mapping[str, Any]) -> Rule:
+    """The rule a wave was made with (waves made before rules were recorded: a fixed design of their seeds)."""
+    r = spec.get("rule") or {}
+    if "max_seeds" not in r:
+        seeds = spec.get("seeds") or 3
+        seeds = len(seeds) if isinstance(seeds, list) else int(seeds)
+        return Rule(max_n=max(seeds, 2), first_look=max(seeds, 2), design="fixed")
+    return Rule(alpha=float(r["alpha"]), min_effect=float(r["min_effect"]), max_n=int(r["max_seeds"]),
+                first_look=int(r["first_look"]), design=r["design"], mismatch=float(r.get("step_mismatch", 0.1)))
 
 
 def select_candidates(ranked: Sequence[LeaderboardRow], k: int, baseline_key: str | None) -> list[LeaderboardRow]:
     """Top ``k`` configurations by normalized mean (lowest first), never the baseline itself.
 
-    Rows without a normalized value (only unknown hardware, or crashed) cannot be compared fairly
-    and are skipped; the input order does not matter.
+    ``config_key`` is the key of the configuration with defaults filled in, so a grid point that
+    equals the baseline is the baseline and is never promoted (an A/A test). Rows without a
+    normalized value cannot be compared fairly and are skipped; the input order does not matter.
     """
     if k < 1:
         raise InputError(f"`k` is {k}, but must be a positive integer (e.g. `--top 3`)")
@@ -79,24 +72,29 @@ def select_candidates(ranked: Sequence[LeaderboardRow], k: int, baseline_key: st
 
 
 def plan_validation(
-    candidates: Sequence[Mapping[str, str]], baseline_config: Mapping[str, str], seeds: int, first_seed: int = 0
+    candidates: Sequence[Mapping[str, str]], baseline_config: Mapping[str, str], seeds: int, first_seed: int = 0,
+    key: Callable[[Mapping[str, str]], str] | None = None,
 ) -> list[PlannedRun]:
     """Each candidate with seeds first_seed.. first_seed+seeds-1, and the baseline with the same seeds.
 
     Pairing by seed is what makes the test paired: seed s of a candidate is compared with seed s
     of the baseline (same data order and initialization noise). Runs are ordered seed-major, the
-    baseline first in each seed, so pairs finish close together even if the wave is cut short.
-    A candidate identical to the baseline, or to an earlier candidate, is planned once.
+    baseline first in each seed, so the baseline is spread through the wave and pairs finish close
+    together. A candidate equal to the baseline, or to an earlier candidate (by ``key``: the
+    configuration with defaults filled in), is planned once.
     """
     check_seeds(seeds)
+    key = key or (lambda c: repr(sorted(c.items())))
     baseline = dict(baseline_config)
     unique: list[dict[str, str]] = []
+    seen = {key(baseline)}
     for c in candidates:
-        c = dict(c)
-        if c != baseline and c not in unique:
-            unique.append(c)
+        if key(c) not in seen:
+            seen.add(key(c))
+            unique.append(dict(c))
     if not unique:
-        raise InputError("no candidate differs from the baseline configuration: nothing to validate")
+        raise InputError("no candidate differs from the baseline configuration once defaults are filled in: "
+                         "nothing to validate")
     plan = []
     for seed in range(first_seed, first_seed + seeds):
         plan.append(PlannedRun(dict(baseline), seed, f"baseline seed {seed}"))
@@ -105,106 +103,64 @@ def plan_validation(
     return plan
 
 
-def verdict(
-    candidate: Mapping[int, float | None],
-    baseline: Mapping[int, float | None],
-    alpha: float = DEFAULT_ALPHA,
-    floor_multiple: float = DEFAULT_FLOOR_MULTIPLE,
-    method: TestMethod = "t",
-    paired: bool = True,
-) -> Verdict:
-    """Judge a candidate against the baseline on their common seeds (see the module docstring)."""
-    if not 0.0 < alpha < 1.0:
-        raise InputError(f"`alpha` is {alpha}, but must be between 0 and 1 (e.g. `--alpha 0.01`)")
-    if floor_multiple < 0:
-        raise InputError(f"`floor_multiple` is {floor_multiple}, but must be ≥ 0 (e.g. 2.0)")
-    if not paired:
-        return unpaired_verdict(candidate, baseline, alpha, floor_multiple)
-    cand = {s: v for s, v in candidate.items() if finite([v])}
-    base = {s: v for s, v in baseline.items() if finite([v])}
-    common = sorted(set(cand) & set(base))
-    missing = tuple(sorted((set(candidate) | set(baseline)) - set(common)))
-    c_vals, b_vals = [float(cand[s]) for s in common], [float(base[s]) for s in common]
-    c_stat, b_stat = mean_std(c_vals), mean_std(b_vals)
-    missing_note = f"; seeds {list(missing)} lack a finished run on one side and are left out" if missing else ""
+class PairRequest(NamedTuple):
+    """Run ``config_key``'s next seed (and the baseline's, when ``with_baseline``)."""
 
-    def result(label: VerdictLabel, why: str, delta=None, p=None, floor=None) -> Verdict:
-        return Verdict(
-            len(common), c_stat.mean, c_stat.std, b_stat.mean, b_stat.std,
-            delta, p, label, why + missing_note, floor, missing,
-        )  # fmt: skip
-
-    if not common:
-        return result("inconclusive", "no seed finished on both the candidate and the baseline")
-    test = paired_one_sided(c_vals, b_vals, method=method)
-    delta = test.mean_delta
-    if len(common) < 2:
-        verb = "is worse" if delta >= 0 else "looks better"
-        why = (
-            f"only 1 paired seed: the candidate {verb} by {abs(delta):.4f}, but one seed cannot separate"
-            " a change from noise; run more seeds"
-        )
-        return result("inconclusive", why, delta)
-    floor = floor_multiple * b_stat.std
-    p = test.p_value
-    if delta >= 0:
-        worse = paired_one_sided(b_vals, c_vals, method=method).p_value
-        how = "significantly worse" if worse is not None and worse < alpha else "not better"
-        return result("discard", f"{how}: delta {delta:+.4f} (p_worse={worse:.3g})", delta, p, floor)
-    if b_stat.std == 0.0 and test.std_delta == 0.0:
-        why = "no seed-to-seed variation on either side (deterministic runs?): the noise cannot be estimated"
-        return result("inconclusive", why, delta, p, floor)
-    if p is None or p >= alpha:
-        why = f"better by {-delta:.4f} but not significant (p={p:.3g} ≥ alpha={alpha})"
-        return result("inconclusive", why, delta, p, floor)
-    floor_text = f"noise floor {floor:.4f} ({floor_multiple:g} × baseline seed std)"
-    if -delta <= floor:
-        why = f"significant (p={p:.3g}) but the gain {-delta:.4f} is within the {floor_text}"
-        return result("inconclusive", why, delta, p, floor)
-    why = f"better by {-delta:.4f} (p={p:.3g} < {alpha}), above the {floor_text}"
-    if b_stat.std == 0.0:
-        why += "; note: the baseline showed no seed variation, so the floor is 0"
-    return result("keep", why, delta, p, floor)
+    config_key: str
+    seed: int
+    with_baseline: bool
 
 
-def unpaired_verdict(
-    candidate: Mapping[int, float | None],
-    baseline: Mapping[int, float | None],
-    alpha: float = DEFAULT_ALPHA,
-    floor_multiple: float = DEFAULT_FLOOR_MULTIPLE,
-) -> Verdict:
-    """The verdict rule on replicates: all finished runs of each side, Welch's test, same floor."""
-    c_vals = finite(list(candidate.values()))
-    b_vals = finite(list(baseline.values()))
-    c_stat, b_stat = mean_std(c_vals), mean_std(b_vals)
-    note = " (unpaired: replicates without a SEED knob)"
+def more_pairs(
+    verdicts: Sequence[Verdict], wave_runs: Sequence[ExperimentRow], baseline_key: str,
+    baseline_seeds_done: set[int], rule: Rule,
+) -> list[PairRequest]:
+    """The seed pairs to add to a sequential validation wave now (pure).
 
-    def result(label: VerdictLabel, why: str, delta=None, p=None, floor=None) -> Verdict:
-        return Verdict(len(c_vals), c_stat.mean, c_stat.std, b_stat.mean, b_stat.std, delta, p, label, why + note,
-                       floor)
+    ``verdicts`` are named by candidate config key. A candidate still undecided after its first look
+    gets its next seed while fewer than ``IN_FLIGHT`` of its runs are unfinished, until the pairs that
+    may still count reach the cap (crashed pairs are replaced, up to an allowance). A seed the
+    baseline already finished (in any wave) is not rerun.
+    """
+    if rule.design != "sequential" or any(e.state == ExperimentState.CANCELLED for e in wave_runs):
+        return []  # a fixed design runs what it planned; a cancelled wave is the user saying stop
+    limit = planned_limit(rule)
+    baseline_planned = {e.seed for e in wave_runs if e.config_key == baseline_key} | baseline_seeds_done
+    lost_baseline = {e.seed for e in wave_runs if e.config_key == baseline_key and _lost(e)}
+    out = []
+    for v in verdicts:
+        if v.label != "need_more" or v.n < rule.first_look:
+            continue  # decided, or its first look has not happened yet: the planned pairs come first
+        mine = [e for e in wave_runs if e.config_key == v.name]
+        seeds = {e.seed for e in mine}
+        lost = {e.seed for e in mine if _lost(e)} | (seeds & lost_baseline)
+        unfinished = sum(not e.state.finished for e in mine)
+        next_seed = max(seeds, default=-1) + 1
+        # Pairs that may still count stay within the cap; crashed pairs are replaced, up to the limit.
+        while unfinished < IN_FLIGHT and len(seeds) < limit and len(seeds - lost) < rule.max_n:
+            out.append(PairRequest(v.name, next_seed, next_seed not in baseline_planned))
+            baseline_planned.add(next_seed)
+            seeds.add(next_seed)
+            next_seed += 1
+            unfinished += 1
+    return out
 
-    if not c_vals or not b_vals:
-        return result("inconclusive", "no finished run on " + ("the candidate" if not c_vals else "the baseline"))
-    test = welch_one_sided(c_vals, b_vals)
-    delta = test.mean_delta
-    if test.p_value is None:
-        verb = "is worse" if delta >= 0 else "looks better"
-        return result("inconclusive", f"fewer than 2 runs on one side: the candidate {verb} by {abs(delta):.4f}, "
-                      "but the noise cannot be estimated; run more", delta)
-    floor = floor_multiple * b_stat.std
-    p = test.p_value
-    if delta >= 0:
-        worse = welch_one_sided(b_vals, c_vals).p_value
-        how = "significantly worse" if worse is not None and worse < alpha else "not better"
-        return result("discard", f"{how}: delta {delta:+.4f} (p_worse={worse:.3g})", delta, p, floor)
-    if test.se_delta == 0.0:
-        why = "no run-to-run variation on either side (deterministic runs?): the noise cannot be estimated"
-        return result("inconclusive", why, delta, p, floor)
-    if p >= alpha:
-        return result("inconclusive", f"better by {-delta:.4f} but not significant (p={p:.3g} ≥ alpha={alpha})",
-                      delta, p, floor)
-    floor_text = f"noise floor {floor:.4f} ({floor_multiple:g} × baseline run std)"
-    if -delta <= floor:
-        return result("inconclusive", f"significant (p={p:.3g}) but the gain {-delta:.4f} is within the "
-                      f"{floor_text}", delta, p, floor)
-    return result("keep", f"better by {-delta:.4f} (p={p:.3g} < {alpha}), above the {floor_text}", delta, p, floor)
+
+def _lost(e: ExperimentRow) -> bool:
+    return e.state.finished and e.state != ExperimentState.DONE
+
+
+def planned_limit(rule: Rule) -> int:
+    """Seeds a candidate may plan in all: the cap, plus replacements for crashed pairs."""
+    return rule.max_n + int(rule.max_n * CRASH_ALLOWANCE)
+
+
+def closed(rule: Rule, cand_runs: Sequence[ExperimentRow], baseline_runs: Sequence[ExperimentRow]) -> bool:
+    """No more pairs will come for this candidate: its runs and the baseline's on its seeds are
+    finished and either the design is fixed, the wave was cancelled, or the seeds are used up."""
+    seeds = {e.seed for e in cand_runs}
+    relevant = [*cand_runs, *(e for e in baseline_runs if e.seed in seeds)]
+    if any(not e.state.finished for e in relevant):
+        return False
+    cancelled = any(e.state == ExperimentState.CANCELLED for e in relevant)
+    return rule.design == "fixed" or cancelled or len(seeds) >= planned_limit(rule)

@@ -1,35 +1,23 @@
 """Small, pure statistics shared by normalization, promotion and ablation.
 
 Everything here takes plain sequences of floats and returns frozen records; nothing reads a clock,
-a file or a global random state (the bootstrap takes an explicit seed, so results are reproducible).
-
-Conventions: the metric is val_bpb, *lower is better*, so a paired difference is
-``candidate - baseline`` and "better" means a negative difference. The one-sided tests below ask
-"is the candidate lower than the baseline?".
-
-Noise floor ("Cohen-style"): seed-to-seed noise is measured by the baseline's sample standard
-deviation ``s`` over seeds. An improvement counts as real only if it exceeds ``multiple * s``
-(default 2, i.e. a standardized effect size d > 2 — far beyond Cohen's "large" 0.8, because one
-training seed is one draw of a noisy process and we keep changes forever).
+a file or a global random state. The metric is *lower is better* from here up (a higher-is-better
+metric is negated before it reaches the research layer). The tests that verdicts rest on are in
+`fleet.research.verdicts` and `fleet.research.group_sequential`.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from scipy import stats as _sps
 
 from fleet.errors import InputError
 
 # sd ≈ 1.4826 * MAD for normal data; the median's standard error is ≈ sqrt(pi/2) * sd / sqrt(n).
 MAD_TO_SD = 1.4826
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
-
-TestMethod = Literal["t", "bootstrap"]
-
 
 @dataclass(frozen=True)
 class MeanStd:
@@ -38,18 +26,6 @@ class MeanStd:
     n: int
     mean: float | None
     std: float | None
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """One-sided paired test of H1: mean(candidate - baseline) < 0."""
-
-    n: int
-    mean_delta: float
-    std_delta: float | None
-    p_value: float | None  # None when it cannot be computed (fewer than 2 pairs)
-    method: TestMethod
-    note: str = ""
 
 
 def check_seeds(seeds: object) -> None:
@@ -104,89 +80,3 @@ def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
     return float(xs[i])
 
 
-def paired_one_sided(
-    candidate: Sequence[float],
-    baseline: Sequence[float],
-    method: TestMethod = "t",
-    n_boot: int = 10_000,
-    seed: int = 0,
-) -> PairedTest:
-    """Is the candidate lower than the baseline, pair by pair (same seeds, same order)?
-
-    ``t``: scipy's paired t-test, ``alternative="less"``. ``bootstrap``: resample the paired
-    differences after centring them on 0 (the null) and count how often a resampled mean is at least
-    as negative as the observed one; p is (1 + count) / (1 + n_boot) so it is never exactly 0.
-    Zero variance of the differences (e.g. a constant shift) makes the t statistic infinite: p is
-    then 0 for a negative shift, 1 otherwise, and the note says so.
-    """
-    if len(candidate) != len(baseline):
-        raise ValueError(f"paired test needs equal lengths, got {len(candidate)} and {len(baseline)}")
-    d = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
-    n = int(d.size)
-    if n == 0:
-        return PairedTest(0, float("nan"), None, None, method, "no pairs")
-    mean = float(d.mean())
-    if n < 2:
-        return PairedTest(n, mean, None, None, method, "one pair: no estimate of the noise")
-    std = float(d.std(ddof=1))
-    if std == 0.0:
-        p = 0.0 if mean < 0 else 1.0
-        return PairedTest(n, mean, std, p, method, "every pair differs by the same amount (zero variance)")
-    if method == "t":
-        p = float(_sps.ttest_rel(d, np.zeros_like(d), alternative="less").pvalue)
-        return PairedTest(n, mean, std, p, method)
-    if method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        centred = d - mean
-        idx = rng.integers(0, n, size=(n_boot, n))
-        boot_means = centred[idx].mean(axis=1)
-        p = float((1 + np.count_nonzero(boot_means <= mean)) / (1 + n_boot))
-        note = "bootstrap with few pairs is coarse; prefer the t-test below ~8 pairs" if n < 8 else ""
-        return PairedTest(n, mean, std, p, method, note)
-    raise ValueError(f"method is {method!r}, but must be 't' or 'bootstrap'")
-
-
-@dataclass(frozen=True)
-class UnpairedTest:
-    """One-sided Welch test of H1: mean(candidate) < mean(baseline), for runs that share no seed."""
-
-    n_candidate: int
-    n_baseline: int
-    mean_delta: float  # mean(candidate) - mean(baseline)
-    se_delta: float | None
-    p_value: float | None  # None with fewer than 2 runs on either side
-    note: str = ""
-
-
-def welch_one_sided(candidate: Sequence[float], baseline: Sequence[float]) -> UnpairedTest:
-    """Is the candidate lower than the baseline, comparing means of independent runs?
-
-    For replicates: a workload without a SEED knob fixes its seed in code, so runs cannot be paired
-    by seed and differ only by nondeterminism. Welch's t-test (scipy ``ttest_ind``, unequal variances,
-    ``alternative="less"``) controls the false-positive rate at alpha without assuming equal noise on
-    both sides; it needs more runs than a paired test to detect the same effect.
-    """
-    c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
-    if c.size == 0 or b.size == 0:
-        return UnpairedTest(int(c.size), int(b.size), float("nan"), None, None, "no runs on one side")
-    delta = float(c.mean() - b.mean())
-    if c.size < 2 or b.size < 2:
-        return UnpairedTest(int(c.size), int(b.size), delta, None, None, "fewer than 2 runs on one side")
-    se = math.sqrt(float(c.var(ddof=1)) / c.size + float(b.var(ddof=1)) / b.size)
-    if se == 0.0:
-        p = 0.0 if delta < 0 else 1.0
-        return UnpairedTest(int(c.size), int(b.size), delta, 0.0, p, "no run-to-run variation on either side")
-    p = float(_sps.ttest_ind(c, b, equal_var=False, alternative="less").pvalue)
-    return UnpairedTest(int(c.size), int(b.size), delta, se, p)
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """Two-sided Student-t interval for the mean; None with fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return None
-    mean, sem = float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
-    if sem == 0.0:
-        return mean, mean
-    half = float(_sps.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sem
-    return mean - half, mean + half

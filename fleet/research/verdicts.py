@@ -119,7 +119,7 @@ class Verdict:
     high: float | None = None  # low > −min_effect ⇒ significantly less than min_effect
     p_value: float | None = None  # nominal one-sided p of "better" at n (not adjusted for looks or candidates)
     sd: float | None = None  # sd of one pair's difference
-    power: float | None = None  # chance to keep a true gain of min_effect by the cap, at this noise
+    power: float | None = None  # chance the test finds a true gain of min_effect significant by the cap
     pairs_for_power: int | None = None  # the cap that would give POWER_TARGET
     alpha_used: float | None = None  # the keep test's level after Holm
     decided_at: int | None = None
@@ -332,7 +332,7 @@ def _undecided(v: Verdict, comp: Comparison, rule: Rule, what: str) -> Verdict:
         return replace(v, label="need_more", reason=f"{what}; undecided at {v.n} of up to {rule.max_n} pairs")
     power = ""
     if v.power is not None:
-        power = f"; power to keep a gain of {rule.min_effect:g} was {100 * v.power:.0f}%"
+        power = f"; power to detect a gain of {rule.min_effect:g} was {100 * v.power:.0f}%"
         if v.pairs_for_power is not None and v.pairs_for_power > rule.max_n:
             power += f", about {v.pairs_for_power} pairs would give {100 * POWER_TARGET:.0f}%"
     return replace(v, label="inconclusive", reason=f"{what}; undecided at {v.n} pairs{power}")
