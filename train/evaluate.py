@@ -10,8 +10,13 @@ windows of the model's sequence length (the last window may be shorter). Targets
 different vocabularies are comparable on the same text. `evaluator_sha()` is a hash of this file, so a
 run whose evaluator was edited is visible in its summary.
 
-MFU uses `peak_flops(device_name)`: dense bf16 tensor-core peak from vendor datasheets; an unknown
-device (and every CPU) gets None and is reported as `unknown`, never guessed.
+The model supplies the cross-entropy of each target (`loss_fn(inputs, targets) -> nats (B, T)`), so
+it can compute it chunk by chunk: no (batch, seq, vocab) fp32 logits are needed here.
+
+MFU is computed as autoresearch computes it, so the two are comparable: model FLOPs per token
+(6 x non-embedding matmul parameters + 12 x layers x width x context) x tokens per second of the
+timed steps / the device's dense bf16 peak, `peak_flops(device_name)`. An unknown device (and every
+CPU) has no peak and is reported as `unknown`, never guessed.
 """
 
 from __future__ import annotations
@@ -30,19 +35,28 @@ EVAL_TOKENS = {
     "real": 10 * 2**20,  # 10,485,760 tokens of the pinned validation shard
 }
 
-# Dense (no sparsity) bf16 peak FLOP/s. Order matters: the first pattern that matches wins.
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s, from NVIDIA's datasheets, which print the
+# sparse figure (marked *) and note that dense is half of it:
+#   H100 Tensor Core GPU datasheet: BF16 1,979* TFLOPS (SXM), 1,671* (NVL); earlier edition 1,513* (PCIe)
+#   H200 Tensor Core GPU datasheet: BF16 1,979* (SXM), 1,671* (NVL); GH200 datasheet: as H100 SXM
+#   H800 (SXM/PCIe): the H100 SXM/PCIe silicon and clocks; A100 datasheet: BF16 312 dense (624*)
+#   L40S datasheet: BF16 362.05 dense (733*); L4 datasheet: BF16 121 dense (242*)
+#   HGX B200 (8 GPUs): FP16/BF16 36* PFLOPS, i.e. 4.5* and 2.25 dense per B200
+# autoresearch divides by 989.5e12 (H100 SXM), as this table does for that GPU.
+# Order matters: the first pattern that matches the lower-cased device name wins.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    (r"gh200", 989e12),
-    (r"h100.*(pcie)", 756e12),
-    (r"h100.*nvl", 835e12),
-    (r"h100", 989e12),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
-    (r"h200.*nvl", 835e12),
-    (r"h200", 989e12),
-    (r"h800", 989e12),
+    (r"gh200", 989.5e12),
+    (r"h100.*pcie", 756.5e12),
+    (r"h100.*nvl", 835.5e12),
+    (r"h100", 989.5e12),  # SXM: "NVIDIA H100 80GB HBM3"
+    (r"h200.*nvl", 835.5e12),
+    (r"h200", 989.5e12),  # SXM: "NVIDIA H200"
+    (r"h800.*pcie", 756.5e12),
+    (r"h800", 989.5e12),
     (r"b200", 2250e12),
     (r"a100", 312e12),
     (r"a800", 312e12),
-    (r"l40s", 362e12),
+    (r"l40s", 362.05e12),
     (r"\bl4\b", 121e12),
 ]
 
@@ -61,6 +75,12 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
+def mfu_percent(flops_per_token: float, tokens_per_sec: float, device_name: str) -> float | None:
+    """Model FLOP utilisation in percent, or None when the device's peak is unknown."""
+    peak = peak_flops(device_name)
+    return None if peak is None else 100 * flops_per_token * tokens_per_sec / peak
+
+
 def eval_windows(num_tokens: int, seq_len: int) -> list[tuple[int, int]]:
     """(start, length) of each evaluation window; the lengths sum to num_tokens."""
     return [(start, min(seq_len, num_tokens - start)) for start in range(0, num_tokens, seq_len)]
@@ -73,14 +93,14 @@ def uniform_bpb(val_tokens: np.ndarray, token_bytes: np.ndarray, num_tokens: int
     return float(counted.sum() * math.log(len(token_bytes)) / (math.log(2) * token_bytes[targets].sum()))
 
 
-def evaluate_bpb(model_fn: Callable, val_tokens: np.ndarray, token_bytes: np.ndarray, *,
+def evaluate_bpb(loss_fn: Callable, val_tokens: np.ndarray, token_bytes: np.ndarray, *,
                  num_tokens: int, seq_len: int, batch_size: int, device: str = "cpu") -> float:
-    """Bits per byte of `model_fn` (int64 inputs (B, T) -> logits (B, T, V)) on the first num_tokens targets.
+    """Bits per byte on the first num_tokens targets, where `loss_fn(inputs, targets)` (int64, (B, T) each)
+    returns the cross-entropy in nats of every target, shape (B, T).
 
     The caller sets the model's mode and any autocast; this function only feeds windows and sums.
     """
     import torch
-    import torch.nn.functional as F
 
     if len(val_tokens) < num_tokens + 1:
         raise ValueError(f"validation split has {len(val_tokens)} tokens, needs {num_tokens + 1}")
@@ -101,10 +121,11 @@ def evaluate_bpb(model_fn: Callable, val_tokens: np.ndarray, token_bytes: np.nda
             rows = np.stack([np.asarray(val_tokens[s:s + length + 1], dtype=np.int64) for s, _ in batch])
             rows_t = torch.from_numpy(rows).to(device)
             inputs, targets = rows_t[:, :-1], rows_t[:, 1:]
-            logits = model_fn(inputs).float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-            target_bytes = bytes_table[targets.reshape(-1)]
-            counted = target_bytes > 0
-            nats += (loss * counted).sum(dtype=torch.float64)
+            loss = loss_fn(inputs, targets)
+            if loss.shape != targets.shape:
+                raise ValueError(f"loss_fn returned shape {tuple(loss.shape)}; expected one value per target, "
+                                 f"{tuple(targets.shape)}")
+            target_bytes = bytes_table[targets]
+            nats += (loss.double() * (target_bytes > 0)).sum()
             byte_count += target_bytes.sum(dtype=torch.float64)
     return float(nats.item() / (math.log(2) * byte_count.item()))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -292,6 +293,17 @@ def _tokenizer_batches(source: str, log: Log) -> Iterable[list[str]]:
     return parquet_texts(fetch_shards(range(TOKENIZER_SHARDS), log), max_chars=TOKENIZER_MAX_CHARS)
 
 
+def dataset_ready(source: str, vocab_size: int, shards: int = DEFAULT_SHARDS) -> bool:
+    """Whether (source, vocab size[, shards]) is prepared: its meta.json is written last."""
+    return (dataset_dir(source, vocab_size, shards) / "meta.json").exists()
+
+
+def prepare_command(source: str, vocab_size: int, shards: int = DEFAULT_SHARDS) -> str:
+    """The command that prepares it ahead of a run (e.g. in a task's setup)."""
+    shard_flag = f" --shards {shards}" if source == "real" else ""
+    return f"python train/prepare.py --source {source}{shard_flag} --vocab-sizes {vocab_size}"
+
+
 def ensure_prepared(source: str, vocab_size: int, shards: int = DEFAULT_SHARDS, log: Log = _stderr) -> dict:
     """Prepare (source, vocab size[, shards]) unless already cached; returns its meta.json contents."""
     if source not in SOURCES:
@@ -334,22 +346,75 @@ def load_split(source: str, vocab_size: int, split: str, shards: int = DEFAULT_S
     return np.memmap(dataset_dir(source, vocab_size, shards) / f"{split}.bin", dtype=TOKEN_DTYPE, mode="r")
 
 
-class BatchSampler:
-    """Endless (batch, seq_len + 1) int64 windows at random offsets; the order depends only on `seed`."""
+class DocumentPacker:
+    """Training rows of seq_len + 1 tokens, packed from whole documents without padding.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    Documents come in a seeded random order (a fresh permutation each epoch) into a pool; each row is
+    filled best-fit: the longest pooled document that still fits, and when none fits, the shortest one
+    is cut to fill the row exactly. So every document starts at its BOS and no window crosses into
+    another document without one (BOS-aligned best-fit packing, as in nanochat/autoresearch).
+
+    A document longer than a row, and the rest of a cut one: `split_long=False` drops them (autoresearch's
+    choice); `split_long=True` trains on them too, continuing the document (without a BOS) at the start
+    of a later row, so no token is lost. At a short context most documents are long: there, cropping
+    would keep only their openings. The rows depend only on `seed`.
+    """
+
+    def __init__(self, tokens: np.ndarray, bos_id: int, batch_size: int, seq_len: int, seed: int,
+                 split_long: bool = False, pool_size: int = 1000):
+        self.tokens, self.batch_size, self.row_len = tokens, batch_size, seq_len + 1
+        self.split_long, self.pool_size = split_long, pool_size
+        self.starts = np.flatnonzero(np.asarray(tokens) == bos_id)
+        if len(self.starts) == 0 or self.starts[0] != 0:
+            raise ValueError(f"split of {len(tokens)} tokens does not start with BOS (id {bos_id}); re-run prepare.py")
         if len(tokens) <= seq_len + 1:
             raise ValueError(f"split has {len(tokens)} tokens, too few for MAX_SEQ_LEN={seq_len}")
-        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.lengths = np.diff(np.append(self.starts, len(tokens))).tolist()
         self.rng = np.random.default_rng(seed)
-        self.window = np.arange(seq_len + 1)
+        self.order: Iterator[int] = iter(())
+        self.pool: list[tuple[int, int]] = []  # (length, start) of whole documents (or first rows), sorted
+        self.continued: list[tuple[int, int]] = []  # (length, start) of later rows of long documents
 
-    def __iter__(self) -> "BatchSampler":
+    def _draw(self) -> None:
+        """Move the next document of the permutation into the pool (its later rows, if split, to `continued`)."""
+        index = next(self.order, None)
+        if index is None:
+            self.order = iter(self.rng.permutation(len(self.starts)).tolist())
+            index = next(self.order)
+        start, length = int(self.starts[index]), self.lengths[index]
+        bisect.insort(self.pool, (min(length, self.row_len), start))
+        if self.split_long:
+            for offset in range(self.row_len, length, self.row_len):
+                self.continued.append((min(self.row_len, length - offset), start + offset))
+
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Write the next (batch_size, seq_len + 1) rows into `out` (any integer dtype) and return it."""
+        for row in out:
+            pos = 0
+            if self.continued:  # a later row of a long document, picked at random, starts the row
+                pick = int(self.rng.integers(len(self.continued)))
+                self.continued[pick], self.continued[-1] = self.continued[-1], self.continued[pick]
+                length, start = self.continued.pop()
+                row[:length] = self.tokens[start:start + length]
+                pos = length
+            while pos < self.row_len:
+                while len(self.pool) < self.pool_size:
+                    self._draw()
+                room = self.row_len - pos
+                best = bisect.bisect_right(self.pool, (room, len(self.tokens))) - 1  # longest that fits
+                length, start = self.pool.pop(best) if best >= 0 else self.pool.pop(0)
+                take = min(length, room)
+                row[pos:pos + take] = self.tokens[start:start + take]
+                pos += take
+                if self.split_long and take < length:  # the cut-off rest goes on later too
+                    self.continued.append((length - take, start + take))
+        return out
+
+    def __iter__(self) -> "DocumentPacker":
         return self
 
     def __next__(self) -> np.ndarray:
-        starts = self.rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
-        return self.tokens[starts[:, None] + self.window].astype(np.int64)
+        return self.fill(np.empty((self.batch_size, self.row_len), dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,6 +29,29 @@ def load_train_module(name: str):
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def train_definitions(**knob_values: str) -> SimpleNamespace:
+    """The definitions of train/train.py (knobs, model, loss, optimizer: the file up to its `setup`
+    section), executed with these knob values, so tests can call the real code in-process.
+
+    train.py is a script that trains when run; its definitions come first and touch no data.
+    """
+    source = TRAIN_PY.read_text()
+    setup = re.search(r"^# -+ setup$", source, re.M)
+    assert setup, "train/train.py has no '# ---- setup' section line"
+    namespace = {"__name__": "skyfleet_train_definitions", "__file__": str(TRAIN_PY)}
+    saved_env, saved_argv = dict(os.environ), sys.argv
+    try:
+        os.environ.clear()
+        os.environ.update(clean_env(**knob_values))
+        sys.argv = [str(TRAIN_PY)]
+        exec(compile(source[:setup.start()], str(TRAIN_PY), "exec"), namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+    return SimpleNamespace(**namespace)
 
 
 knobs = load_train_module("knobs")

@@ -20,8 +20,17 @@ def uniform_model(inputs):
     return torch.zeros(*inputs.shape, VOCAB)
 
 
+def nats_of(logits_fn):
+    """The evaluator's loss_fn from a function of inputs to logits: the cross-entropy of each target."""
+    def loss_fn(inputs, targets):
+        logits = logits_fn(inputs)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none"
+                                                 ).view(targets.shape)
+    return loss_fn
+
+
 def bpb(model_fn, tokens, num_tokens, seq_len=4, batch_size=2):
-    return evaluate.evaluate_bpb(model_fn, tokens, TOKEN_BYTES, num_tokens=num_tokens, seq_len=seq_len,
+    return evaluate.evaluate_bpb(nats_of(model_fn), tokens, TOKEN_BYTES, num_tokens=num_tokens, seq_len=seq_len,
                                  batch_size=batch_size)
 
 
@@ -72,6 +81,12 @@ def test_windows_cover_exactly_num_tokens():
     assert sum(n for _, n in evaluate.eval_windows(16_384, 2048)) == 16_384
 
 
+def test_a_loss_fn_that_does_not_return_one_value_per_target_is_an_error():
+    with pytest.raises(ValueError, match=r"expected one value per target, \(2, 4\)"):
+        evaluate.evaluate_bpb(lambda inputs, targets: uniform_model(inputs), np.arange(12) % 7, TOKEN_BYTES,
+                              num_tokens=8, seq_len=4, batch_size=2)
+
+
 def test_too_short_split_is_an_error():
     with pytest.raises(ValueError, match="needs 11"):
         bpb(uniform_model, np.arange(5) % 7, 10)
@@ -82,22 +97,42 @@ def test_evaluator_sha_is_the_hash_of_the_file():
     assert evaluate.evaluator_sha() == digest[:16]
 
 
-@pytest.mark.parametrize("name, flops", [
-    ("NVIDIA H100 80GB HBM3", 989e12),
-    ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA H100 NVL", 835e12),
-    ("NVIDIA H200", 989e12),
-    ("NVIDIA GH200 480GB", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12),
-    ("NVIDIA A100-PCIE-40GB", 312e12),
-    ("NVIDIA L4", 121e12),
-    ("NVIDIA L40S", 362e12),
+# Names as `torch.cuda.get_device_name()` prints them; dense bf16 TFLOPS = half the datasheets' sparse figure.
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.5),  # SXM: 1,979 sparse
+    ("NVIDIA H100 PCIe", 756.5),  # 1,513 sparse
+    ("NVIDIA H100 NVL", 835.5),  # 1,671 sparse
+    ("NVIDIA H200", 989.5),  # SXM: 1,979 sparse
+    ("NVIDIA H200 NVL", 835.5),  # 1,671 sparse
+    ("NVIDIA GH200 480GB", 989.5),
+    ("NVIDIA B200", 2250),  # HGX B200: 36 PFLOPS sparse over 8 GPUs
+    ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100-PCIE-40GB", 312),
+    ("NVIDIA L4", 121),
+    ("NVIDIA L40S", 362.05),
     ("NVIDIA L40", None),  # not in the table: unknown, never guessed
     ("Tesla T4", None),
     ("cpu", None),
 ])
-def test_peak_flops_table(name, flops):
-    assert evaluate.peak_flops(name) == flops
+def test_peak_flops_table(name, tflops):
+    peak = evaluate.peak_flops(name)
+    assert peak == (None if tflops is None else pytest.approx(tflops * 1e12))
+
+
+def test_mfu_reproduces_autoresearchs_published_h100_figure():
+    # autoresearch's H100 run: 953 steps of 2**19 tokens, the first 10 untimed, in 300 s of timed training,
+    # reported MFU 39.8%. Its FLOPs per token, by hand from its architecture (8 layers, width 512, vocab
+    # 8192, context 2048, windows S S S L S S S L with S = 1024): 6 x the matmul parameters outside the
+    # embeddings (blocks 8 x 12 x 512^2, ve gates 4 x 32 x 4, lm_head 8192 x 512) + 12 x 512 x each
+    # layer's attention window.
+    matmul_params = 8 * 12 * 512**2 + 4 * 32 * 4 + 8192 * 512
+    flops_per_token = 6 * matmul_params + 12 * 512 * (6 * 1024 + 2 * 2048)
+    tokens_per_sec = (953 - 10) * 2**19 / 300.0
+    mfu = evaluate.mfu_percent(flops_per_token, tokens_per_sec, "NVIDIA H100 80GB HBM3")
+    assert round(mfu, 1) == 39.8
+    assert evaluate.mfu_percent(flops_per_token, tokens_per_sec, "NVIDIA H100 PCIe") == pytest.approx(
+        mfu * 989.5 / 756.5)
+    assert evaluate.mfu_percent(flops_per_token, tokens_per_sec, "cpu") is None
 
 
 def test_fixed_eval_sizes_per_source():

@@ -96,16 +96,102 @@ def test_default_source_follows_the_knobs(tmp_path):
     assert (tmp_path / "offline" / "v320" / "meta.json").exists()
 
 
-def test_batches_depend_only_on_the_seed():
-    tokens = np.arange(10_000, dtype=np.uint16)
-    first = [next(prepare.BatchSampler(tokens, 4, 16, seed=1)) for _ in range(1)][0]
-    again = next(prepare.BatchSampler(tokens, 4, 16, seed=1))
-    other = next(prepare.BatchSampler(tokens, 4, 16, seed=2))
-    assert first.shape == (4, 17) and first.dtype == np.int64
+BOS = 99
+
+
+def documents_stream(lengths):
+    """A token stream like prepare.py writes: each document is BOS then its tokens; document d's tokens
+    are 1000 * (d + 1) + position, so every token says which document and which position it is."""
+    pieces = []
+    for d, length in enumerate(lengths):
+        pieces += [BOS] + [1000 * (d + 1) + i for i in range(length - 1)]
+    return np.array(pieces, dtype=np.int64)
+
+
+def split_row(row):
+    """A packed row as (document, first position, length) pieces, checking each piece is contiguous."""
+    pieces, i = [], 0
+    while i < len(row):
+        assert row[i] == BOS, f"piece at {i} does not start at a document's BOS: {row}"
+        j = i + 1
+        while j < len(row) and row[j] != BOS:
+            j += 1
+        body = row[i + 1:j]
+        doc = int(body[0]) // 1000 - 1 if len(body) else None  # None: a document cut to its BOS alone
+        if doc is not None:
+            assert np.array_equal(body, 1000 * (doc + 1) + np.arange(len(body))), f"not one document's start: {body}"
+        pieces.append((doc, j - i))
+        i = j
+    return pieces
+
+
+def test_packed_rows_start_at_bos_and_hold_whole_documents_but_the_last():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 40, size=300).tolist()
+    packer = prepare.DocumentPacker(documents_stream(lengths), BOS, batch_size=8, seq_len=31, seed=3, pool_size=50)
+    for _ in range(20):
+        rows = next(packer)
+        assert rows.shape == (8, 32) and rows.dtype == np.int64
+        for row in rows:
+            pieces = split_row(row)
+            assert sum(n for _, n in pieces) == 32  # no padding
+            for doc, n in pieces[:-1]:  # every piece but the last is a whole document
+                assert n == lengths[doc]
+            doc, n = pieces[-1]
+            assert doc is None or n <= lengths[doc]
+
+
+def test_packing_is_best_fit_and_cuts_a_long_document_to_one_row():
+    # A 33-token row: the 30-token document, then the longest that fits the 3 left: the 3-token one,
+    # where a packer taking documents in order would cut one.
+    packer = prepare.DocumentPacker(documents_stream([20, 13, 30, 3]), BOS, 1, 32, seed=0, pool_size=4)
+    assert [n for _, n in split_row(next(packer)[0])] == [30, 3]
+    packer = prepare.DocumentPacker(documents_stream([40, 5]), BOS, 1, 32, seed=0, pool_size=2)
+    assert split_row(next(packer)[0]) == [(0, 33)]  # the first 33 tokens of the 40-token document
+
+
+def test_packing_depends_only_on_the_seed_and_visits_every_document():
+    lengths = list(range(2, 42))
+    stream = documents_stream(lengths)
+    first = next(prepare.DocumentPacker(stream, BOS, 4, 16, seed=1, pool_size=8))
+    again = next(prepare.DocumentPacker(stream, BOS, 4, 16, seed=1, pool_size=8))
+    other = next(prepare.DocumentPacker(stream, BOS, 4, 16, seed=2, pool_size=8))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
-    assert np.all(np.diff(first, axis=1) == 1)  # contiguous windows: targets are inputs shifted by one
+    packer = prepare.DocumentPacker(stream, BOS, 4, 16, seed=1, pool_size=8)
+    seen = {doc for _ in range(30) for row in next(packer) for doc, _ in split_row(row)}
+    assert seen - {None} == set(range(len(lengths)))
 
 
-def test_batch_sampler_rejects_a_too_short_split():
+def test_split_long_documents_continue_at_row_starts_and_lose_no_token():
+    lengths = [100, 5, 7, 40]
+    stream = documents_stream(lengths)
+    packer = prepare.DocumentPacker(stream, BOS, batch_size=4, seq_len=15, seed=0, split_long=True, pool_size=4)
+    seen = set()
+    for _ in range(10):
+        for row in next(packer):
+            head = 0
+            while head < len(row) and row[head] != BOS:  # a continuation: one document's consecutive tokens
+                head += 1
+            if head:
+                doc, first = int(row[0]) // 1000 - 1, int(row[0]) % 1000
+                assert np.array_equal(row[:head], 1000 * (doc + 1) + first + np.arange(head)), row
+                seen |= {int(t) for t in row[:head]}
+            split_row(row[head:])
+            seen |= {int(t) for t in row[head:] if t != BOS}
+    assert {1000 * (d + 1) + i for d, n in enumerate(lengths) for i in range(n - 1)} <= seen  # no token lost
+    cropped = prepare.DocumentPacker(stream, BOS, batch_size=4, seq_len=15, seed=0, pool_size=4)
+    tokens = {int(t) for _ in range(10) for t in next(cropped).ravel()}
+    assert max(t for t in tokens if 1000 <= t < 2000) == 1000 + 14  # crop: only its first row
+
+
+def test_fill_writes_into_the_callers_buffer():
+    packer = prepare.DocumentPacker(documents_stream([5] * 50), BOS, 2, 9, seed=0)
+    buffer = np.zeros((2, 10), dtype=np.int64)
+    assert packer.fill(buffer) is buffer and (buffer[:, 0] == BOS).all()
+
+
+def test_packer_rejects_a_split_without_bos_or_too_short():
+    with pytest.raises(ValueError, match="does not start with BOS"):
+        prepare.DocumentPacker(np.arange(500, dtype=np.uint16), BOS, 2, 64, seed=0)
     with pytest.raises(ValueError, match="too few for MAX_SEQ_LEN=64"):
-        prepare.BatchSampler(np.arange(50, dtype=np.uint16), 2, 64, seed=0)
+        prepare.DocumentPacker(documents_stream([10, 10]), BOS, 2, 64, seed=0)

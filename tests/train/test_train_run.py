@@ -69,6 +69,39 @@ def test_same_seed_same_first_loss_different_seed_differs(offline_cache):
     assert losses[0] != losses[2]
 
 
+# The gpu preset's defaults (compile on, bf16 autocast and bf16 residual stream, fused AdamW, Muon in bf16,
+# the compiled loss chunks, gradient accumulation), shrunk to toy sizes so a CPU runs them in seconds.
+GPU_PATH_AT_TOY_SCALE = dict(PRESET="gpu", DEVICE="cpu", DATA="offline", VOCAB_SIZE="512", DEPTH="2",
+                             ASPECT_RATIO="32", HEAD_DIM="32", MAX_SEQ_LEN="64", DEVICE_BATCH_SIZE="8",
+                             TOTAL_BATCH_SIZE="1024", MAX_STEPS="3", UNTIMED_STEPS="1", LOG_EVERY="1")
+
+
+def step_losses(stdout: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^step \d+ loss (\S+)", stdout, re.MULTILINE)]
+
+
+def test_gpu_preset_code_path_runs_at_toy_scale_and_matches_eager(offline_cache):
+    runs = {compiled: subprocess.Popen([sys.executable, str(TRAIN_PY)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=clean_env(SKYFLEET_CACHE=str(offline_cache),
+                                                                COMPILE=compiled, **GPU_PATH_AT_TOY_SCALE))
+            for compiled in ("1", "0")}
+    outputs = {}
+    for compiled, run in runs.items():
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stdout + stderr
+        outputs[compiled] = stdout
+    assert "compile=True dtype=bfloat16" in outputs["1"] and "compile=False dtype=bfloat16" in outputs["0"]
+    assert "8 x 64 x 2 accumulation" in outputs["1"]
+    compiled, eager = step_losses(outputs["1"]), step_losses(outputs["0"])
+    assert len(compiled) == len(eager) == 3
+    assert compiled == pytest.approx(eager, rel=5e-4)  # same math; bf16 rounding differs between kernels
+    assert compiled[-1] < compiled[0]  # and it learns
+    summaries = parse_summary(outputs["1"]), parse_summary(outputs["0"])
+    assert summaries[0]["preset"] == "gpu" and summaries[0]["device_batch_size"] == 8
+    assert summaries[0]["val_bpb"] == pytest.approx(summaries[1]["val_bpb"], rel=5e-4)
+    assert summaries[0]["val_bpb"] < summaries[0]["val_bpb_uniform"]
+
+
 def test_exploding_loss_ends_the_run_with_training_failed(offline_cache):
     result = run_train(env=tiny(offline_cache, UNEMBEDDING_LR="1e6", MAX_STEPS="5"))
     assert result.returncode == 3
