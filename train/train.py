@@ -88,7 +88,7 @@ LOSS_CHUNK = 2**26 if ON_CUDA else 2**22
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),))
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)  # CUDA autocast computes it in fp32: keep bf16 activations
 
 
 def rotate(x, cos, sin):
