@@ -102,6 +102,16 @@ def test_gpu_preset_code_path_runs_at_toy_scale_and_matches_eager(offline_cache)
     assert summaries[0]["val_bpb"] < summaries[0]["val_bpb_uniform"]
 
 
+def test_a_run_that_has_to_tokenize_says_so_and_reports_the_seconds(tmp_path):
+    result = run_train(env=tiny(tmp_path, VOCAB_SIZE="300", MAX_STEPS="1"))
+    assert result.returncode == 0, result.stderr
+    assert ("offline data at VOCAB_SIZE=300 was not prepared before the run; tokenizing now, inside the job "
+            "(prepare it in setup: python train/prepare.py --source offline --vocab-sizes 300)") in result.stderr
+    assert parse_summary(result.stdout)["prepare_seconds"] > 0
+    again = run_train(env=tiny(tmp_path, VOCAB_SIZE="300", MAX_STEPS="1"))
+    assert "not prepared" not in again.stderr
+
+
 def test_exploding_loss_ends_the_run_with_training_failed(offline_cache):
     result = run_train(env=tiny(offline_cache, UNEMBEDDING_LR="1e6", MAX_STEPS="5"))
     assert result.returncode == 3
@@ -165,6 +175,14 @@ def test_task_setup_and_run_locally(task, tmp_path):
     lines = result_line(run.stdout).splitlines()
     assert lines[0] == "EXPERIMENT_STATUS: done"
     assert re.fullmatch(r"EXPERIMENT_RESULT: exp-test val_bpb=[0-9.]+ num_steps=\d+ device=cpu", lines[1])
+
+
+@pytest.mark.slow
+def test_task_setup_prepares_every_vocabulary_a_wave_asks_for(task, tmp_path):
+    cache = tmp_path / "cache"
+    setup = run_script(task["setup"], REPO, task_env(cache, SKYFLEET_PREPARE_VOCAB_SIZES="300 320"))
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert {p.parent.name for p in (cache / "offline").glob("v*/meta.json")} == {"v512", "v300", "v320"}
 
 
 @pytest.mark.slow
