@@ -15,12 +15,15 @@ the Bible's BPE (it stops near 21k merges) get a synthetic tokenizer and random 
 probes at those sizes need shapes, not text.
 
 Stages, each a real `python train/train.py` run (knobs set in this environment apply to all of them):
-  correctness  gpu preset, 10 s budget: exits 0, loss falls, val_bpb below uniform
-  timed        gpu preset, --budget seconds (120): tokens/s, MFU, peak memory, steps/s, step-time
-               p50/p95, evaluation seconds, checked against the issue's targets
-  probes       two optimizer steps at a larger DEVICE_BATCH_SIZE, and at a larger VOCAB_SIZE, on the
-               offline data: their peak memory, or out of memory; with a linear fit of peak memory
-               in the batch size, the largest batch estimated to fit this GPU and an 80 GB H100
+  correctness  the gpu preset's code path on a small model (compile, bf16 autocast, fused optimizers,
+               pinned copies, chunked loss), compiled and eager, 5 steps each: both exit 0 and learn,
+               the first loss is an untrained model's ln V, and their losses agree within 1%
+  timed        the gpu preset as the fleet runs it, --budget seconds (120): tokens/s, MFU, peak memory,
+               steps/s, step-time p50/p95, evaluation seconds, checked against the issue's targets
+  probes       two optimizer steps at DEVICE_BATCH_SIZE 256 (192 if that does not fit), and at
+               VOCAB_SIZE 65536 (32768 if that does not fit), on the offline data: their peak memory, or
+               out of memory; with a line through the two batch sizes' peaks, the largest micro-batch
+               estimated to fit this GPU and an 80 GB H100
 Output: `key: value` lines on stdout, also written to $OUT/gpu_check.txt (or --out), and every run's
 log to gpu_check.log beside it. Figures are written after each stage, so a run cut short keeps them.
 """
@@ -63,12 +66,17 @@ class Scale:
         self.vocab = 512 if dry_run else 8192
         self.seq_len = 64 if dry_run else 2048
         # knobs on top of PRESET=gpu: nothing on a GPU; toy sizes on a CPU (compile and bf16 stay on)
-        self.base = dict(PRESET="gpu", LOG_EVERY="1" if dry_run else "10")
+        self.base = dict(PRESET="gpu")
         if dry_run:
             self.base.update(DEVICE="cpu", DATA="offline", VOCAB_SIZE="512", DEPTH="2", ASPECT_RATIO="32",
                              HEAD_DIM="32", MAX_SEQ_LEN="64", DEVICE_BATCH_SIZE="8", TOTAL_BATCH_SIZE="1024")
-        self.correctness_budget = 2.0 if dry_run else 10.0
-        self.batch_probes = [16] if dry_run else [256, 384]  # in order, until one does not fit
+        # the correctness runs: the gpu preset's code path on a small model, compiled and eager, 5 steps
+        self.toy = dict(MAX_STEPS="5", UNTIMED_STEPS="1", TIME_BUDGET="600", LOG_EVERY="1", DATA="offline")
+        if not dry_run:
+            self.toy.update(DEPTH="2", ASPECT_RATIO="64", HEAD_DIM="64", MAX_SEQ_LEN="256", DEVICE_BATCH_SIZE="16",
+                            TOTAL_BATCH_SIZE="8192")
+        self.toy_vocab = self.vocab
+        self.batch_probes = [16] if dry_run else [256]  # until one does not fit
         self.batch_fallback = 12 if dry_run else 192  # tried when the first does not fit
         self.vocab_probes = [2048] if dry_run else [65536, 32768]  # largest first, until one fits
         self.default_batch = 8 if dry_run else 128
@@ -198,8 +206,10 @@ class Check:
         probe = ("import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(),"
                  " torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',"
                  " torch.cuda.get_device_properties(0).total_memory / 2**20 if torch.cuda.is_available() else 0)")
-        fields = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split(" ", 3)
-        python, torch_version, cuda, rest = fields
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"gpu_check: {sys.executable} cannot import PyTorch:\n{result.stderr}")
+        python, torch_version, cuda, rest = result.stdout.strip().split(" ", 3)
         name, memory = rest.rsplit(" ", 1)
         self.gpu_memory_mb = float(memory)
         self.record(date=datetime.date.today().isoformat(), python=python, torch=torch_version, cuda=cuda,
@@ -209,33 +219,47 @@ class Check:
             raise SystemExit("gpu_check: PyTorch sees no CUDA device (use --dry-run to rehearse on a CPU)")
 
     def correctness(self) -> None:
-        code, output, summary = self.train("correctness", TIME_BUDGET=str(self.scale.correctness_budget))
-        losses = losses_of(output)
-        problems = []
-        if code != 0:
-            problems.append(f"exit code {code}: {output.strip().splitlines()[-1] if output.strip() else ''}")
-        elif len(losses) < 2 or not losses[-1] < losses[0]:
-            problems.append(f"loss did not fall: {losses}")
-        elif not float(summary["val_bpb"]) < float(summary["val_bpb_uniform"]):
-            problems.append(f"val_bpb {summary['val_bpb']} not below uniform {summary['val_bpb_uniform']}")
-        elif abs(losses[0] - math.log(self.scale.vocab)) > 0.1 * math.log(self.scale.vocab):
-            problems.append(f"first loss {losses[0]} far from ln V = {math.log(self.scale.vocab):.3f}")
+        """The gpu preset's code path on a small model, compiled and eager: both run, learn and agree."""
+        problems, losses = [], {}
+        for compiled in ("1", "0"):
+            setting = os.environ.get("COMPILE", "1") if compiled == "1" else "0"  # COMPILE=0 here: both eager
+            code, output, summary = self.train(f"correctness_compile_{compiled}", COMPILE=setting, **self.scale.toy)
+            losses[compiled] = losses_of(output)
+            if code != 0:
+                problems.append(f"COMPILE={compiled} exit code {code}: {output.strip().splitlines()[-1:]}")
+            elif len(losses[compiled]) < 2 or not losses[compiled][-1] < losses[compiled][0]:
+                problems.append(f"COMPILE={compiled} loss did not fall: {losses[compiled]}")
+            elif not float(summary["val_bpb"]) < float(summary["val_bpb_uniform"]):
+                problems.append(f"COMPILE={compiled} val_bpb {summary['val_bpb']} not below uniform "
+                                f"{summary['val_bpb_uniform']}")
+        ln_v = math.log(self.scale.toy_vocab)
+        if not problems and abs(losses["1"][0] - ln_v) > 0.05 * ln_v:
+            problems.append(f"first loss {losses['1'][0]} is not near ln V = {ln_v:.3f} (an untrained model's)")
+        worst = max((abs(a - b) / abs(b) for a, b in zip(losses["1"], losses["0"])), default=float("nan"))
+        if not problems and (len(losses["1"]) != len(losses["0"]) or not worst <= 1e-2):
+            problems.append(f"compiled and eager losses differ: {losses['1']} vs {losses['0']}")
         self.record(correctness="ok" if not problems else f"FAILED: {problems[0]}",
-                    correctness_losses=" ".join(f"{v:.4f}" for v in (losses[:1] + losses[-1:])))
+                    correctness_compiled_vs_eager_max_rel_diff=f"{worst:.2e}",
+                    correctness_losses=" ".join(f"{v:.4f}" for v in losses["1"]))
 
     def timed(self, budget: float) -> None:
         code, output, summary = self.train("timed", TIME_BUDGET=str(budget))
+        losses = losses_of(output)
         if code != 0 or not summary:
-            self.record(timed=f"FAILED: exit code {code}")
+            self.record(timed=f"FAILED: exit code {code}: {output.strip().splitlines()[-1:]}")
+            return
+        if not (len(losses) >= 2 and losses[-1] < losses[0]):
+            self.record(timed=f"FAILED: loss did not fall: {losses}")
             return
         p50, p95 = float(summary["step_ms_p50"]), float(summary["step_ms_p95"])
         ratio = p95 / p50 if p50 > 0 else float("inf")
         self.peak_default_mb = float(summary["peak_memory_mb"])
-        self.record(timed="ok", time_budget=f"{budget:g}", **{k: summary[k] for k in (
-            "tokens_per_sec", "mfu_percent", "peak_memory_mb", "steps_per_sec", "step_ms_p50", "step_ms_p95")},
-            step_ms_p95_over_p50=f"{ratio:.3f}",
-            **{k: summary[k] for k in ("eval_seconds", "num_steps", "training_seconds", "total_seconds",
-                                       "val_bpb", "num_params_M", "device_batch_size", "vocab_size")})
+        speed = {k: summary[k] for k in ("tokens_per_sec", "mfu_percent", "peak_memory_mb", "steps_per_sec",
+                                         "step_ms_p50", "step_ms_p95")}
+        rest = {k: summary[k] for k in ("eval_seconds", "num_steps", "training_seconds", "total_seconds", "val_bpb",
+                                        "num_params_M", "device_batch_size", "vocab_size")}
+        self.record(timed="ok", time_budget=f"{budget:g}", timed_losses=f"{losses[0]:.4f} {losses[-1]:.4f}", **speed,
+                    step_ms_p95_over_p50=f"{ratio:.3f}", **rest)
         mfu = float(summary["mfu_percent"]) if summary["mfu_percent"] != "unknown" else float("nan")
         checks = {"target_mfu_percent_ge_45": mfu >= TARGET_MFU_PERCENT,
                   "target_peak_memory_le_70gb": self.peak_default_mb <= TARGET_PEAK_MEMORY_MB,
@@ -294,7 +318,7 @@ def main() -> int:
     parser.add_argument("--pack-dir", type=Path, default=DEFAULT_PACK, help="default: .gpucheck/ in the repo")
     parser.add_argument("--dry-run", action="store_true", help="the same stages on a CPU at toy scale")
     parser.add_argument("--budget", type=float, default=None, help="timed run's TIME_BUDGET (default 120; dry: 5)")
-    parser.add_argument("--skip-probes", action="store_true", help="no memory probes (saves about two minutes)")
+    parser.add_argument("--skip-probes", action="store_true", help="no memory probes (saves two to three minutes)")
     parser.add_argument("--out", type=Path, default=None, help="figures file (default: $OUT/gpu_check.txt, "
                                                                 "else gpu_check.txt here)")
     args = parser.parse_args()

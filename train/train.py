@@ -54,7 +54,7 @@ WARMDOWN_RATIO = Knob(0.5, min=0.0, max=1.0, help="fraction of the budget at the
 FINAL_LR_FRAC = Knob(0.0, min=0.0, max=1.0, help="learning rate at the end of warmdown, as a fraction of the peak")
 LOGIT_SOFTCAP = Knob(15.0, min=0.0, help="logits = c * tanh(logits / c); 0 turns the cap off")
 SEED = Knob(42, min=0, max=2**32 - 1, help="initialisation and data order; same seed, same first-step loss")
-COMPILE = Knob(True, False, False, help="torch.compile the model, the loss and the Muon orthogonalization (slow to start on CPU)")
+COMPILE = Knob(True, False, False, help="torch.compile the model, the loss chunks and Muon (slow to start on CPU)")
 DTYPE = Knob("bfloat16", "float32", "float32", choices=("bfloat16", "float32"),
              help="autocast dtype of the matmuls and the residual stream; float32 = no autocast")
 LOG_EVERY = Knob(10, 20, 20, min=1, help="print the training loss every this many steps")

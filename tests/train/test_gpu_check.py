@@ -70,6 +70,7 @@ def test_dry_run_reports_every_figure_and_writes_them_to_a_file(pack_dir, tmp_pa
     figures = parse_summary("---\n" + out.read_text())
     assert figures == parse_summary("---\n" + result.stdout)  # the file holds what was printed
     assert figures["correctness"] == "ok" and figures["timed"] == "ok" and figures["device"] == "cpu"
+    assert figures["correctness_compiled_vs_eager_max_rel_diff"] == 0  # both eager here: COMPILE=0 is set
     for key in ("tokens_per_sec", "steps_per_sec", "peak_memory_mb", "step_ms_p50", "step_ms_p95",
                 "step_ms_p95_over_p50", "eval_seconds", "probe_batch_16_peak_memory_mb",
                 "probe_vocab_2048_peak_memory_mb", "check_seconds"):
@@ -79,7 +80,7 @@ def test_dry_run_reports_every_figure_and_writes_them_to_a_file(pack_dir, tmp_pa
     assert figures["largest_device_batch_size_run"] == 16 and figures["largest_vocab_size_run"] == 2048
     assert figures["target_peak_memory_le_70gb"] == "pass" and figures["target_mfu_percent_ge_45"] == "FAIL"
     log = out.with_suffix(".log").read_text()
-    assert log.count("==== ") == 4 and "==== timed: PRESET=gpu" in log  # correctness, timed, two probes
+    assert log.count("==== ") == 5 and "==== timed: PRESET=gpu" in log  # correctness x2, timed, two probes
 
 
 def test_without_a_pack_it_says_how_to_make_one(tmp_path):
