@@ -20,6 +20,7 @@ local: {slots: 2, accelerators: null}         # local backend: CPU slots, or lab
 env_passthrough: []          # variables of your shell jobs may see (e.g. [HF_TOKEN]); others never reach them
 snapshot_include: []         # dotfiles or ignored paths of the workload to snapshot anyway (e.g. [.config.json])
 verdicts: {alpha: 0.05, min_effect: 0.0005, max_seeds: 16, first_look: 3, step_mismatch: 0.1}
+backfill: {enabled: true, max_gpu_hours: 4}  # useful work the fleet queues itself when clusters would idle
 ```
 """
 from __future__ import annotations
@@ -97,6 +98,15 @@ class VerdictConfig(BaseModel):
                                  "off the configurations' typical ratio")
 
 
+class BackfillConfig(BaseModel):
+    """What the fleet queues by itself when a cluster would go idle (`fleet.research.backfill`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="queue backfill at the lowest priority when nothing else is pending")
+    max_gpu_hours: float = Field(4.0, gt=0, allow_inf_nan=False,
+                                 description="GPU-hours backfill may use in all (spent plus queued)")
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = "experiment.yaml"
@@ -132,6 +142,7 @@ class FleetConfig(BaseModel):
             raise ValueError(f"{bad[0]!r} is not an environment variable name (e.g. HF_TOKEN)")
         return names
     verdicts: VerdictConfig = Field(default_factory=VerdictConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
 
     @field_validator("tracks")
     @classmethod

@@ -23,6 +23,7 @@ class FakeJob:
     state: JobState = JobState.PENDING
     started_at: float | None = None
     ended_at: float | None = None
+    envs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -36,8 +37,9 @@ class FifoBackend(Backend):
     name = "fifo"
     submission_grace_s = 0.0
 
-    def __init__(self, clock, clusters: dict[str, str] | None = None) -> None:
+    def __init__(self, clock, clusters: dict[str, str] | None = None, value=None) -> None:
         self.clock = clock
+        self.value = value  # job envs -> its val_bpb (default: 1 + job id / 1000)
         self.clusters_: dict[str, FakeCluster] = {n: FakeCluster(a) for n, a in (clusters or {}).items()}
         self.cancel_fails = False
         self.up_calls: list[tuple[list[str], list[str]]] = []
@@ -88,7 +90,8 @@ class FifoBackend(Backend):
     def submit(self, cluster, job):
         c = self._live(cluster)
         job_id = len(c.jobs) + 1
-        c.jobs.append(FakeJob(job_id, job.job_name, float(job.envs.get("TIME_BUDGET", "60")), self.clock()))
+        c.jobs.append(FakeJob(job_id, job.job_name, float(job.envs.get("TIME_BUDGET", "60")), self.clock(),
+                              envs=dict(job.envs)))
         self.advance()
         return job_id
 
@@ -105,6 +108,9 @@ class FifoBackend(Backend):
         return out
 
     def logs(self, cluster, job_id):
+        if self.value is not None:
+            job = next(j for j in self._live(cluster).jobs if j.job_id == job_id)
+            return SUMMARY.format(bpb=self.value(job.envs))
         return SUMMARY.format(bpb=1.0 + job_id / 1000)
 
     def cancel(self, cluster, job_ids):

@@ -15,8 +15,9 @@ from fleet.types import ClusterState
 from fleet.workspace import Workspace
 
 # The controller's cycle hooks, by name (it runs in its own process): sequential validation adds
-# seed pairs to promote waves as their results arrive.
-CONTROLLER_HOOKS = ("fleet.research.sequential:extend_waves",)
+# seed pairs to promote waves as their results arrive; backfill queues useful work where a cluster
+# would go idle (`backfill:` in fleet.yaml).
+CONTROLLER_HOOKS = ("fleet.research.sequential:extend_waves", "fleet.research.backfill:backfill")
 
 
 @dataclass

@@ -82,6 +82,8 @@ def already_queued(wave: str, experiments: int) -> Iterator[None]:
 def block_until_done(ctx: Context, wave: str | None, timeout: float | None = None) -> None:
     """Block until the wave, or all work, is finished, showing progress on stderr: a progress bar on a
     terminal, and one line per finished experiment (also where stderr is a pipe or a log file).
+    "All work" is the waves people submitted: backfill the fleet queued itself is not waited for
+    (name its wave to wait for it).
 
     Keeps a controller alive meanwhile: if it was killed, this starts a new one, which resumes.
     """
@@ -91,15 +93,17 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
     deadline = None if timeout is None else time.monotonic() + timeout
     spawned_at: float | None = None
     seen_until = time.time()  # experiments that finished before the wait began are not announced
+    own = None if wave is not None else False  # all work: not backfill
+    scope = {wave} if wave is not None else {w.id for w in ledger.waves() if not w.backfill}
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=ctx.sink.err, disable=ctx.sink.mode != "human", transient=True) as progress:
-        bar = progress.add_task(plain(wave or "all waves"), total=sum(ledger.counts(wave).values()))
+        bar = progress.add_task(plain(wave or "all waves"), total=sum(ledger.counts(wave, backfill=own).values()))
         while True:
-            counts = ledger.counts(wave)
+            counts = ledger.counts(wave, backfill=own)
             unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
             finished = sum(counts.values()) - unfinished - counts.get("held", 0)
             if ctx.sink.mode == "human":
-                new = ledger.finished_since(seen_until, wave)
+                new = [e for e in ledger.finished_since(seen_until, wave) if e.wave_id in scope]
                 for i, exp in enumerate(new):  # numbered in the order they finished
                     number = max(1, finished - len(new) + i + 1)
                     progress.console.print(finished_line(ctx, exp, number, sum(counts.values())))
@@ -108,8 +112,9 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                             description=plain(f"{wave or 'all waves'}: {counts.get('running', 0)} running"))
             # A sequential validation may still need seed pairs: add them now rather than call it done
             # (the controller does so too, as results arrive; adding is idempotent).
-            if unfinished == 0 and not extend_waves(ctx.workspace, ledger, ctx.config,
-                                                    waves=None if wave is None else {wave}):
+            if wave is None:  # waves submitted meanwhile count too
+                scope = {w.id for w in ledger.waves() if not w.backfill}
+            if unfinished == 0 and not extend_waves(ctx.workspace, ledger, ctx.config, waves=scope):
                 return
             if not controller_running(ctx.workspace):
                 if not ledger.clusters([ClusterState.UP]) and fleet_target(ledger) is None:

@@ -55,6 +55,16 @@ def apply_budget(ledger: Ledger, config: FleetConfig,
     return [p for p in pending if p in capped or p in released], len(held)
 
 
+def budget_left(ledger: Ledger, config: FleetConfig) -> float | None:
+    """GPU-hours of the fleet's cap not yet spent or allocated to unfinished work (None: no cap)."""
+    if config.max_gpu_hours is None:
+        return None
+    spent = sum((r.gpu_seconds or 0.0) for r in ledger.results().values()) / 3600
+    allocated = sum(expected_gpu_hours(e) for e in ledger.experiments(
+        states=[ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING]))
+    return config.max_gpu_hours - spent - allocated
+
+
 def budget_reached(ledger: Ledger, config: FleetConfig) -> bool:
     """Whether the fleet's GPU-hour cap leaves no room: it holds experiments back, or what ran plus
     what is pending, queued or running already takes all of it. No new clusters are bought then."""
@@ -63,7 +73,4 @@ def budget_reached(ledger: Ledger, config: FleetConfig) -> bool:
     if ledger.select("SELECT 1 FROM experiments WHERE state = ? AND reason LIKE ? LIMIT 1",
                      (ExperimentState.HELD.value, f"%{FLEET_CAP}%")):
         return True
-    spent = sum((r.gpu_seconds or 0.0) for r in ledger.results().values()) / 3600
-    allocated = sum(expected_gpu_hours(e) for e in ledger.experiments(
-        states=[ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING]))
-    return spent + allocated >= config.max_gpu_hours - 1e-9
+    return (budget_left(ledger, config) or 0.0) <= 1e-9

@@ -28,6 +28,7 @@ class PendingRow:
     priority: int
     track: str
     expected_s: float = 0.0  # how long it is expected to run, start to end
+    backfill: bool = False  # of a wave the fleet queued itself for idle clusters
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ActiveRow:
     priority: int
     track: str
     expected_s: float  # how long its job is expected to run, start to end
+    backfill: bool = False
 
 
 def expected_seconds(config: Mapping[str, str], default_budget: float | None) -> float:
@@ -62,16 +64,16 @@ def _extra(row) -> tuple[dict, dict]:
 def pending_work(ledger: Ledger) -> list[PendingRow]:
     """Pending experiments, each with its wave's priority and track; best first within a track."""
     rows = ledger.select(
-        "SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec"
+        "SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec, w.backfill AS x_backfill"
         " FROM experiments e JOIN waves w ON w.id = e.wave_id"
-        " WHERE e.state = ? ORDER BY w.priority DESC, w.created_at, w.rowid, e.seq",
+        " WHERE e.state = ? ORDER BY w.backfill, w.priority DESC, w.created_at, w.rowid, e.seq",
         (ExperimentState.PENDING.value,))
     out = []
     for row in rows:
         data, extra = _extra(row)
         exp = decode_row(ExperimentRow, data)
         out.append(PendingRow(exp, extra["priority"], extra["track"],
-                              expected_seconds(exp.config, default_budget_of(extra["spec"]))))
+                              expected_seconds(exp.config, default_budget_of(extra["spec"])), bool(extra["backfill"])))
     return out
 
 
@@ -79,29 +81,35 @@ def active_work(ledger: Ledger) -> list[ActiveRow]:
     """Attempts queued or running on a cluster, with their wave's priority and track and expected length."""
     marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
     rows = ledger.select(
-        f"SELECT a.*, e.config AS x_config, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec"
+        f"SELECT a.*, e.config AS x_config, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec,"
+        f" w.backfill AS x_backfill"
         f" FROM attempts a JOIN experiments e ON e.id = a.experiment_id JOIN waves w ON w.id = e.wave_id"
         f" WHERE a.state IN ({marks}) ORDER BY a.id", ACTIVE_ATTEMPT_STATES)
     out = []
     for row in rows:
         data, extra = _extra(row)
         expected = expected_seconds(json.loads(extra["config"]), default_budget_of(extra["spec"]))
-        out.append(ActiveRow(decode_row(AttemptRow, data), extra["priority"], extra["track"], expected))
+        out.append(ActiveRow(decode_row(AttemptRow, data), extra["priority"], extra["track"], expected,
+                             bool(extra["backfill"])))
     return out
 
 
 def queued_jobs(active: Iterable[ActiveRow]) -> list[QueuedJob]:
     """Jobs that sit in a cluster's queue and have not started (candidates to swap for higher priority)."""
-    return [QueuedJob(a.attempt.id, a.attempt.cluster, a.priority, a.track, a.attempt.submitted_at)
+    return [QueuedJob(a.attempt.id, a.attempt.cluster, a.priority, a.track, a.attempt.submitted_at, a.backfill)
             for a in active if a.attempt.state == "pending" and a.attempt.job_id is not None]
 
 
 def track_loads(ledger: Ledger, active: Iterable[ActiveRow], now: float,
                 half_life_s: float = USAGE_HALF_LIFE_S) -> dict[str, TrackLoad]:
-    """Each track's decayed recent cluster-time and the cluster-time its active jobs still need."""
+    """Each track's decayed recent cluster-time and the cluster-time its active jobs still need.
+
+    Backfill does not count: it ran only on room no track wanted, so it must not cost a track its share."""
     committed: dict[str, float] = {}
     intervals: dict[str, list[tuple[float, float]]] = {}
     for a in active:
+        if a.backfill:
+            continue
         started = a.attempt.started_at if a.attempt.state == "running" else None
         remaining = a.expected_s if started is None else max(a.expected_s - (now - started), 0.0)
         committed[a.track] = committed.get(a.track, 0.0) + remaining
@@ -111,7 +119,7 @@ def track_loads(ledger: Ledger, active: Iterable[ActiveRow], now: float,
     for row in ledger.select(
             "SELECT w.track AS track, a.started_at AS s, a.ended_at AS e FROM attempts a"
             " JOIN experiments x ON x.id = a.experiment_id JOIN waves w ON w.id = x.wave_id"
-            " WHERE a.ended_at > ? AND a.started_at IS NOT NULL", (since,)):
+            " WHERE a.ended_at > ? AND a.started_at IS NOT NULL AND w.backfill = 0", (since,)):
         intervals.setdefault(row["track"], []).append((row["s"], row["e"]))
     tracks = set(committed) | set(intervals)
     return {t: TrackLoad(decayed_usage(intervals.get(t, []), now, half_life_s), committed.get(t, 0.0))

@@ -6,6 +6,10 @@ controller (`fleet.core.daemon`, `--hook=module:function`), and the controller c
 cycle, after results are recorded and before work is placed, with the experiments that just
 finished (the first call: None, look at everything, since a controller may have died between
 recording a result and acting on it). A hook returns how many experiments it added.
+
+A hook whose `every_cycle` attribute is true is called in every cycle, with an empty list when
+nothing finished (backfill watches for room on the clusters, which also appears when clusters come
+up); it must then be cheap when there is nothing to do.
 """
 from __future__ import annotations
 
@@ -37,12 +41,14 @@ class HookRunner:
         self._errors: set[str] = set()
 
     def run(self, workspace: Workspace, ledger: Ledger, config: FleetConfig, finished: Sequence[str]) -> int:
-        if not self.hooks or (self._started and not finished):
+        quiet = self._started and not finished
+        hooks = [h for h in self.hooks if getattr(h, "every_cycle", False)] if quiet else self.hooks
+        if not hooks:
             return 0
         changed = list(finished) if self._started else None
         self._started = True
         added = 0
-        for hook in self.hooks:
+        for hook in hooks:
             try:
                 added += hook(workspace, ledger, config, changed)
             except Exception as exc:  # a hook's bug must not stop the fleet; say it once

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fleet.core import faults
+from fleet.core.agent_records import AgentRecords
 from fleet.core.backup import RESTORE_COMMAND, newest_backup, take_backup
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
@@ -89,7 +90,7 @@ def sqlite_disk_problem(exc: BaseException, path: Path) -> DiskProblem | None:
     return None
 
 
-class Ledger(Transitions):
+class Ledger(Transitions, AgentRecords):
     def __init__(self, path: Path, clock=time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -176,7 +177,7 @@ class Ledger(Transitions):
     def add_wave(
         self, name: str, tier: str, spec: dict, snapshot: str, experiments: list[NewExperiment],
         *, base: dict | None = None, kind: str = "grid", parent: str | None = None,
-        max_gpu_hours: float | None = None, priority: int = 0, track: str = "",
+        max_gpu_hours: float | None = None, priority: int = 0, track: str = "", backfill: bool = False,
     ) -> tuple[WaveRow, list[ExperimentRow]]:
         """Insert a wave and all its experiments in one transaction: all or nothing."""
         now = self.clock()
@@ -187,9 +188,9 @@ class Ledger(Transitions):
                 wave_id, k = f"{name}-{k}", k + 1
             db.execute(
                 "INSERT INTO waves (id, name, tier, kind, spec, base, snapshot, parent, max_gpu_hours, created_at,"
-                " priority, track) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " priority, track, backfill) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (wave_id, name, tier, kind, json.dumps(spec), json.dumps(base or {}), snapshot, parent,
-                 max_gpu_hours, now, priority, track),
+                 max_gpu_hours, now, priority, track, int(backfill)),
             )
             width = max(3, len(str(len(experiments))))
             for seq, exp in enumerate(experiments, start=1):
@@ -360,11 +361,17 @@ class Ledger(Transitions):
         return rows
 
     # --- summaries ---------------------------------------------------------------------------
-    def counts(self, wave: str | None = None, track: str | None = None) -> dict[str, int]:
+    def counts(self, wave: str | None = None, track: str | None = None, backfill: bool | None = None) -> dict[str, int]:
+        """Experiments by state (of a wave, a track; with `backfill` False only the waves people submitted)."""
         sql, args = "SELECT e.state, COUNT(*) AS n FROM experiments e", []
-        if track is not None:
-            sql += " JOIN waves w ON w.id = e.wave_id AND w.track = ?"
-            args.append(track)
+        if track is not None or backfill is not None:
+            sql += " JOIN waves w ON w.id = e.wave_id"
+            if track is not None:
+                sql += " AND w.track = ?"
+                args.append(track)
+            if backfill is not None:
+                sql += " AND w.backfill = ?"
+                args.append(int(backfill))
         if wave is not None:
             sql += " WHERE e.wave_id = ?"
             args.append(wave)

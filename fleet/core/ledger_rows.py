@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS results (
     reason TEXT NOT NULL DEFAULT '', tail TEXT NOT NULL DEFAULT '', gpu_seconds REAL,
     recorded_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS verdict_reads (wave_id TEXT PRIMARY KEY REFERENCES waves(id), read_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS adoptions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
+    adopted_at REAL NOT NULL, preset TEXT, defaults TEXT NOT NULL DEFAULT '[]', files TEXT NOT NULL DEFAULT '[]'
+);
 """
 
 # Columns added since the first release: a ledger made before them gets them on open (ALTER TABLE).
@@ -53,6 +58,7 @@ ADDED_COLUMNS = (
     ("waves", "priority", "INTEGER NOT NULL DEFAULT 0"),
     ("waves", "track", "TEXT NOT NULL DEFAULT ''"),
     ("clusters", "replaces", "TEXT"),
+    ("waves", "backfill", "INTEGER NOT NULL DEFAULT 0"),
 )
 # Indexes on added columns: created after the columns exist (a ledger made before them gets both on open).
 ADDED_INDEXES = (
@@ -84,6 +90,7 @@ class WaveRow:
     created_at: float
     priority: int = 0  # higher starts first, within its track
     track: str = ""  # fair-share group (e.g. one per agent); "" is the default track
+    backfill: bool = False  # queued by the fleet itself for idle clusters: lowest priority, preempted by real work
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,18 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
+class AdoptionRow:
+    """`fleet adopt EXP` that changed the working tree: what it wrote, and where."""
+
+    id: int
+    experiment_id: str
+    adopted_at: float
+    preset: str | None  # the preset whose knob defaults took the values (env knobs); None: constants or none
+    defaults: list  # [{"knob", "from", "to"}]
+    files: list  # paths it changed
+
+
+@dataclass(frozen=True)
 class NewExperiment:
     config: dict[str, str]
     config_key: str
@@ -178,12 +197,14 @@ class NewExperiment:
 def decode_row(cls, row: sqlite3.Row):
     """A ledger row as its record: JSON columns decoded, states as enums."""
     data = dict(row)
-    for key in ("spec", "base", "config", "metrics"):
+    for key in ("spec", "base", "config", "metrics", "defaults", "files"):
         if key in data and isinstance(data[key], str):
             data[key] = json.loads(data[key])
     if cls is ExperimentRow:
         data["state"] = ExperimentState(data["state"])
         data["released"] = bool(data["released"])
+    if cls is WaveRow:
+        data["backfill"] = bool(data.get("backfill", 0))
     if cls is ClusterRow:
         data["state"] = ClusterState(data["state"])
     return cls(**data)

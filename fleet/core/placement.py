@@ -68,12 +68,13 @@ def plan_placement(ledger: Ledger, config: FleetConfig, slots: Sequence[ClusterS
     if not rows and not on_demand:
         return Placement()
     pending = [PendingExperiment(r.experiment.id, r.experiment.tier, expected_gpu_hours(r.experiment), r.priority,
-                                 r.track) for r in rows]
+                                 r.track, r.backfill) for r in rows]
     pending, held = apply_budget(ledger, config, pending)
     if not pending and not on_demand:
         return Placement(held=held)
     tiers = {name: tier.accelerators for name, tier in config.tiers.items()}
-    tracks = {p.track for p in pending} | {w.track for w in on_demand} | {a.track for a in active}
+    tracks = ({p.track for p in pending if not p.backfill} | {w.track for w in on_demand}
+              | {a.track for a in active if not a.backfill})
     loads = track_loads(ledger, active, now) if len(tracks) > 1 else None
     weights = {t: config.track_weight(t) for t in tracks}
     decisions = assign(slots, pending, config.queue_depth, tiers, loads=loads, weights=weights, on_demand=on_demand)

@@ -13,6 +13,9 @@ Two rules order the work:
   waves before screens, `fleet bump`), then submission order. A queued-but-not-started job of a
   lower priority may be taken back (`preemptions`) so higher-priority work of its track does not
   wait behind it in a cluster's FIFO queue.
+- **Backfill comes last.** Work the fleet queued itself for idle clusters (`backfill`) only gets the
+  room that no other work of any track can use, and a backfill job that has not started is taken
+  back for any other work that finds no room.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class PendingExperiment:
     gpu_hours: float = 0.0  # expected cost, for the budget cap and the tracks' shares
     priority: int = 0
     track: str = ""
+    backfill: bool = False  # the fleet's own filler: placed after all other work
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class QueuedJob:
     priority: int
     track: str = ""
     queued_at: float = 0.0
+    backfill: bool = False
 
 
 def eligible_clusters(
@@ -132,12 +137,24 @@ def assign(
     Each experiment goes to the least-loaded eligible cluster (ties: by name, so the decision is
     deterministic). An experiment with no room on its clusters is skipped without blocking work of
     other tiers behind it. Resting clusters (`accepting` False) get nothing. With one track this is
-    priority order, then the order of `pending` (submission order).
+    priority order, then the order of `pending` (submission order). Backfill experiments get the
+    room left after everything else, in their own order.
     """
     depth = {c.name: c.depth for c in clusters}
-    free = sum(max(0, target_depth - c.depth) for c in clusters if c.accepting)
+    real = [p for p in pending if not p.backfill]
+    out = _fill(clusters, depth, real, on_demand, target_depth, tiers, loads or {}, weights or {})
+    filler = [p for p in pending if p.backfill]
+    if filler:
+        out += _fill(clusters, depth, filler, (), target_depth, tiers, {}, {})
+    return out
+
+
+def _fill(clusters: Sequence[ClusterSlot], depth: dict[str, int], pending: Sequence[PendingExperiment],
+          on_demand: Sequence[OnDemand], target_depth: int, tiers: Mapping[str, Sequence[str]],
+          loads: Mapping[str, TrackLoad], weights: Mapping[str, float]) -> list[Assignment]:
+    """`assign` over one class of work; `depth` is updated in place with what it placed."""
+    free = sum(max(0, target_depth - depth[c.name]) for c in clusters if c.accepting)
     queues = _by_track(pending, on_demand, free)
-    loads, weights = loads or {}, weights or {}
     load = {t: loads.get(t, TrackLoad()).recent_s + loads.get(t, TrackLoad()).committed_s for t in queues}
     position = dict.fromkeys(queues, 0)
     full_tiers: set[str] = set()  # a tier with no room now has none later in this call either
@@ -187,23 +204,25 @@ def preemptions(
     unplaced: Sequence[PendingExperiment],
     tiers: Mapping[str, Sequence[str]],
 ) -> list[Swap]:
-    """Queued-but-not-started jobs to swap for higher-priority work of their own track.
+    """Queued-but-not-started jobs to swap for higher-priority work of their own track, or for any work
+    in place of backfill.
 
     `unplaced` is the pending work `assign` found no room for. Each takes at most one job of its own
-    track with a strictly lower priority, on a cluster its tier may use that takes work: the lowest
-    priority first, then the most recently queued (it has waited least). The new job takes the old
-    one's place, so the tracks' shares stay as `assign` made them; jobs of other tracks are never
-    taken (tracks share the fleet by fair shares, not by priority).
+    track with a strictly lower priority, on a cluster its tier may use that takes work: backfill
+    first, then the lowest priority, then the most recently queued (it has waited least). The new
+    job takes the old one's place, so the tracks' shares stay as `assign` made them; jobs of other
+    tracks are never taken (tracks share the fleet by fair shares, not by priority), except backfill,
+    which yields to every track's work. Backfill never takes anything.
     """
     taken: set[int] = set()
     out: list[Swap] = []
-    for exp in sorted(unplaced, key=lambda e: -e.priority):
+    for exp in sorted((e for e in unplaced if not e.backfill), key=lambda e: -e.priority):
         allowed = {c.name for c in eligible_clusters(exp.tier, clusters, tiers) if c.accepting}
         victims = [j for j in queued if j.attempt_id not in taken and j.cluster in allowed
-                   and j.track == exp.track and j.priority < exp.priority]
+                   and (j.backfill or (j.track == exp.track and j.priority < exp.priority))]
         if not victims:
             continue
-        victim = min(victims, key=lambda j: (j.priority, -j.queued_at, -j.attempt_id))
+        victim = min(victims, key=lambda j: (not j.backfill, j.priority, -j.queued_at, -j.attempt_id))
         taken.add(victim.attempt_id)
         out.append(Swap(victim.attempt_id, exp.experiment_id, victim.cluster))
     return out
