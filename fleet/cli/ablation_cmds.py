@@ -148,6 +148,8 @@ def print_ablation(ctx: Context, wave: WaveRow) -> int:
     report = with_metric(ablation_report(wave, evidence.experiments, evidence.results, evidence.norm.values),
                          evidence.metric)
     ctx.sink.data(report, lambda c: render_ablation(c, report))
+    if report["complete"]:
+        ctx.ledger.mark_read(wave.id)  # `fleet next` stops listing it as unread
     if not report["complete"]:
         ctx.sink.warn(f"{report['unfinished']} experiments of {wave.id} are unfinished; contributions use what finished")
         ctx.sink.hint(f"`fleet wait {wave.id}` then `fleet ablation {wave.id}`")

@@ -95,13 +95,19 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
         raise AdoptConflict(f"adopting {exp.id} conflicts with changes made in the working tree since its code was "
                             f"taken; nothing was changed:\n{lines}\nmerge those lines by hand "
                             f"(`fleet adopt {exp.id} --dry-run` shows the rest of its change)")
-    if not args.dry_run:
-        write_adoption(workload.directory, adoption)
     shown = [f"{workload.prefix}/{rel}" if workload.prefix else rel for rel in adoption.changed]
     defaults = [{"knob": d.name, "from": d.before, "to": d.after} for d in adoption.defaults]
+    preset = _preset(exp, ctx.ledger.result(exp.id), args.preset) if mode == "env" else None
+    if not args.dry_run:
+        write_adoption(workload.directory, adoption)
+        if shown:  # `fleet next` and `fleet journal` read the chain of adopted changes from here
+            ctx.ledger.record_adoption(exp.id, preset, defaults, shown)
+    script = f"{workload.prefix}/{workload.script}" if workload.prefix else workload.script
     payload = {"experiment": exp.id, "snapshot": exp.snapshot, "code": exp.code, "base": base_id,
                "changed": shown, "defaults": defaults, "knobs": knob_values(exp.config), "dry_run": args.dry_run,
-               "diff": adoption.diff, "notes": list(adoption.notes)}
+               "preset": preset, "script": script, "diff": adoption.diff, "notes": list(adoption.notes)}
+    where = (f"the `{preset}` preset's Knob(...) defaults in {script}" if preset
+             else f"the constants of {script}" if mode == "constants" else f"{script}")
 
     def render(console) -> None:
         if args.dry_run:
@@ -109,8 +115,10 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
             return
         console.print(f"adopted {exp.id}: {len(shown)} file(s) changed" + "".join(f"\n  {p}" for p in shown),
                       markup=False)
+        if defaults:
+            console.print(f"  defaults written to {where}:", markup=False)
         for d in defaults:
-            console.print(f"  {d['knob']}: {d['from']} -> {d['to']}", markup=False)
+            console.print(f"    {d['knob']}: {d['from']} -> {d['to']}", markup=False)
 
     ctx.sink.data(payload, render)
     for note in adoption.notes:
@@ -118,10 +126,12 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     if shared:
         ctx.sink.info(f"not written as defaults: {' '.join(f'{k}={v}' for k, v in shared.items())} "
                       f"(the wave's `env`: every experiment of {exp.wave_id} ran with it)")
+    knobs = " ".join(f"{d['knob']}={d['to']}" for d in defaults)
     if args.dry_run:
-        ctx.sink.hint(f"`fleet adopt {exp.id}` applies it")
+        ctx.sink.hint(f"`fleet adopt {exp.id}` applies it" + (f": writes {knobs} into {where}" if knobs else ""))
     elif shown:
-        ctx.sink.hint(f"review and commit it (e.g. `git commit -am 'adopt {exp.id}'`)")
+        ctx.sink.hint(f"review and commit {' '.join(shown)} (e.g. `git commit -am 'adopt {exp.id}'`); "
+                      "the next wave's `{description: baseline}` then runs the new defaults")
     else:
         ctx.sink.hint("the working tree already has this experiment's change")
     return 0

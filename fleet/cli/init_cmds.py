@@ -81,9 +81,11 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     if not gitignore.exists() or ".fleet" not in gitignore.read_text(errors="replace"):
         ctx.sink.info("add `.fleet/` to .gitignore: it holds the ledger, logs and snapshots")
     if wave:
-        ctx.sink.info("a first wave, e.g. waves/first.yaml:\n" + wave)
-        ctx.sink.hint("`fleet wave waves/first.yaml --dry-run`, then `fleet wave waves/first.yaml --wait`, "
-                      "then `fleet diff EXP1 EXP2` and `fleet adopt EXP` for the winner")
+        ctx.sink.info("a first wave, to save as waves/001-first.yaml:\n" + wave)
+        ctx.sink.hint("save it as waves/001-first.yaml, check it with `fleet wave waves/001-first.yaml --dry-run`, "
+                      "run it with `fleet wave waves/001-first.yaml --wait`; then `fleet next` names each next step "
+                      "with real ids")
     else:
-        ctx.sink.hint("`fleet wave WAVE.yaml --wait` runs a wave; `fleet schema` shows the wave file format")
+        ctx.sink.hint("write a first wave as waves/001-first.yaml (`fleet schema` shows the format), run it with "
+                      "`fleet wave waves/001-first.yaml --wait`; then `fleet next` names each next step")
     return 0

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli.context import Context
+from fleet.cli.next_cmds import next_hint
 from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import (
     configuration_verdicts,
@@ -76,7 +77,7 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
         total = sum(counts.values())
         finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
-                      "total": total, "finished": finished, "counts": counts})
+                      "backfill": w.backfill, "total": total, "finished": finished, "counts": counts})
     board = leaderboard_payload(ctx, None)
     best = board["best"]
     running = controller_running(ctx.workspace)
@@ -129,7 +130,7 @@ def render_status(console: Console, payload: dict) -> None:
         waves.add_column(col)
     for w in payload["waves"]:
         n = w["counts"]
-        waves.add_row(Text(plain(w["id"])), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
+        waves.add_row(Text(plain(w["id"] + (" [backfill]" if w.get("backfill") else ""))), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
                       f"{w['finished']}/{w['total']}",
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
                       str(n.get("crash", 0) + n.get("timeout", 0)))
@@ -143,13 +144,16 @@ def render_status(console: Console, payload: dict) -> None:
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    track = args.track
     if args.track is not None and args.track not in ctx.ledger.tracks():
         known = ", ".join(repr(t) for t in ctx.ledger.tracks()) or "none yet"
         raise InputError(f"--track {args.track!r} has no waves; tracks with waves: {known}")
     payload = status_payload(ctx, args.track)
     ctx.sink.data(payload, lambda c: render_status(c, payload))
-    if payload["idle_clusters"] and not any(w["finished"] < w["total"] for w in payload["waves"]):
-        ctx.sink.hint(f"{len(payload['idle_clusters'])} clusters idle — submit another wave or `fleet promote`")
+    if payload["idle_clusters"] and not any(w["finished"] < w["total"] for w in payload["waves"] if not w["backfill"]):
+        hint = next_hint(ctx, track)
+        if hint:
+            ctx.sink.hint(hint)
     return 0
 
 

@@ -21,6 +21,7 @@ from fleet.cli import (
     init_cmds,
     inspect_cmds,
     ledger_cmds,
+    next_cmds,
     observe_cmds,
     research_cmds,
     wave_cmds,
@@ -32,9 +33,8 @@ from fleet.core.ledger import damaged_error, is_damage
 from fleet.errors import FleetError, InputError
 from fleet.workspace import Workspace
 
-GROUPS = (init_cmds, wave_cmds, inspect_cmds, cluster_cmds, controller_cmds, code_cmds, research_cmds, ablation_cmds,
-          observe_cmds,
-          ledger_cmds)
+GROUPS = (init_cmds, wave_cmds, inspect_cmds, next_cmds, cluster_cmds, controller_cmds, code_cmds, research_cmds,
+          ablation_cmds, observe_cmds, ledger_cmds)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from fleet.cli.ablation_cmds import print_ablation
@@ -20,16 +21,21 @@ from fleet.cli.research_common import (
     wave_of,
     with_metric,
 )
+from fleet.cli.loop_state import preset_of
 from fleet.cli.research_view import render_verdict
 from fleet.cli.wave_cmds import already_queued, block_until_done
 from fleet.core.ledger_rows import WaveRow
+from fleet.core.workload import workload_for
 from fleet.errors import InputError
 from fleet.research.plans import (
     UNFINISHED,
     Baseline,
     WavePlan,
     current_best,
+    grid_verdict_spec,
     original_baseline,
+    plan_chosen,
+    plan_more_seeds,
     plan_promotion,
     plan_recheck,
     planned_runs,
@@ -43,8 +49,14 @@ from fleet.research.verdicts import Rule
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("promote", parents=[common],
                        help="validate a wave's best configurations against the baseline, seed pair by seed pair")
-    p.add_argument("wave", help="the (screen) wave to promote from")
+    p.add_argument("wave", nargs="?",
+                   help="the (screen) wave to promote from; with --add-seeds, the promote wave to extend")
     p.add_argument("--top", type=int, default=3, help="how many configurations to promote (default: 3)")
+    p.add_argument("--experiments", nargs="+", metavar="EXP",
+                   help="promote these experiments' configurations (from any waves) instead of a wave's top")
+    p.add_argument("--add-seeds", type=int, default=None, metavar="N",
+                   help="N more seed pairs for the undecided candidates of a finished promote wave (the pairs it "
+                        "ran count)")
     _add_rule(p)
     p.add_argument("--tier", default="validate", help="tier that runs the validation (default: validate)")
     p.add_argument("--baseline", metavar="EXP",
@@ -54,8 +66,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("verdict", parents=[common],
-                       help="keep / discard / inconclusive for a promote wave's candidates")
-    p.add_argument("wave", help="a wave made by `fleet promote` or `fleet recheck` (or `fleet ablate`)")
+                       help="keep / discard / inconclusive for a promote wave's candidates (or a seeded grid's)")
+    p.add_argument("wave", help="a wave made by `fleet promote` or `fleet recheck` (or `fleet ablate`), or a grid "
+                                "wave with a baseline and several seeds")
     p.set_defaults(func=cmd_verdict)
 
     p = sub.add_parser("recheck", parents=[common],
@@ -109,6 +122,13 @@ def rule_of(ctx: Context, args: argparse.Namespace) -> Rule:
 
 
 def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
+    if args.add_seeds is not None:
+        return _add_seeds(ctx, args)
+    if args.experiments:
+        return _promote_chosen(ctx, args)
+    if args.wave is None:
+        raise InputError("name the wave to promote from (e.g. `fleet promote lr-wd`), or the configurations with "
+                         "--experiments EXP...")
     ledger = ctx.ledger
     wave = wave_of(ctx, args.wave)
     tier = tier_of(ctx, args.tier)
@@ -132,6 +152,70 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     ctx.sink.info(f"wave {new.id}: top {len(plan.spec['candidates'])} of {wave.id} (by {plan.spec['sorted_by']} "
                   f"val_bpb) and the baseline ({baseline.source}), {how} on tier {tier}; keep needs a gain of at "
                   f"least {rule.min_effect:g} significant at alpha {rule.alpha:g}")
+    return _aftersubmit(ctx, args, new, plan, tier)
+
+
+def _promote_chosen(ctx: Context, args: argparse.Namespace) -> int:
+    """`fleet promote --experiments EXP...`: chosen configurations against a baseline."""
+    chosen = [experiment_of(ctx, e, "--experiments") for e in dict.fromkeys(args.experiments)]
+    if args.wave is not None:
+        raise InputError("--experiments names the configurations itself; drop the wave id "
+                         f"(e.g. `fleet promote --experiments {' '.join(args.experiments)}`)")
+    wave = ctx.ledger.wave(chosen[0].wave_id)
+    tier = tier_of(ctx, args.tier)
+    rule = rule_of(ctx, args)
+    keys = Keys(ctx)
+    baseline = resolve_baseline(wave, ctx.ledger.experiments(wave=wave.id),
+                                experiment_of(ctx, args.baseline, "--baseline"), key=lambda c: keys.key(c, wave.snapshot))
+    baseline = Baseline(baseline.config, baseline.source, baseline.experiment, keys.key(baseline.config, wave.snapshot))
+    plan = _fresh_seeds(ctx, plan_chosen(wave, chosen, baseline, rule))
+    warn_other_code(ctx, baseline, plan)
+    new = submit(ctx, plan, tier, kind="promote", parent=wave.id, base=dict(wave.base))
+    ctx.sink.info(f"wave {new.id}: {len(plan.spec['candidates'])} chosen configuration(s) and the baseline "
+                  f"({baseline.source}) on tier {tier}")
+    return _aftersubmit(ctx, args, new, plan, tier)
+
+
+def _add_seeds(ctx: Context, args: argparse.Namespace) -> int:
+    """`fleet promote WAVE --add-seeds N`: more pairs for a finished promote wave's undecided candidates."""
+    if args.wave is None:
+        raise InputError("--add-seeds extends a promote wave: name it (e.g. `fleet promote lr-wd-promote --add-seeds 8`)")
+    if args.add_seeds < 1 or args.add_seeds > 1024:
+        raise InputError(f"--add-seeds is {args.add_seeds}, but must be from 1 to 1024 seed pairs (e.g. --add-seeds 8)")
+    if args.seeds is not None or args.max_seeds is not None:
+        raise InputError("--add-seeds keeps the wave's rule and raises its cap by N; drop --seeds/--max-seeds")
+    wave = wave_of(ctx, args.wave)
+    if not is_validation(wave):
+        raise InputError(f"wave {wave.id!r} is a {wave.kind} wave; --add-seeds extends a promote wave "
+                         f"(`fleet promote {wave.id}` makes one)")
+    if wave.spec.get("recheck"):
+        raise InputError(f"{wave.id} is a re-check, judged on its own fresh runs only; run a larger one with "
+                         f"`fleet recheck --max-seeds N`")
+    report = verdict_payload(ctx, wave)
+    if report["unfinished"] or report["undecided"]:
+        raise InputError(f"{wave.id} is still running ({report['unfinished']} unfinished, {report['undecided']} "
+                         f"candidates still getting pairs): `fleet wait {wave.id}` first")
+    wanted = {c["config_key"] for c in report["candidates"]}
+    if args.experiments:
+        picked = {experiment_of(ctx, e, "--experiments").config_key for e in args.experiments}
+        unknown = picked - wanted
+        if unknown:
+            raise InputError(f"--experiments names configurations that are not candidates of {wave.id}")
+        wanted = picked
+    else:
+        wanted = {c["config_key"] for c in report["candidates"] if c["verdict"] == "inconclusive"}
+        if not wanted:
+            verdicts = ", ".join(f"{c['label']}: {c['verdict']}" for c in report["candidates"])
+            raise InputError(f"every candidate of {wave.id} is decided ({verdicts}); name one with --experiments "
+                             "to add pairs anyway")
+    pairs = max(c["n"] for c in report["candidates"] if c["config_key"] in wanted)
+    keys = wanted | {wave.spec["baseline"]["config_key"]}
+    first = max((e.seed for e in ctx.ledger.experiments() if e.config_key in keys), default=-1) + 1
+    plan = plan_more_seeds(wave, sorted(wanted), pairs, args.add_seeds, first)
+    tier = wave.tier if args.tier == "validate" and wave.tier in ctx.config.tiers else tier_of(ctx, args.tier)
+    new = submit(ctx, plan, tier, kind="promote", parent=wave.id, base=dict(wave.base))
+    ctx.sink.info(f"wave {new.id}: {args.add_seeds} more seed pairs for {len(plan.spec['candidates'])} candidate(s) of "
+                  f"{wave.id}; judged on all {pairs + args.add_seeds} pairs (its own count) under the same rule")
     return _aftersubmit(ctx, args, new, plan, tier)
 
 
@@ -165,10 +249,28 @@ def cmd_verdict(ctx: Context, args: argparse.Namespace) -> int:
     wave = wave_of(ctx, args.wave)
     if wave.kind == "ablate":
         return print_ablation(ctx, wave)
+    if wave.kind == "grid":
+        return _grid_verdict(ctx, wave)
     if not is_validation(wave):
         raise InputError(f"wave {wave.id!r} is a {wave.kind} wave; verdicts are for waves made by "
-                         f"`fleet promote {wave.id}`, `fleet recheck` (or `fleet ablate EXP`)")
+                         f"`fleet promote`, `fleet recheck`, `fleet ablate EXP`, or grid waves with several seeds")
     return _print_verdict(ctx, wave)
+
+
+def _grid_verdict(ctx: Context, wave: WaveRow) -> int:
+    """A seeded grid wave judged on its own seed pairs: every configuration against its baseline."""
+    experiments = ctx.ledger.experiments(wave=wave.id)
+    keys = Keys(ctx)
+    baseline = resolve_baseline(wave, experiments, key=lambda c: keys.key(c, wave.snapshot))
+    baseline = Baseline(baseline.config, baseline.source, baseline.experiment, keys.key(baseline.config, wave.snapshot))
+    v = ctx.config.verdicts
+    spec = grid_verdict_spec(wave, experiments, baseline, Rule(v.alpha, v.min_effect, 2, 2, "fixed", v.step_mismatch))
+    evidence = Evidence(ctx)
+    report = with_metric(promotion_report(replace(wave, spec={**wave.spec, **spec}), evidence.experiments,
+                                          evidence.results, evidence.norm.values, evidence.slope), evidence.metric)
+    ctx.sink.data(report, lambda c: render_verdict(c, report))
+    ctx.sink.hint(verdict_hint(report, adopt_note(ctx, report)))
+    return 0
 
 
 def verdict_payload(ctx: Context, wave: WaveRow) -> dict[str, Any]:
@@ -182,30 +284,57 @@ def _print_verdict(ctx: Context, wave: WaveRow) -> int:
         ctx.sink.info(f"added the seed pairs {wave.id} still needs")
     report = verdict_payload(ctx, wave)
     ctx.sink.data(report, lambda c: render_verdict(c, report))
-    ctx.sink.hint(verdict_hint(report))
+    if report["complete"]:
+        ctx.ledger.mark_read(wave.id)  # `fleet next` stops listing it as unread
+    ctx.sink.hint(verdict_hint(report, adopt_note(ctx, report)))
     return 0
 
 
-def verdict_hint(report: Mapping[str, Any]) -> str:
-    """The next step a verdict report calls for, with real ids."""
+def adopt_note(ctx: Context, report: Mapping[str, Any]) -> str:
+    """What adopting the report's best keep writes: its knob values, into which preset's defaults of which file."""
+    exp = ctx.ledger.experiment(report["best_keep"]) if report.get("best_keep") else None
+    if exp is None:
+        return ""
+    cand = next(c for c in report["candidates"] if c["experiment"] == exp.id)
+    knobs = " ".join(f"{k}={v}" for k, v in cand["changes"].items() if v is not None)
+    workload = workload_for(ctx.workspace.root, ctx.config)
+    script = f"{workload.prefix}/{workload.script}" if workload.prefix else workload.script
+    wave = ctx.ledger.wave(exp.wave_id)
+    if (wave.spec.get("knobs") if wave else "env") == "constants":
+        where = f"the constants of {script}"
+    else:
+        preset = preset_of(exp, ctx.ledger.result(exp.id))
+        where = (f"the `{preset}` preset's Knob(...) defaults in {script}" if preset
+                 else f"{script} (the preset it ran with is unknown: add --preset gpu|cpu|tiny)")
+    return f"writes {knobs} into {where}" if knobs else f"merges its code change into {script}"
+
+
+def verdict_hint(report: Mapping[str, Any], adopt: str = "") -> str:
+    """The next step a verdict report calls for, with real ids; ``adopt`` says what adopting the keep writes."""
     wave = report["wave"]
     if report["unfinished"] or report["undecided"]:
         return f"`fleet wait {wave}`: {report['undecided']} candidate(s) still need seed pairs; then `fleet verdict {wave}`"
     if report["best_keep"]:
         if report.get("recheck"):
             return f"the best still beats the original baseline; carry on from {report['best_keep']}"
-        return (f"`fleet adopt {report['best_keep']}` keeps the best winner's code; later, `fleet recheck` re-runs "
-                "the current best against the original baseline")
+        return (f"`fleet adopt {report['best_keep']}` keeps the best winner" + (f" ({adopt})" if adopt else "")
+                + "; later, `fleet recheck` re-runs the current best against the original baseline")
     if report.get("recheck"):
         best = report["candidates"][0]
         return (f"the current best ({best['label']}) is not shown better than the original baseline here: its gains "
                 f"may not add up; `fleet ablate {best['experiments'][0]}` shows which of its changes still help")
     stuck = [c for c in report["candidates"] if c["verdict"] == "inconclusive"]
-    if stuck and report.get("parent") and not report.get("recheck"):
-        need = max((c["pairs_for_power"] or 0) for c in stuck)
-        cap = max(need, report["rule"]["max_seeds"] * 2)
-        return (f"`fleet promote {report['parent']} --max-seeds {cap}` continues the inconclusive ones (their pairs "
-                f"so far count); or move on: nothing here is shown better by {report['rule']['min_effect']:g}")
+    if stuck and report.get("kind") == "grid":
+        chosen = " ".join(c["experiment"] for c in stuck if (c["gain"] or 0) > 0 and c["experiment"])
+        if chosen:
+            return (f"`fleet promote --experiments {chosen}` validates the promising inconclusive ones on more seeds; "
+                    "or move on")
+        return "nothing here is shown better than the baseline; screen new ideas (`fleet next` names the file)"
+    if stuck and not report.get("recheck"):
+        need = max((c["pairs_for_power"] or 0) - c["n"] for c in stuck)
+        add = min(max(need, 4), 32)
+        return (f"`fleet promote {wave} --add-seeds {add}` continues the inconclusive ones (their pairs so far "
+                f"count); or move on: nothing here is shown better by {report['rule']['min_effect']:g}")
     return "no candidate is kept; screen new ideas (`fleet wave FILE`)"
 
 

@@ -16,6 +16,7 @@ from rich.progress import (
 from rich.text import Text
 
 from fleet.cli.context import CONTROLLER_HOOKS, Context
+from fleet.cli.next_cmds import next_hint
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
 from fleet.core.daemon import controller_running, ensure_controller
 from fleet.core.drain import drain_estimate
@@ -160,15 +161,36 @@ def wait_for(ctx: Context, wave: str | None, timeout: float | None) -> int:
     held = ctx.ledger.counts(wave).get("held", 0)
     if held:
         ctx.sink.hint(f"{held} experiments are held by the budget cap: `fleet release` runs them")
-    else:
-        screens = [w for w in ctx.ledger.waves() if w.kind == "grid" and (wave is None or w.id == wave)]
-        if screens:
-            ctx.sink.hint(f"`fleet promote {screens[-1].id}` validates its best configurations against its baseline, "
-                          "seed pair by seed pair")
-        elif wave is not None:
-            ctx.sink.hint(f"`fleet verdict {wave}` judges it" if ctx.ledger.wave(wave).kind == "promote"
-                          else f"`fleet ablation {wave}` says what each change is worth")
+        return 0
+    hint = wave_hint(ctx, wave) if wave is not None else None
+    if hint is None:
+        hint = next_hint(ctx)
+    if hint:
+        ctx.sink.hint(hint)
     return 0
+
+
+def wave_hint(ctx: Context, wave_id: str) -> str | None:
+    """The step that follows a finished wave, by its kind, with its id (None: ask `fleet next`)."""
+    ledger = ctx.ledger
+    wave = ledger.wave(wave_id)
+    if wave is None:
+        return None
+    if wave.kind == "promote":
+        return f"`fleet verdict {wave.id}` judges it"
+    if wave.kind == "ablate":
+        return f"`fleet ablation {wave.id}` says what each change is worth"
+    if wave.kind != "grid" or any(w.parent == wave.id and w.kind == "promote" for w in ledger.waves()):
+        return None
+    mine = ledger.experiments(wave=wave.id)
+    base = {e.config_key for e in mine if e.description.strip().lower() == "baseline"}
+    if not any(e.state == ExperimentState.DONE and e.config_key not in base for e in mine):
+        return None
+    seeded = base and len({e.seed for e in mine if e.config_key in base}) >= 2
+    also = f"; with its {len({e.seed for e in mine})} seeds, `fleet verdict {wave.id}` judges each configuration " \
+           "on its own seed pairs" if seeded else ""
+    return f"`fleet promote {wave.id}` validates its best configurations against its baseline, seed pair by seed " \
+           f"pair{also}"
 
 
 def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
@@ -190,7 +212,7 @@ def wait_until_idle(ctx: Context, minutes: float, timeout: float | None) -> int:
         if not ledger.clusters([ClusterState.UP]):
             raise FleetError("no clusters are up; `fleet up` brings them up (the local backend starts its slots "
                              "with the first wave)")
-        estimate = drain_estimate(ledger, tiers, time.time())
+        estimate = drain_estimate(ledger, tiers, time.time(), backfill=False)  # backfill yields to new work
         soon = sorted((seconds, name) for name, seconds in estimate.items() if seconds <= minutes * 60)
         if soon:
             counts = ledger.counts()
@@ -200,8 +222,7 @@ def wait_until_idle(ctx: Context, minutes: float, timeout: float | None) -> int:
                        "pending": counts.get("pending", 0), "running": counts.get("running", 0)}
             ctx.sink.data(payload, lambda c: [c.print(Text(plain(f"{n}  runs dry in {s / 60:.1f} min")))
                                               for s, n in soon])
-            ctx.sink.hint(f"{len(soon)} clusters run out of work within {minutes:g} min: submit the next wave "
-                          "(`fleet wave FILE`) or promote (`fleet promote WAVE`)")
+            ctx.sink.hint(next_hint(ctx) or f"{len(soon)} clusters run out of work within {minutes:g} min")
             return 0
         if ledger.has_unfinished_work() and not controller_running(ctx.workspace):
             if spawned_at is None or time.time() - spawned_at > 10:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from fleet.cli import wait_cmds
 from fleet.cli.context import CONTROLLER_HOOKS, Context
+from fleet.cli.next_cmds import next_hint
 from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research commands
     UNFINISHED,
     already_queued,
@@ -227,7 +228,7 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     if ledger.has_unfinished_work():
         ctx.sink.hint("the rest of the queue goes on; `fleet status` shows it")
     else:
-        ctx.sink.hint("nothing is queued now — submit a wave (`fleet wave FILE`) or tear down (`fleet down --all -y`)")
+        ctx.sink.hint(next_hint(ctx) or "nothing is queued now; `fleet down --all -y` tears the clusters down")
     return 0
 
 

@@ -5,6 +5,7 @@ of the local backend costs nothing unless a price for `cpu` is configured.
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ def ledger_usages(ledger: Ledger, wave: str | None = None) -> list[Usage]:
             if r.gpu_seconds is not None]
 
 
-def cost_summary(ledger: Ledger, config: FleetConfig, wave: str | None = None) -> dict:
+def cost_summary(ledger: Ledger, config: FleetConfig, wave: str | None = None, now: float | None = None) -> dict:
+    """Spend (of a wave, or all), the cap, and for the whole fleet what backfill used and how long GPUs idled."""
     summary = spend(ledger_usages(ledger, wave), config.prices)
     summary["cap_gpu_hours"] = config.max_gpu_hours
+    if wave is None:
+        summary["backfill"] = backfill_summary(ledger, config, time.time() if now is None else now)
     return summary
 
 
@@ -66,6 +70,40 @@ def ledger_usages_by_wave(ledger: Ledger) -> dict[str, list[Usage]]:
     return out
 
 
+def idle_gpu_hours(available: Mapping[str, tuple[float, float]], busy: Iterable[tuple[str, float, float]]) -> float:
+    """GPU-hours clusters were up with nothing running: each cluster's (up since, gone at or now) less the
+    (cluster, start, end) spans of its jobs within it (a cluster runs one job at a time; overlaps count once)."""
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for cluster, start, end in busy:
+        if cluster in available:
+            lo, hi = available[cluster]
+            if min(end, hi) > max(start, lo):
+                spans[cluster].append((max(start, lo), min(end, hi)))
+    idle = 0.0
+    for cluster, (lo, hi) in available.items():
+        covered, reach = 0.0, lo
+        for start, end in sorted(spans[cluster]):
+            if end > reach:
+                covered += end - max(start, reach)
+                reach = end
+        idle += max(0.0, hi - lo - covered)
+    return idle / 3600
+
+
+def backfill_summary(ledger: Ledger, config: FleetConfig, now: float) -> dict:
+    """Backfill's GPU-hours (spent and still expected), its cap, and the idle GPU-hours of the fleet so far."""
+    spent = ledger.select(
+        "SELECT COALESCE(SUM(r.gpu_seconds), 0) AS s FROM results r JOIN experiments e ON e.id = r.experiment_id"
+        " JOIN waves w ON w.id = e.wave_id WHERE w.backfill = 1")[0]["s"] / 3600
+    waves = ledger.select("SELECT COUNT(*) AS n FROM waves WHERE backfill = 1")[0]["n"]
+    available = {c.name: (c.created_at, now if c.state.value in ("up", "provisioning") else c.updated_at)
+                 for c in ledger.clusters()}
+    busy = [(a.cluster, a.started_at, a.ended_at if a.ended_at is not None else now)
+            for a in ledger.attempts() if a.started_at is not None]
+    return {"enabled": config.backfill.enabled, "cap_gpu_hours": config.backfill.max_gpu_hours,
+            "gpu_hours": spent, "waves": waves, "idle_gpu_hours": idle_gpu_hours(available, busy)}
+
+
 def describe_spend(summary: Mapping) -> str:
     """One line for people: total, per accelerator, and the cap when there is one."""
     parts = [f"{summary['gpu_hours']:.2f} GPU-hours, ${summary['dollars']:.2f}"]
@@ -77,4 +115,9 @@ def describe_spend(summary: Mapping) -> str:
         parts.append(f"of a {cap:g} GPU-hour cap ({100 * summary['gpu_hours'] / cap:.0f}% used)")
     if summary.get("unpriced"):
         parts.append(f"— no price for {', '.join(summary['unpriced'])} (set `prices:` in fleet.yaml)")
+    fill = summary.get("backfill")
+    if fill:
+        state = f"of a {fill['cap_gpu_hours']:g} cap" if fill["enabled"] else "(off)"
+        parts.append(f"· backfill {fill['gpu_hours']:.2f} GPU-hours {state} · idle {fill['idle_gpu_hours']:.2f} "
+                     "GPU-hours")
     return " ".join(parts)

@@ -195,6 +195,9 @@ def recheck_option(waves: Sequence[WaveRow], experiments: Sequence[ExperimentRow
     rechecked = [w for w in waves if is_validation(w) and w.spec.get("recheck")]
     if any((best.code, best.config_key) in _candidates_of(w, experiments) for w in rechecked):
         return None
+    kept_in = next(w for w in waves if w.id == best.wave_id)
+    if any((w.created_at, w.id) > (kept_in.created_at, kept_in.id) for w in rechecked):
+        return None  # re-checked since that keep: pooled runs may reorder tied keeps, which is no new best
     v = config.verdicts
     rule = Rule(v.alpha, v.min_effect, v.max_seeds, min(v.first_look, v.max_seeds), "sequential", v.step_mismatch)
     try:

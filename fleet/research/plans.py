@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.core.expand import PlannedExperiment, config_key, env_value
+from fleet.core.expand import PlannedExperiment, config_key, env_value, variant_of
 from fleet.core.ledger_rows import ExperimentRow, ResultRow, WaveRow
 from fleet.errors import FleetError, InputError
 from fleet.research.ablate import find_changes
 from fleet.research.normalize import LeaderboardRow, NormalizedRecord, rank
 from fleet.research.normalize_view import run_record
-from fleet.research.promote import rule_spec, select_candidates
+from fleet.research.promote import rule_from_spec, rule_spec, select_candidates
 from fleet.research.stats import finite
 from fleet.research.verdicts import Rule
 from fleet.types import ExperimentState
@@ -226,8 +226,93 @@ def plan_continuation(wave: WaveRow, config_key: str, rule: Rule, first_seed: in
     return WavePlan(planned_runs(new, range(first_seed, first_seed + seeds)), new, wave.snapshot)
 
 
+def plan_more_seeds(wave: WaveRow, config_keys: Sequence[str], pairs_so_far: int, add: int,
+                    first_seed: int) -> WavePlan:
+    """``add`` more seed pairs for these candidates of a finished validation wave (`fleet promote WAVE
+    --add-seeds N`): the same baseline, code and rule, with the cap raised to ``pairs_so_far + add`` so that
+    the pairs already run count (pooled) and the new ones are looked at under the same design."""
+    spec = wave.spec
+    chosen = [c for c in spec["candidates"] if c["config_key"] in set(config_keys)]
+    if not chosen:
+        raise InputError(f"none of {', '.join(config_keys)} is a candidate of {wave.id}")
+    rule = rule_from_spec(spec)
+    cap = pairs_so_far + add
+    new_rule = Rule(rule.alpha, rule.min_effect, cap, min(rule.first_look, cap), rule.design, rule.mismatch)
+    new = {**spec, "name": f"{wave.id}-more", "candidates": chosen, "rule": rule_spec(new_rule), "seeds": add,
+           "first_seed": first_seed, "pooled": True, "added_to": wave.id}
+    new.pop("backfill", None)
+    return WavePlan(planned_runs(new, range(first_seed, first_seed + add)), new, wave.snapshot)
+
+
+def plan_chosen(wave: WaveRow, chosen: Sequence[ExperimentRow], baseline: Baseline, rule: Rule,
+                key: Keyer = config_key) -> WavePlan:
+    """A validation wave of configurations the agent picked (`fleet promote --experiments EXP…`) against
+    ``baseline``; ``wave`` is the first one's wave (its code runs the baseline). Each candidate runs its own
+    code; the waves they came from are not evidence (their runs are why they were picked)."""
+    baseline_key = baseline.config_key or key(baseline.config)
+    candidates, seen = [], {baseline_key}
+    for exp in chosen:
+        if exp.config_key in seen:
+            if exp.config_key == baseline_key:
+                raise InputError(f"{exp.id} is the baseline's configuration ({baseline.source}) once defaults are "
+                                 "filled in: it cannot be validated against itself")
+            continue
+        seen.add(exp.config_key)
+        candidates.append({
+            "config_key": exp.config_key, "config": dict(exp.config), "label": exp.label or exp.description or exp.id,
+            "description": exp.description, "screen_value": None, "screen_experiments": [exp.id],
+            # a code variant finds its code (and the base adopt merges from) by name; other code is pinned
+            "snapshot": None if variant_of(exp.config) is not None or exp.code == wave.snapshot else exp.code,
+        })
+    seeds = rule.max_n if rule.design == "fixed" else rule.first_look
+    spec = {
+        "name": f"{wave.id}-promote", "source_wave": wave.id,
+        "source_waves": sorted({e.wave_id for e in chosen}), "seeds": seeds, "top": len(candidates),
+        "sorted_by": "chosen", "rule": rule_spec(rule), "pooled": True,
+        "baseline": {"config": dict(baseline.config), "config_key": baseline_key, "source": baseline.source,
+                     "experiment": baseline.experiment},
+        "candidates": candidates,
+    }
+    return WavePlan(planned_runs(spec, range(seeds)), spec, wave.snapshot)
+
+
+def grid_verdict_spec(wave: WaveRow, experiments: Sequence[ExperimentRow], baseline: Baseline, rule: Rule,
+                      key: Keyer = config_key) -> dict[str, Any]:
+    """A seeded grid wave read as a validation: every configuration against the wave's baseline on the
+    wave's own seed pairs, one look (the wave planned its seeds), Holm over all its configurations
+    (nothing was picked first, so no winner's curse). Raises when the wave cannot say."""
+    mine = [e for e in experiments if e.wave_id == wave.id]
+    baseline_key = baseline.config_key or key(baseline.config)
+    base_runs = [e for e in mine if e.config_key == baseline_key]
+    if not base_runs:
+        raise InputError(f"wave {wave.id!r} has no baseline run to compare with (add `{{description: baseline}}` "
+                         f"to its experiments, or `fleet promote {wave.id}` validates its best against one)")
+    seeds = len({e.seed for e in base_runs})
+    if seeds < 2:
+        raise InputError(f"wave {wave.id!r} ran one seed per configuration: a verdict needs at least 2 seed pairs "
+                         f"(`seeds: 3` in the wave file), or `fleet promote {wave.id}` validates its best on more seeds")
+    by_key: dict[str, ExperimentRow] = {}
+    for e in mine:
+        if e.config_key != baseline_key:
+            by_key.setdefault(e.config_key, e)
+    if not by_key:
+        raise InputError(f"wave {wave.id!r} has no configuration other than its baseline ({baseline.source})")
+    fixed = Rule(rule.alpha, rule.min_effect, seeds, seeds, "fixed", rule.mismatch)
+    return {
+        "name": wave.id, "source_wave": None, "seeds": seeds, "grid": True, "rule": rule_spec(fixed), "pooled": False,
+        "baseline": {"config": dict(baseline.config), "config_key": baseline_key, "source": baseline.source,
+                     "experiment": baseline.experiment},
+        "candidates": [{"config_key": k, "config": dict(e.config), "label": e.label or e.description or k,
+                        "description": e.description, "screen_value": None, "screen_experiments": []}
+                       for k, e in by_key.items()],
+    }
+
+
 __all__ = [
     "BASELINE_DESCRIPTION",
+    "grid_verdict_spec",
+    "plan_chosen",
+    "plan_more_seeds",
     "Baseline",
     "WavePlan",
     "changes_vs",

@@ -74,7 +74,7 @@ def evaluate_wave(
     common = dict(accelerator=one, normalized=normalized, wave=wave.id, pooled=pooled)
     base_runs = runs_of(base_arm, experiments, results, **common)
     slope = slope_for(experiments, results, one, fleet_slope) if one is not None else None
-    source = frozenset({spec["source_wave"]}) if spec.get("source_wave") else frozenset()
+    source = frozenset({spec["source_wave"]} if spec.get("source_wave") else ()) | frozenset(spec.get("source_waves", ()))
     pairing = pairing_of(mine)
     comparisons = []
     for c in spec["candidates"]:
