@@ -68,6 +68,9 @@ CANDIDATE_KEYS = {"rank", "label", "config", "changes", "config_key", "experimen
 @pytest.fixture
 def fleet(tmp_path, monkeypatch, capsys):
     runner = make_project(tmp_path, monkeypatch, capsys, slots="H100,H200")
+    # These tests count the runs each verdict rests on; backfill (tests/test_backfill.py) would add runs of the
+    # same configurations on idle slots, which verdicts pool.
+    runner.write("fleet.yaml", "backfill: {enabled: false}\n")
     yield runner
     teardown(runner)
 
@@ -136,7 +139,12 @@ def test_sequential_validation_adds_pairs_until_each_candidate_is_decided(fleet)
     assert len([e for e in exps if e.config_key == same["config_key"]]) == 5
     assert len([e for e in exps if e.config_key == worse["config_key"]]) < 5  # stopped early (plus pairs in flight)
     code, _, err = fleet("verdict", "noisy-promote")
-    assert f"fleet promote noisy --max-seeds {max(same['pairs_for_power'], 10)}" in err
+    hinted = err.split("`")[1]
+    assert hinted.startswith("fleet promote noisy-promote --add-seeds ")
+    more = fleet.json(*hinted.split()[1:])  # the hint runs: more pairs for the inconclusive one only
+    assert more["wave"] == "noisy-promote-more" and [c["config_key"] for c in more["candidates"]] == [same["config_key"]]
+    added = int(hinted.split()[-1])
+    assert more["rule"]["max_seeds"] == 5 + added and more["experiments"] == 2 * added
 
 
 def test_promote_without_wait_and_options(fleet):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.syntax import Syntax
+from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.core import knob_block
@@ -37,6 +37,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_schema)
 
 
+def diff_text(diff: str) -> Text:
+    """A unified diff coloured line by line, as plain text: no padding to the terminal's width (rich's
+    Syntax pads every line with spaces), no markup, controls made visible."""
+    out = Text()
+    for line in plain(diff, one_line=False).splitlines():
+        style = ("bold" if line.startswith(("+++", "---", "diff ")) else "green" if line.startswith("+")
+                 else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else "")
+        out.append(line + "\n", style=style)
+    out.rstrip()
+    return out
+
+
 def _snapshot_of(ctx: Context, ref: str) -> str:
     exp = ctx.ledger.experiment(ref)
     if exp is not None:
@@ -53,7 +65,7 @@ def cmd_diff(ctx: Context, args: argparse.Namespace) -> int:
     prefix = workload_for(ctx.workspace.root, ctx.config).prefix
     text = snapshot_diff(ctx.workspace.snapshots, a, b, prefix=prefix)
     ctx.sink.data({"a": args.a, "b": args.b, "snapshot_a": a, "snapshot_b": b, "diff": text},
-                  lambda c: c.print(Syntax(plain(text, one_line=False), "diff") if text else f"same code (snapshot {a})"))
+                  lambda c: c.print(diff_text(text) if text else f"same code (snapshot {a})"))
     return 0
 
 
@@ -111,7 +123,7 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
 
     def render(console) -> None:
         if args.dry_run:
-            console.print(Syntax(adoption.diff, "diff") if adoption.diff else f"{exp.id}: nothing to change")
+            console.print(diff_text(adoption.diff) if adoption.diff else f"{exp.id}: nothing to change")
             return
         console.print(f"adopted {exp.id}: {len(shown)} file(s) changed" + "".join(f"\n  {p}" for p in shown),
                       markup=False)

@@ -126,14 +126,14 @@ def render_status(console: Console, payload: dict) -> None:
         console.print(styled(("last replacement launch failed: ", "yellow"), size["last_failure"]))
     waves = Table(title="waves" if payload.get("track") is None else f"waves of track {payload['track'] or '(default)'}",
                   title_justify="left")
-    for col in ("wave", "track", "tier", "prio", "progress", "pending", "running", "done", "crash"):
+    for col in ("wave", "track", "tier", "prio", "progress", "pending", "running", "done", "crash", "cancel"):
         waves.add_column(col)
     for w in payload["waves"]:
         n = w["counts"]
         waves.add_row(Text(plain(w["id"] + (" [backfill]" if w.get("backfill") else ""))), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
-                      f"{w['finished']}/{w['total']}",
+                      f"{w['finished'] - n.get('cancelled', 0)}/{w['total']}",  # a cancelled run did not run
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
-                      str(n.get("crash", 0) + n.get("timeout", 0)))
+                      str(n.get("crash", 0) + n.get("timeout", 0)), str(n.get("cancelled", 0)))
     console.print(waves)
     if payload["best"]:
         b = payload["best"]
@@ -163,6 +163,7 @@ def results_tsv(ctx: Context, wave: str | None, limit: int | None = None) -> str
     experiments = ledger.experiments(wave=wave)
     results = ledger.results(wave=wave)
     status = verdict_status(experiments, *configuration_verdicts(ctx, validation_reports(ctx)))
+    backfill = set(ledger.backfill_waves())
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["experiment", "val_bpb", "memory_gb", "status", "description"])
@@ -172,6 +173,7 @@ def results_tsv(ctx: Context, wave: str | None, limit: int | None = None) -> str
         mem = f"{res.peak_memory_mb / 1024:.1f}" if res and res.peak_memory_mb is not None else "0.0"
         run = f"SEED={exp.seed}" if exp.seeding == SEEDED else f"replicate {exp.seed}"  # no SEED knob: replicates
         description = plain(" ".join(f"{exp.label or exp.description or 'base'} {run}".split()))
+        description = f"[backfill] {description}" if exp.wave_id in backfill else description
         writer.writerow([exp.id, bpb, mem, status[exp.id], description])
     return buf.getvalue()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.cli.context import Context
-from fleet.cli.results_view import leaderboard_payload, validation_reports
+from fleet.cli.results_view import ablation_reports, leaderboard_payload, validation_reports
 from fleet.core import knob_block
 from fleet.core.budget import budget_left
 from fleet.core.drain import drain_forecast
@@ -17,7 +17,9 @@ from fleet.core.ledger_rows import ExperimentRow, WaveRow
 from fleet.core.schedule import ClusterSlot, eligible_clusters
 from fleet.core.workload import workload_for
 from fleet.observe.cost import cost_summary
+from fleet.observe.report import AdoptedChange
 from fleet.observe.next_steps import (
+    HORIZON_S,
     Adopted,
     AdoptTarget,
     Budget,
@@ -27,9 +29,7 @@ from fleet.observe.next_steps import (
     LoopState,
     WaveView,
 )
-from fleet.research.ablation_plans import ablation_report
 from fleet.research.backfill import backfill_spend
-from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import BASELINE_DESCRIPTION
 from fleet.types import ClusterState, ExperimentState
 
@@ -81,7 +81,7 @@ def _config_view(config: dict[str, Any] | None) -> ConfigView | None:
                       config["experiments"][0], config["code"], config["config_key"])
 
 
-def gather(ctx: Context, track: str | None = None, now: float | None = None) -> Gathered:
+def gather(ctx: Context, track: str | None = None, now: float | None = None, horizon_s: float = HORIZON_S) -> Gathered:
     ledger, config = ctx.ledger, ctx.config
     now = time.time() if now is None else now
     tiers = {name: tier.accelerators for name, tier in config.tiers.items()}
@@ -98,6 +98,7 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None) -> 
                                     own.dry_in.get(c.name) if c.state == ClusterState.UP else None, c.replaces,
                                     eligible))
     all_waves = ledger.waves()
+    by_id = {w.id: w for w in all_waves}
     waves = [w for w in all_waves if track is None or w.track == track]
     experiments = ledger.experiments()
     code = {e.id: e.code for e in experiments}
@@ -113,7 +114,8 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None) -> 
         complete = unfinished == 0 and (report is None or report["complete"])
         drop: tuple[str, ...] = ()
         if w.kind == "ablate" and complete:
-            ablations[w.id] = _ablation(ctx, w, experiments)
+            if not ablations:
+                ablations = {r["wave"]: r for r in ablation_reports(ctx)}
             drop = tuple(ablations[w.id]["drop"])
         base_keys = {e.config_key for e in mine if e.description.strip().lower() == BASELINE_DESCRIPTION}
         promotable = w.kind == "grid" and any(e.state == ExperimentState.DONE and e.config_key not in base_keys
@@ -123,7 +125,8 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None) -> 
             w.id, w.kind, w.tier, w.track, w.backfill, w.parent, sum(counts.values()), unfinished,
             counts.get("done", 0), counts.get("crash", 0) + counts.get("timeout", 0), counts.get("cancelled", 0),
             counts.get("held", 0), eta, complete, w.id in reads, bool(w.spec.get("recheck")),
-            _candidates(report, code) if report else (), drop, promotable, w.created_at, w.spec.get("experiment")))
+            _candidates(report, code) if report else (), drop, promotable, w.created_at, w.spec.get("experiment"),
+            _code_taken_at(w, by_id)))
     board = leaderboard_payload(ctx, None)
     in_track = {e.id for e in experiments if e.wave_id in {w.id for w in waves}}
     configs = [c for c in board["configs"] if c["rank"] is not None and (track is None or in_track & set(c["experiments"]))]
@@ -153,14 +156,19 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None) -> 
         tuple(clusters), tuple(views), config.queue_depth, best, baseline, ran_at, adopted, budget, targets,
         validate_tier="validate" if "validate" in config.tiers else screen, screen_tier=screen,
         controller_error=(ledger.get_meta("controller_error") or None),
-        next_wave_file=next_wave_file(ctx, not any(not w.backfill for w in all_waves)), track=track)
+        next_wave_file=next_wave_file(ctx, not any(not w.backfill for w in all_waves)), track=track,
+        horizon_s=horizon_s)
     return Gathered(state, waves, experiments, reports, ablations, board, adoption_rows)
 
 
-def _ablation(ctx: Context, wave: WaveRow, experiments: list[ExperimentRow]) -> dict[str, Any]:
-    higher = ctx.config.metric.higher_is_better
-    norm = normalized_for(ctx.ledger, ctx.config.reference_accelerator, higher)
-    return ablation_report(wave, experiments, research_results(ctx.ledger.results(), higher), norm.values)
+def _code_taken_at(wave: WaveRow, by_id: dict[str, WaveRow]) -> float:
+    """When the code a wave's candidates start from was taken: its first ancestor that is not a promote wave
+    (a screen snapshots the working tree; its promotions and their continuations reuse that code)."""
+    seen = set()
+    while wave.kind == "promote" and wave.parent in by_id and wave.parent not in seen:
+        seen.add(wave.id)
+        wave = by_id[wave.parent]
+    return wave.created_at
 
 
 def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow],
@@ -175,3 +183,23 @@ def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow],
     latest = max(runs, key=lambda e: (e.finished_at or 0.0, e.id))
     match = next((c for c in configs if c["code"] == latest.code and c["config_key"] == latest.config_key), None)
     return _config_view(match), max(e.finished_at or 0.0 for e in runs)
+
+
+def adopted_changes(rows: list, reports: dict[str, dict[str, Any]], experiments: list[ExperimentRow]) -> list[AdoptedChange]:
+    """The ledger's adoption records, each with the keep verdict behind it (the journal's and the report's table)."""
+    verdict_of: dict[str, str] = {}
+    for report in reports.values():
+        for c in report["candidates"]:
+            if c["verdict"] == "keep" and c["experiment"]:
+                delta = f"Δ {c['delta']:+.4f}, " if c["delta"] is not None else ""
+                verdict_of[c["experiment"]] = f"keep in {report['wave']} ({delta}{c['n']} pairs)"
+    labels = {e.id: e.label or e.description or e.id for e in experiments}
+    out = []
+    for a in rows:
+        written = ", ".join(f"{d['knob']} {d['from']} -> {d['to']}" for d in a.defaults)
+        where = f" (preset {a.preset})" if a.preset and written else ""
+        out.append(AdoptedChange(time.strftime("%Y-%m-%d %H:%M", time.localtime(a.adopted_at)), a.experiment_id,
+                                 labels.get(a.experiment_id, a.experiment_id),
+                                 verdict_of.get(a.experiment_id, "no keep verdict on record"),
+                                 (written + where) if written else "code only"))
+    return out

@@ -17,11 +17,12 @@ from rich.console import Console
 from rich.text import Text
 
 from fleet.cli.context import Context
-from fleet.cli.loop_state import Gathered, gather
+from fleet.cli.loop_state import Gathered, adopted_changes, gather
 from fleet.cli.output import styled
+from fleet.cli.arg_types import positive_minutes
 from fleet.errors import InputError
-from fleet.observe.journal import AdoptionLine, merge, render_section, tried_ideas
-from fleet.observe.next_steps import NextReport, next_actions
+from fleet.observe.journal import merge, render_section, tried_ideas
+from fleet.observe.next_steps import HORIZON_S, NextReport, next_actions
 from fleet.plain_text import plain
 
 DEFAULT_JOURNAL = Path("journal.md")
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("next", parents=[common],
                        help="the state of the research loop and the next actions, most urgent first, with real ids")
     p.add_argument("--track", default=None, help="only this track's waves (\"\" for the default track)")
+    p.add_argument("--horizon", type=positive_minutes("--horizon"), default=HORIZON_S / 60, metavar="MINUTES",
+                   help="a cluster that runs dry within this many minutes needs work now (default 5)")
     p.set_defaults(func=cmd_next)
 
     p = sub.add_parser("journal", parents=[common],
@@ -101,7 +104,7 @@ def render_next(console: Console, payload: dict[str, Any]) -> None:
 
 def cmd_next(ctx: Context, args: argparse.Namespace) -> int:
     _check_track(ctx, args.track)
-    g = gather(ctx, args.track)
+    g = gather(ctx, args.track, horizon_s=args.horizon * 60)
     report = next_actions(g.state)
     payload = next_payload(g, report)
     ctx.sink.data(payload, lambda c: render_next(c, payload))
@@ -122,35 +125,6 @@ def next_hint(ctx: Context, track: str | None = None) -> str | None:
 # ---- fleet journal -----------------------------------------------------------------------------------
 
 
-def _adoption_lines(g: Gathered) -> list[AdoptionLine]:
-    verdict_of: dict[str, str] = {}
-    for report in g.reports.values():
-        for c in report["candidates"]:
-            if c["verdict"] == "keep" and c["experiment"]:
-                interval = (f" [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c["ci_low"] is not None
-                            and c["ci_high"] is not None else "")
-                delta = f"Δ {c['delta']:+.4f}{interval}, " if c["delta"] is not None else ""
-                verdict_of[c["experiment"]] = f"keep in {report['wave']} ({delta}{c['n']} pairs)"
-    labels = {e.id: e.label or e.description for e in g.experiments}
-    out = []
-    for a in g.state.adopted:
-        row = next((r for r in g.board["rows"] if r["experiment"] == a.experiment), None)
-        written = ", ".join(f"{d['knob']} {d['from']} -> {d['to']}" for d in _defaults_of(g, a.experiment))
-        where = f"preset {a.preset} defaults: " if a.preset else ""
-        out.append(AdoptionLine(time.strftime("%Y-%m-%d %H:%M", time.localtime(a.at)), a.experiment,
-                                labels.get(a.experiment) or (row or {}).get("label") or "-",
-                                verdict_of.get(a.experiment, "no keep verdict on record"),
-                                (where + written) if written else "code only"))
-    return out
-
-
-def _defaults_of(g: Gathered, experiment: str) -> list[dict[str, Any]]:
-    for row in reversed(g.adoption_rows):
-        if row.experiment_id == experiment:
-            return list(row.defaults)
-    return []
-
-
 def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     _check_track(ctx, args.track)
     g = gather(ctx, args.track)
@@ -159,7 +133,8 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     baselines = {e.id for e in g.experiments if e.description.strip().lower() == "baseline"}
     ideas = tried_ideas(g.waves, g.board["rows"], g.reports, {a.experiment for a in g.state.adopted}, code, baselines)
     section = render_section(generated=time.strftime("%Y-%m-%d %H:%M"), state=g.state, report=report, ideas=ideas,
-                             adoptions=_adoption_lines(g), metric=ctx.config.metric.name)
+                             adoptions=adopted_changes(g.adoption_rows, g.reports, g.experiments),
+                             metric=ctx.config.metric.name)
     path = args.output
     try:
         existing = path.read_text() if path.exists() else None

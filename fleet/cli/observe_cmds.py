@@ -12,7 +12,9 @@ from pathlib import Path
 
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
-from fleet.cli.results_view import leaderboard_payload, validation_reports
+from fleet.cli.loop_state import adopted_changes
+from fleet.cli.results_view import ablation_reports, leaderboard_payload, validation_reports
+from fleet.core.drain import start_overhead_s
 from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
 from fleet.observe.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
@@ -29,6 +31,7 @@ from fleet.observe.plot import PlotData, plot_data, render_png
 from fleet.observe.report import (
     PROMOTE_KIND,
     ConfigVerdict,
+    ablations_from_reports,
     render_report,
     verdicts_from_reports,
 )
@@ -73,7 +76,7 @@ def wave_lines(ctx: Context, waves_payload: list[dict], wave: str | None = None)
             continue
         c = costs.get(w["id"], {"gpu_hours": 0.0, "dollars": 0.0})
         out.append(WaveLine(w["id"], w["kind"], w["tier"], w["total"], w["finished"], w["counts"],
-                            c["gpu_hours"], c["dollars"], caps.get(w["id"])))
+                            c["gpu_hours"], c["dollars"], caps.get(w["id"]), bool(w.get("backfill"))))
     return tuple(out)
 
 
@@ -87,6 +90,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
     waves = {w.id: w for w in ledger.waves()}
     attempts = ledger.attempts()
     running = {a.cluster: a for a in attempts if a.state == "running"}
+    overhead = start_overhead_s(ledger)
     clusters = []
     for c in status["clusters"]:
         run, elapsed, budget = running.get(c["name"]), None, None
@@ -95,7 +99,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
             elapsed = now - (run.started_at or run.submitted_at)
             budget = _budget_s(exp.config.get("TIME_BUDGET"), waves[exp.wave_id].spec.get("default_budget"))
         clusters.append(ClusterLine(c["name"], c["accelerator"], c["state"], c["queue_depth"],
-                                    run.experiment_id if run else None, elapsed, budget, c.get("replaces")))
+                                    run.experiment_id if run else None, elapsed, budget, c.get("replaces"), overhead))
     results = ledger.results()
     crashed = sorted((e for e in experiments.values() if e.state in (ExperimentState.CRASH, ExperimentState.TIMEOUT)),
                      key=lambda e: (e.finished_at or 0.0, e.id), reverse=True)
@@ -206,11 +210,16 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     except FleetError as exc:
         plot_note = f"No plot: {exc}."
         ctx.sink.warn(str(exc))
+    reports = {r["wave"]: r for r in validation_reports(ctx)}
+    adopted = adopted_changes(ledger.adoptions(), reports, ledger.experiments())
+    ablations = ablations_from_reports(r for r in ablation_reports(ctx) if args.wave is None or r["wave"] == args.wave)
     text = render_report(
         generated=time.strftime("%Y-%m-%d %H:%M"), scope=f"wave `{args.wave}`" if args.wave else "all waves",
         waves=wave_lines(ctx, status_payload(ctx)["waves"], args.wave), rows=[Row(**r) for r in board["rows"]], sorted_by=board["sorted_by"],
         calibration=board["calibration"], verdicts=verdicts, cost=cost_summary(ledger, ctx.config, args.wave),
         plot_file=plot_file, plot_note=plot_note, configs=[ConfigRow(**c) for c in board["configs"]],
+        adopted=adopted if args.wave is None else [], ablations=ablations,
+        backfill_waves=frozenset(ledger.backfill_waves()),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

@@ -11,6 +11,7 @@ from fleet.cli.context import Context
 from fleet.observe.leaderboard import build_configs, build_rows
 from fleet.plain_text import plain
 from fleet.research.normalize_view import corrected_for, normalized_for, research_results
+from fleet.research.ablation_plans import ablation_report
 from fleet.research.verdict_report import is_validation, promotion_report
 
 
@@ -26,7 +27,7 @@ def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normaliz
     corrected = {k: sign * v for k, v in steps.values.items()}
     sort = sort_by if any(v is not None for v in normalized.values()) else "raw"
     rows = build_rows(experiments, results, normalized, sort_by=sort, higher_is_better=metric.higher_is_better,
-                      corrected=corrected)
+                      corrected=corrected, backfill_waves=set(ledger.backfill_waves()))
     configs = build_configs(rows, {e.id: e.code for e in experiments}, sort, metric.higher_is_better)
     best = configs[0] if configs and configs[0].rank == 1 else None
     return {
@@ -53,6 +54,18 @@ def validation_reports(ctx: Context) -> list[dict[str, Any]]:
     norm = normalized_for(ledger, ctx.config.reference_accelerator, higher)
     slope = norm.slope.slope if norm.slope is not None else None
     return [promotion_report(w, experiments, results, norm.values, slope) for w in waves]
+
+
+def ablation_reports(ctx: Context) -> list[dict[str, Any]]:
+    """The report of every ablation wave, oldest first (as `fleet ablation` gives them)."""
+    ledger = ctx.ledger
+    waves = [w for w in ledger.waves() if w.kind == "ablate"]
+    if not waves:
+        return []
+    higher = ctx.config.metric.higher_is_better
+    experiments, results = ledger.experiments(), research_results(ledger.results(), higher)
+    norm = normalized_for(ledger, ctx.config.reference_accelerator, higher)
+    return [ablation_report(w, experiments, results, norm.values) for w in waves]
 
 
 def configuration_verdicts(ctx: Context, reports: list[dict[str, Any]]) -> tuple[dict, set]:
@@ -107,6 +120,7 @@ def render_leaderboard(console: Console, payload: dict, limit: int | None = None
         table.add_column(col, justify=justify, no_wrap=col in ("#", "experiment", "val_bpb", "normalized"))
     for row in shown:
         status = row["state"] if not row["reason"] or row["state"] == "done" else f"{row['state']}: {row['reason']}"
+        status = f"backfill · {status}" if row.get("backfill") else status
         cells = [_fmt(row["rank"]), row["experiment"], Text(plain(row["label"] or "(base)"))]
         cells += [str(row["seed"])] if with_seed else []
         cells += [_fmt(row["val_bpb"])] + ([_fmt(row["normalized"])] if with_norm else [])

@@ -15,6 +15,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from fleet.cli.arg_types import positive_minutes, positive_seconds
 from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.cli.next_cmds import next_hint
 from fleet.cli.results_view import leaderboard_payload, render_leaderboard
@@ -39,32 +40,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="return as soon as some cluster would run out of work within MINUTES (default 5), "
                         "so the next wave is queued before the queues drain")
     p.set_defaults(func=cmd_wait)
-
-
-def positive_minutes(flag: str):
-    """An argparse type: a positive number of minutes, or a message naming the flag and the fix."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
-            raise InputError(f"{flag} is {text!r}, but must be a positive number of minutes (e.g. {flag} 5)")
-        return value
-    return parse
-
-
-def positive_seconds(flag: str):
-    """An argparse type: a positive number of seconds, or a message naming the flag and the fix."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
-            raise InputError(f"{flag} is {text!r}, but must be a positive number of seconds (e.g. {flag} 1200)")
-        return value
-    return parse
 
 
 @contextlib.contextmanager

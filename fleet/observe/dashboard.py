@@ -34,6 +34,12 @@ class ClusterLine:
     elapsed_s: float | None = None
     budget_s: float | None = None  # the running experiment's TIME_BUDGET
     replaces: str | None = None  # the lost cluster it was launched to replace
+    overhead_s: float = 0.0  # start-up and evaluation beyond TIME_BUDGET that recent runs took
+
+    @property
+    def expected_s(self) -> float | None:
+        """How long its running job is expected to take, start to end: its budget is training time only."""
+        return None if self.budget_s is None else self.budget_s + self.overhead_s
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,16 @@ class WaveLine:
     gpu_hours: float = 0.0
     dollars: float = 0.0
     cap_gpu_hours: float | None = None
+    backfill: bool = False  # queued by the fleet itself for idle clusters
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def ran(self) -> int:
+        """Finished experiments that ran (done, crash, timeout): a cancelled one did not."""
+        return self.finished - self.cancelled
 
 
 @dataclass(frozen=True)
@@ -158,15 +174,16 @@ def render_clusters(snap: FleetSnapshot) -> RenderableType:
                              "starts its slots with the first wave)")
     table = Table(title="clusters", title_justify="left", expand=False)
     for col, justify in (("cluster", "left"), ("accel", "left"), ("state", "left"), ("queue", "right"),
-                         ("running", "left"), ("elapsed / budget", "right")):
+                         ("running", "left"), ("elapsed / expected", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for c in snap.clusters:
         style = {"up": "green", "provisioning": "yellow", "lost": "red"}.get(c.state, "")
         elapsed = Text("-")
         if c.running is not None:
-            elapsed = Text(f"{_clock(c.elapsed_s)} / {_clock(c.budget_s)}")
-            if c.budget_s and c.elapsed_s and c.elapsed_s > c.budget_s:
-                elapsed.stylize("yellow")  # over its training budget: evaluating, or slow
+            # Expected = TIME_BUDGET (training only) + the start-up and evaluation recent runs took.
+            elapsed = Text(f"{_clock(c.elapsed_s)} / {_clock(c.expected_s)}")
+            if c.expected_s and c.elapsed_s and c.elapsed_s > c.expected_s:
+                elapsed.stylize("yellow")  # longer than runs usually take: slow, or stuck
         state = _t(c.state, style)
         if c.replaces:
             state.append(f" (replaces {plain(c.replaces)})", style="dim")
@@ -180,17 +197,24 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
     table = Table(title="waves", title_justify="left")
     for col, justify in (("wave", "left"), ("kind", "left"), ("tier", "left"), ("progress", "left"),
                          ("done", "right"), ("run", "right"), ("wait", "right"), ("crash", "right"),
-                         ("held", "right"), ("GPU-h", "right"), ("$", "right")):
+                         ("held", "right"), ("cancel", "right"), ("GPU-h", "right"), ("$", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for w in snap.waves:
         n = w.counts
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=max(1, w.total), completed=w.finished, width=24), f"{w.finished}/{w.total}")
+        # Cancelled experiments did not run: a cancelled wave is not shown as complete.
+        label = f"{w.ran}/{w.total}" + (" cancelled" if w.cancelled and w.ran + w.cancelled == w.total and w.cancelled
+                                        else "")
+        bar.add_row(ProgressBar(total=max(1, w.total), completed=w.ran, width=24,
+                                complete_style="yellow" if w.cancelled else "bar.complete"), label)
         held = n.get("held", 0)
         gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
-        table.add_row(_t(w.id), _t(w.kind), _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
+        name = _t(w.id)
+        if w.backfill:
+            name.append(" [backfill]", style="dim")
+        table.add_row(name, _t(w.kind), _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
-                      Text(str(held), style="yellow" if held else ""), gpu, f"{w.dollars:.2f}")
+                      Text(str(held), style="yellow" if held else ""), str(w.cancelled), gpu, f"{w.dollars:.2f}")
     return table
 
 

@@ -34,6 +34,7 @@ class Row:
     gpu_seconds: float | None
     reason: str
     corrected: float | None = None  # the value at its configuration's typical step count (step noise removed)
+    backfill: bool = False  # run by backfill (queued by the fleet itself for idle clusters)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +68,7 @@ def build_rows(
     sort_by: str = "raw",
     higher_is_better: bool = False,
     corrected: Mapping[str, float | None] | None = None,
+    backfill_waves: Collection[str] = (),
 ) -> list[Row]:
     """Finished experiments first, best first by `sort_by` ("raw" or "normalized"), then the rest.
 
@@ -83,6 +85,7 @@ def build_rows(
             accelerator=res.accelerator if res else None, device=res.device if res else None,
             memory_gb=memory, gpu_seconds=res.gpu_seconds if res else None,
             reason=(res.reason if res else exp.reason), corrected=corrected.get(exp.id),
+            backfill=exp.wave_id in backfill_waves,
         ))
 
     def key(row: Row) -> float | None:

@@ -3,12 +3,15 @@
 `fleet next` gathers a `LoopState` from the ledger (`fleet.cli.next_cmds`); `next_actions` turns it
 into actions, most urgent first, each with the exact command that follows from the state:
 
-1. **fill** — clusters idle, or running dry within the horizon, with nothing pending that they can
-   run: queue work for them first (GPUs waiting cost the most). The filler is a finished screen
-   not yet promoted, when the validation tier can use those clusters, else a new wave the agent
-   writes (the only command with a placeholder: the file does not exist yet).
-2. **read** — finished promote, re-check and ablation waves whose verdict nobody has read.
-3. **adopt** — `keep` verdicts not adopted yet (a re-check's keep confirms, it is not adopted).
+1. **read** — finished promote, re-check and ablation waves whose verdict nobody has read;
+2. **adopt** — `keep` verdicts not adopted yet (a re-check's keep confirms, it is not adopted). Both
+   take seconds and decide what the next wave should be (its ideas build on the adopted code), so
+   they come before filling the clusters, which comes right after them.
+3. **fill** — clusters idle, or running dry within the horizon once the pending work is placed
+   (backfill does not count: it yields), so queue work for them (GPUs waiting cost the most). The
+   filler is a finished screen not yet promoted, when the validation tier can use those clusters,
+   else a new wave the agent writes: `fleet wave waves/NNN-next.yaml` names a file that does not
+   exist yet, the one thing the agent supplies.
 4. **promote** — finished screens with candidates and no promotion yet.
 5. **recheck** — three or more changes adopted since the last re-check; **ablate** — a re-check
    that did not confirm the current best.
@@ -78,6 +81,7 @@ class WaveView:
     promotable: bool = False  # a grid wave with a finished configuration other than its baseline
     created_at: float = 0.0
     subject: str | None = None  # ablate waves: the experiment ablated
+    code_at: float | None = None  # when the code its candidates start from was taken (its source screen's submission)
 
 
 @dataclass(frozen=True)
@@ -212,8 +216,9 @@ def _adopted(state: LoopState, c: CandidateView) -> bool:
 
 def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
     """Kept candidates worth adopting, the largest gain first: not adopted yet, and not changing a knob that
-    a larger keep changes too, or that an adoption made after their wave changed (they were judged
-    against the code before it; two keeps of one knob cannot both be the default)."""
+    a larger keep changes too, or that an adoption changed since their code was taken (they were judged
+    against the code before it, and adopt would refuse the conflicting merge; two keeps of one knob
+    cannot both be the default)."""
     keeps = [(c, w) for w in state.waves if w.kind == "promote" and not w.recheck for c in w.candidates
              if c.verdict == "keep" and c.experiment and not _adopted(state, c)]
     out: list[tuple[CandidateView, WaveView]] = []
@@ -221,7 +226,8 @@ def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
     seen: set[tuple[str | None, str]] = set()
     for c, w in sorted(keeps, key=lambda cw: (-(cw[0].gain or 0.0), cw[1].id, cw[0].config_key)):
         knobs = {k for k in c.changes}
-        later = {k for a in state.adopted if a.at > w.created_at for k in a.knobs}
+        taken = w.code_at if w.code_at is not None else w.created_at
+        later = {k for a in state.adopted if a.at > taken for k in a.knobs}
         if (c.code, c.config_key) in seen or knobs & (claimed | later):
             continue
         seen.add((c.code, c.config_key))
@@ -232,10 +238,6 @@ def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
 
 def next_actions(state: LoopState) -> NextReport:
     actions: list[Action] = []
-    idle, slots = starving(state)
-    has_waves = any(not w.backfill for w in state.waves)
-    if idle and has_waves:
-        actions.append(_fill(state, idle, slots))
     for w in state.waves:  # finished verdicts nobody read
         if w.complete and not w.read and w.kind == "promote" and w.candidates:
             what = "re-check verdict is" if w.recheck else "verdicts are"
@@ -248,6 +250,10 @@ def next_actions(state: LoopState) -> NextReport:
     for c, w in adoptable(state):
         actions.append(Action("adopt", f"fleet adopt {c.experiment}",
                               _adopt_why(c, w, state.adopt_targets.get(c.experiment or "")), (c.experiment, w.id)))
+    idle, slots = starving(state)
+    has_waves = any(not w.backfill for w in state.waves)
+    if idle and has_waves:
+        actions.append(_fill(state, idle, slots))
     filled_by = {a.ids[0] for a in actions if a.kind == "fill" and a.ids}
     for s in _promotable(state):
         if s.id not in filled_by:

@@ -121,6 +121,77 @@ def _y_range(values: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+@dataclass(frozen=True)
+class Box:
+    """A label's extent in display pixels."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def shifted(self, dy: float) -> Box:
+        return Box(self.x0, self.y0 + dy, self.x1, self.y1 + dy)
+
+    def overlaps(self, other: Box) -> bool:
+        return self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+
+
+def place_labels(boxes: Sequence[Box], obstacles: Sequence[Box] = (), bounds: Box | None = None,
+                 tries: int = 24) -> list[float]:
+    """Vertical shifts (pixels) so that no label overlaps another or an obstacle (the plotted points) or leaves
+    `bounds` (the axes): each, in order, keeps its place if it is clear, else moves up or down by half its
+    height, a step at a time, alternating, to the nearest clear place; with none clear within `tries`
+    steps, to the place with the fewest overlaps."""
+    placed: list[Box] = list(obstacles)
+    out = []
+
+    def outside(b: Box) -> bool:
+        return bounds is not None and (b.y0 < bounds.y0 or b.y1 > bounds.y1)
+
+    for box in boxes:
+        step = max(box.y1 - box.y0, 1.0) / 2
+        shifts = [0.0] + [sign * k * step for k in range(1, tries // 2 + 1) for sign in (1, -1)]
+        chosen = min(shifts, key=lambda dy: (outside(box.shifted(dy)), sum(box.shifted(dy).overlaps(p) for p in placed),
+                                             abs(dy)))
+        placed.append(box.shifted(chosen))
+        out.append(chosen)
+    return out
+
+
+@dataclass(frozen=True)
+class _Label:
+    text: str
+    anchor: tuple[float, float]  # data coordinates
+    offset: tuple[float, float]  # points
+    fontsize: float
+    right: bool  # the text ends at the offset point (else starts there)
+    style: dict
+
+
+def _draw_labels(fig, ax, labels: Sequence[_Label], points: Sequence[tuple[float, float]], dpi: int) -> None:
+    """Annotate without overlaps: the layout is fixed first (one draw), then each label's box is placed
+    clear of the others and of the plotted points."""
+    if not labels:
+        return
+    fig.canvas.draw()
+    px = dpi / 72.0
+    marker = 6 * px
+    obstacles = [Box(x - marker, y - marker, x + marker, y + marker)
+                 for x, y in (ax.transData.transform(p) for p in points)]
+    boxes = []
+    for lab in labels:
+        x, y = ax.transData.transform(lab.anchor)
+        width, height = 0.62 * lab.fontsize * px * len(lab.text), 1.4 * lab.fontsize * px
+        x0 = x + lab.offset[0] * px - (width if lab.right else 0.0)
+        y0 = y + lab.offset[1] * px
+        boxes.append(Box(x0, y0, x0 + width, y0 + height))
+    frame = ax.bbox
+    for lab, dy in zip(labels, place_labels(boxes, obstacles, Box(frame.x0, frame.y0, frame.x1, frame.y1))):
+        ax.annotate(lab.text, lab.anchor, xytext=(lab.offset[0], lab.offset[1] + dy / px), textcoords="offset points",
+                    fontsize=lab.fontsize, ha="right" if lab.right else "left", va="bottom", **lab.style)
+
+
 def _literal(text: str) -> str:
     """User text as matplotlib shows it literally: no mathtext (`$...$`), no control characters."""
     return plain(text, replacement="?").replace("$", r"\$")
@@ -159,17 +230,17 @@ def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
             return label.rsplit(" (n=", 1)[0]
 
         shown = [b for i, b in enumerate(data.best) if i == 0 or config(b[2]) != config(data.best[i - 1][2])]
-        for bx, by, label in shown[-MAX_BEST_LABELS:]:
-            ax.annotate(_literal(label[:40]), (bx, by), xytext=(4, -11), textcoords="offset points", fontsize=7,
-                        color="tab:green")
+        labels = [_Label(_literal(label[:40]), (bx, by), (4, -13), 7, False, {"color": "tab:green"})
+                  for bx, by, label in shown[-MAX_BEST_LABELS:]]
+    else:
+        labels = []
     kept = {}
     for p in data.points:
         if p.verdict == "keep" and (p.label not in kept or p.y < kept[p.label].y):
             kept[p.label] = p
-    for p in kept.values():
-        ax.annotate(_literal(f"keep: {p.label[:36]}"), (p.x, min(p.y, top)), xytext=(-10, 24), textcoords="offset points",
-                    ha="right", fontsize=8, fontweight="bold",
-                    arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6})
+    labels += [_Label(_literal(f"keep: {p.label[:36]}"), (p.x, min(p.y, top)), (-10, 20), 8, True,
+                      {"fontweight": "bold", "arrowprops": {"arrowstyle": "-", "color": "black", "lw": 0.6}})
+               for p in kept.values()]
     if data.crashes:
         ax.scatter([c[0] for c in data.crashes], [top] * len(data.crashes), marker="x", c="red", s=36,
                    label=f"crash / timeout ({len(data.crashes)})", zorder=5)
@@ -187,5 +258,6 @@ def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
     else:
         ax.text(0.5, 0.5, "no finished experiments yet", transform=ax.transAxes, ha="center", va="center")
+    _draw_labels(fig, ax, labels, [(p.x, min(p.y, top)) for p in data.points], dpi)  # last: the layout is final
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

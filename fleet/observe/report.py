@@ -30,14 +30,55 @@ class ConfigVerdict:
     low: float | None = None  # bounds on delta the verdict used
     high: float | None = None
     power: float | None = None  # to detect a gain of min_effect by the cap, at the observed noise
+    complete: bool = True  # False: its wave still runs, so an undecided candidate is not a verdict yet
 
 
 def verdicts_from_reports(reports: Iterable[Mapping]) -> list[ConfigVerdict]:
     """One row per candidate of each promote wave's report (the `fleet verdict --json` shape)."""
     return [ConfigVerdict(r["wave"], c["label"], tuple(c["experiments"]), c["n"], c["mean"], c["baseline_mean"],
                           c["delta"], c["p_value"], c["verdict"], c["reason"], c.get("ci_low"), c.get("ci_high"),
-                          c.get("power"))
+                          c.get("power"), bool(r.get("complete", True)))
             for r in reports for c in r["candidates"]]
+
+
+@dataclass(frozen=True)
+class AdoptedChange:
+    """One `fleet adopt` that changed the working tree, with the verdict that allowed it."""
+
+    when: str
+    experiment: str
+    label: str
+    verdict: str  # e.g. "keep in lr-promote (Δ -0.0040, 5 pairs)"; "no keep on record" when adopted without one
+    written: str  # e.g. "MATRIX_LR 0.04 -> 0.05 (preset gpu)"
+
+
+@dataclass(frozen=True)
+class AblationLine:
+    wave: str
+    experiment: str
+    change: str
+    n: int
+    contribution: float | None  # val_bpb without the change − with it (> 0 helps)
+    low: float | None
+    high: float | None
+    verdict: str  # keep | drop | inconclusive
+    complete: bool
+
+
+def ablations_from_reports(reports: Iterable[Mapping]) -> list[AblationLine]:
+    """One row per change of each ablation report (the `fleet ablation --json` shape)."""
+    return [AblationLine(r["wave"], r.get("experiment") or "-", c["knob"], c["n"], c["contribution"], c["ci_low"],
+                         c["ci_high"], c["verdict"], bool(r["complete"]))
+            for r in reports for c in r["changes"]]
+
+
+def _shown_verdict(v: ConfigVerdict) -> str:
+    """keep in bold; an undecided candidate of a wave still running is `running`, never `inconclusive`."""
+    if v.verdict == "keep":
+        return "**keep**"
+    if v.verdict == "need_more" or (not v.complete and v.verdict == "inconclusive"):
+        return "running"
+    return v.verdict
 
 
 def _cell(value: object, digits: int = 4) -> str:
@@ -58,6 +99,7 @@ def render_report(
     *, generated: str, scope: str, waves: Sequence[WaveLine], rows: Sequence[Row], sorted_by: str,
     calibration: str, verdicts: Sequence[ConfigVerdict], cost: Mapping, plot_file: str | None,
     plot_note: str = "", top: int = 10, configs: Sequence[ConfigRow] = (),
+    adopted: Sequence[AdoptedChange] = (), ablations: Sequence[AblationLine] = (), backfill_waves: frozenset[str] = frozenset(),
 ) -> str:
     """The report as Markdown; `plot_file` is the PNG's path relative to the report (or None).
 
@@ -78,7 +120,7 @@ def render_report(
     for w in waves:
         n = w.counts
         share = f"{100 * w.finished / w.total:.0f}%" if w.total else "-"
-        wave_rows.append([w.id, w.kind, w.tier, w.total, f"{w.finished}/{w.total} ({share})", n.get("done", 0),
+        wave_rows.append([w.id, w.kind + (" (backfill)" if w.id in backfill_waves else ""), w.tier, w.total, f"{w.finished}/{w.total} ({share})", n.get("done", 0),
                           n.get("crash", 0) + n.get("timeout", 0), n.get("held", 0), f"{w.gpu_hours:.2f}",
                           f"{w.dollars:.2f}", "-" if w.cap_gpu_hours is None else f"{w.cap_gpu_hours:g}"])
     lines += _table(["wave", "kind", "tier", "size", "progress", "done", "crash", "held", "GPU-h", "$", "cap GPU-h"],
@@ -110,7 +152,7 @@ def render_report(
         lines.append("")
         lines += _table(["wave", "configuration", "verdict", "pairs", "mean", "baseline", "Δ", "interval of Δ",
                          "power", "why"],
-                        [[v.wave, v.label, f"**{v.verdict}**" if v.verdict == "keep" else v.verdict, v.n, v.mean,
+                        [[v.wave, v.label, _shown_verdict(v), v.n, v.mean,
                           v.baseline_mean, None if v.delta is None else f"{v.delta:+.4f}",
                           None if v.low is None or v.high is None else f"[{v.low:+.4f}, {v.high:+.4f}]",
                           None if v.power is None else f"{100 * v.power:.0f}%", v.reason] for v in verdicts],
@@ -118,6 +160,33 @@ def render_report(
     else:
         lines.append("No validation yet: `fleet promote` on a screen wave reruns its best configurations against "
                      "the baseline, seed pair by seed pair.")
+
+    if any(not v.complete for v in verdicts):
+        lines += ["", "`running`: its wave is still adding seed pairs or running them; not a verdict yet."]
+
+    lines += ["", "## Adopted changes", ""]
+    if adopted:
+        lines.append("Changes merged into the working tree with `fleet adopt`, in order, and the verdict behind each.")
+        lines.append("")
+        lines += _table(["#", "when", "experiment", "change", "verdict", "defaults written"],
+                        [[i, a.when, f"`{a.experiment}`", a.label, a.verdict, a.written] for i, a in enumerate(adopted, 1)],
+                        right=(0,))
+    else:
+        lines.append("Nothing adopted yet (`fleet adopt EXP` after a `keep` verdict).")
+
+    lines += ["", "## Ablations", ""]
+    if ablations:
+        lines.append("What each change of an experiment is worth, by leaving it out: contribution = val_bpb without "
+                     "the change − with it (> 0 helps); drop = shown to be worth less than min_effect.")
+        lines.append("")
+        lines += _table(["wave", "experiment", "change", "pairs", "contribution", "interval", "verdict"],
+                        [[a.wave, f"`{a.experiment}`", a.change, a.n,
+                          None if a.contribution is None else f"{a.contribution:+.4f}",
+                          None if a.low is None or a.high is None else f"[{a.low:+.4f}, {a.high:+.4f}]",
+                          a.verdict if a.complete else "running"] for a in ablations],
+                        right=(3, 4))
+    else:
+        lines.append("No ablation yet (`fleet ablate EXP` shows which of a winner's changes still help).")
 
     lines += ["", "## Progress", ""]
     lines.append(f"![val_bpb of every experiment and the best configuration's mean]({plot_file})" if plot_file
@@ -135,4 +204,9 @@ def render_report(
     if cost.get("cap_gpu_hours"):
         lines.append(f"Budget cap: {cost['cap_gpu_hours']:g} GPU-hours "
                      f"({100 * cost.get('gpu_hours', 0.0) / cost['cap_gpu_hours']:.0f}% used).")
+    fill = cost.get("backfill")
+    if fill:
+        state = (f"on, capped at {fill['cap_gpu_hours']:g} GPU-hours" if fill["enabled"] else "off")
+        lines.append(f"Backfill ({state}): {fill['gpu_hours']:.2f} GPU-hours in {fill['waves']} wave(s), included above. "
+                     f"GPUs stood idle for {fill['idle_gpu_hours']:.2f} GPU-hours while clusters were up.")
     return "\n".join(lines) + "\n"

@@ -285,7 +285,7 @@ def grid_verdict_spec(wave: WaveRow, experiments: Sequence[ExperimentRow], basel
     baseline_key = baseline.config_key or key(baseline.config)
     base_runs = [e for e in mine if e.config_key == baseline_key]
     if not base_runs:
-        raise InputError(f"wave {wave.id!r} has no baseline run to compare with (add `{{description: baseline}}` "
+        raise InputError(f"grid wave {wave.id!r} has no baseline run to compare with (add `{{description: baseline}}` "
                          f"to its experiments, or `fleet promote {wave.id}` validates its best against one)")
     seeds = len({e.seed for e in base_runs})
     if seeds < 2:

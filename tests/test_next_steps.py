@@ -1,0 +1,232 @@
+"""`fleet next`'s decisions as tables: plain states in, actions (with real ids) and warnings out."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fleet.observe.journal import BEGIN, END, merge, tried_ideas
+from fleet.observe.next_steps import (
+    Adopted,
+    AdoptTarget,
+    Budget,
+    CandidateView,
+    ClusterView,
+    ConfigView,
+    LoopState,
+    WaveView,
+    next_actions,
+)
+
+BUDGET = Budget(1.0, None, None, True, 0.0, 4.0)
+
+
+def cluster(name="c1", depth=0, dry=0.0, state="up", tiers=("screen", "validate"), replaces=None):
+    return ClusterView(name, "H100", state, depth, dry if state == "up" else None, replaces, tiers)
+
+
+def wave(id, kind="grid", *, unfinished=0, total=4, complete=None, read=False, candidates=(), promotable=True,
+         parent=None, recheck=False, backfill=False, eta=None, created=1.0, held=0):
+    return WaveView(id, kind, "screen" if kind == "grid" else "validate", "", backfill, parent, total, unfinished,
+                    total - unfinished, 0, 0, held, eta, unfinished == 0 if complete is None else complete, read, recheck,
+                    tuple(candidates), (), promotable and kind == "grid", created)
+
+
+def cand(exp, verdict="keep", gain=0.01, knobs=None, code="c0", key=None, n=3, power_pairs=None, flagged=0):
+    return CandidateView(exp, f"label {exp}", verdict, gain, n, power_pairs, code, key or f"k-{exp}",
+                         knobs if knobs is not None else {"MATRIX_LR": "0.05"}, flagged)
+
+
+def state(clusters=(), waves=(), adopted=(), **kw):
+    return LoopState(tuple(clusters), tuple(waves), 2, None, None, kw.pop("baseline_ran_at", None), tuple(adopted),
+                     kw.pop("budget", BUDGET), **kw)
+
+
+def kinds(s):
+    return [(a.kind, a.command) for a in next_actions(s).actions]
+
+
+def ids_exist(s: LoopState) -> None:
+    known = {w.id for w in s.waves} | {c.experiment for w in s.waves for c in w.candidates}
+    for a in next_actions(s).actions:
+        assert set(a.ids) <= known, (a, known)
+        for token in a.command.split()[1:]:
+            assert not token.isupper() or token.startswith("--"), f"placeholder in {a.command!r}"
+
+
+def test_nothing_yet_starts_with_the_baseline():
+    s = state(clusters=[cluster()])
+    assert kinds(s) == [("start", "fleet wave waves/001-baseline.yaml")]
+    assert "seeds: 3" in next_actions(s).actions[0].why
+
+
+def test_idle_clusters_come_first_and_are_filled_by_the_unpromoted_screen():
+    s = state(clusters=[cluster("c1"), cluster("c2", depth=1, dry=100.0), cluster("c3", depth=2, dry=900.0)],
+              waves=[wave("s1")], next_wave_file="waves/004-next.yaml")
+    report = next_actions(s)
+    assert report.idle == ("c1", "c2") and report.free_slots == 4  # c3 is busy for 15 min
+    assert kinds(s)[0] == ("fill", "fleet promote s1")
+    assert report.actions[0].fills == 4 and report.actions[0].ids == ("s1",)
+    # promoting it is not suggested a second time further down
+    assert [k for k, _ in kinds(s)].count("promote") == 0
+    ids_exist(s)
+
+
+def test_idle_clusters_without_a_screen_to_promote_ask_for_a_new_wave():
+    promoted = [wave("s1"), wave("s1-promote", "promote", parent="s1", read=True,
+                                 candidates=[cand("s1-promote-002", "discard", gain=-0.01)])]
+    s = state(clusters=[cluster()], waves=promoted, next_wave_file="waves/004-next.yaml")
+    first = next_actions(s).actions[0]
+    assert (first.kind, first.command) == ("fill", "fleet wave waves/004-next.yaml")
+    assert "at least 2 experiments" in first.why and "baseline" in first.why
+    # a screen the validation tier cannot run on these clusters does not fill them
+    s2 = state(clusters=[cluster(tiers=("screen",))], waves=[wave("s1")], next_wave_file="waves/004-next.yaml")
+    assert kinds(s2)[:2] == [("fill", "fleet wave waves/004-next.yaml"), ("promote", "fleet promote s1")]
+
+
+def test_finished_verdicts_nobody_read_and_keeps_not_adopted():
+    keep = cand("p-002", gain=0.02)
+    waves = [wave("s1", promotable=False),
+             wave("p", "promote", parent="s1", candidates=[keep, cand("p-003", "discard", gain=-0.01, knobs={"WD": "0.1"})]),
+             wave("q", "promote", parent="s1", unfinished=2, complete=False, candidates=[cand("q-002", "need_more")],
+                  created=2.0)]
+    s = state(clusters=[cluster(depth=2, dry=900.0)], waves=waves,
+              adopt_targets={"p-002": AdoptTarget("p-002", "train/train.py", "gpu", "env")})
+    got = kinds(s)
+    assert got[:2] == [("read", "fleet verdict p"), ("adopt", "fleet adopt p-002")]
+    assert ("read", "fleet verdict q") not in got  # still running
+    why = next_actions(s).actions[1].why
+    assert "MATRIX_LR=0.05" in why and "preset `gpu`" in why and "train/train.py" in why
+    assert got[-1][0] == "wait" and "q 2/4" in next_actions(s).actions[-1].why
+    read = state(clusters=[cluster(depth=2, dry=900.0)], waves=[replace(waves[1], read=True), waves[2]])
+    assert ("read", "fleet verdict p") not in kinds(read)
+    ids_exist(s)
+
+
+def test_two_keeps_of_one_knob_are_not_both_adopted():
+    a, b = cand("p-002", gain=0.02), cand("p-003", gain=0.03, key="k3")
+    other = cand("p-004", gain=0.01, knobs={"WEIGHT_DECAY": "0.1"})
+    s = state(waves=[wave("s1", promotable=False), wave("p", "promote", read=True, candidates=[a, b, other])],
+              clusters=[cluster(depth=2, dry=900.0)])
+    assert [c for k, c in kinds(s) if k == "adopt"] == ["fleet adopt p-003", "fleet adopt p-004"]
+    # once p-003 is adopted, p-002 (judged before it, same knob) is not suggested; p-004 still is
+    done = Adopted("p-003", 5.0, "c0", "k3", "gpu", ("MATRIX_LR",))
+    s2 = replace(s, adopted=(done,))
+    assert [c for k, c in kinds(s2) if k == "adopt"] == ["fleet adopt p-004"]
+    # a keep of the same knob from a wave made after the adoption is a new finding: it is suggested
+    later = wave("p2", "promote", read=True, created=6.0, candidates=[cand("p2-002", gain=0.005, code="c1")])
+    s3 = replace(s2, waves=s2.waves + (later,))
+    assert "fleet adopt p2-002" in [c for k, c in kinds(s3) if k == "adopt"]
+
+
+def test_recheck_after_three_adoptions_and_ablate_when_it_does_not_confirm():
+    adopted = tuple(Adopted(f"p-00{i}", 10.0 + i, "c0", f"k{i}", "gpu", (f"K{i}",)) for i in range(3))
+    base = [wave("s1", promotable=False)]
+    s = state(waves=base, adopted=adopted, clusters=[cluster(depth=2, dry=900.0)])
+    assert ("recheck", "fleet recheck") in kinds(s)
+    assert ("recheck", "fleet recheck") not in kinds(replace(s, adopted=adopted[:2]))
+    failed = wave("r", "promote", recheck=True, read=True, created=20.0,
+                  candidates=[cand("r-002", "inconclusive", gain=0.0001)])
+    s2 = replace(s, waves=tuple(base) + (failed,))
+    got = kinds(s2)
+    assert ("recheck", "fleet recheck") not in got  # re-checked since those adoptions
+    assert ("ablate", "fleet ablate r-002") in got
+    ids_exist(s2)
+
+
+def test_inconclusive_candidates_that_promise_a_gain_can_be_continued():
+    p = wave("p", "promote", read=True, candidates=[cand("p-002", "inconclusive", gain=0.001, n=16, power_pairs=40),
+                                                   cand("p-003", "inconclusive", gain=-0.002, key="k3")])
+    s = state(waves=[wave("s1", promotable=False), p], clusters=[cluster(depth=2, dry=900.0)])
+    cont = [a for a in next_actions(s).actions if a.kind == "continue"]
+    assert [a.command for a in cont] == ["fleet promote p --add-seeds 24"]
+    assert "backfill does this" in cont[0].why
+    more = wave("p-more", "promote", parent="p", created=3.0, candidates=[cand("p-more-002", "need_more", key="k-p-002")],
+                unfinished=2, complete=False)
+    assert not [a for a in next_actions(replace(s, waves=s.waves + (more,))).actions if a.kind == "continue"]
+
+
+def test_backfill_alone_in_flight_is_not_work_to_wait_for():
+    s = state(clusters=[cluster(depth=1, dry=0.0)],
+              waves=[wave("s1", promotable=False), wave("backfill-x", "promote", backfill=True, unfinished=3,
+                                                         complete=False, candidates=[cand("backfill-x-002", "need_more")])])
+    got = kinds(s)
+    assert got[0][0] == "fill" and "wait" not in [k for k, _ in got]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: state(waves=[wave("s1", promotable=False)], adopted=[Adopted("p-002", 50.0, "c", "k", "gpu", ("A",))],
+                   baseline_ran_at=40.0), "stale baseline"),
+    (lambda: state(waves=[wave("p", "promote", read=True, candidates=[cand("p-002", "discard", gain=-0.1, flagged=2)])]),
+     "noisy step counts: 2 seed pair(s) in p"),
+    (lambda: state(clusters=[cluster("c1", state="lost")]), "cluster c1 was lost and is not replaced"),
+    (lambda: state(clusters=[cluster("c1", state="lost"), cluster("c2", depth=2, dry=900.0, replaces="c1")]),
+     "cluster c1 was lost; c2 replaces it"),
+    (lambda: state(waves=[wave("s1", held=3)]), "3 experiment(s) held by a budget cap"),
+    (lambda: state(waves=[wave("s1", unfinished=2, complete=False, eta=float("inf"))]), "waits for hardware"),
+    (lambda: state(budget=Budget(9.5, 10.0, 0.5, True, 0.0, 4.0)), "budget: 0.50 of 10 GPU-hours left"),
+])
+def test_warnings(make, expected):
+    assert any(expected in w for w in next_actions(make()).warnings), next_actions(make()).warnings
+
+
+def test_no_stale_warning_when_the_baseline_ran_after_the_adoption():
+    s = state(waves=[wave("s1", promotable=False)], adopted=[Adopted("p-002", 50.0, "c", "k", "gpu", ("A",))],
+              baseline_ran_at=60.0)
+    assert not any("stale" in w for w in next_actions(s).warnings)
+
+
+# ---- the journal -------------------------------------------------------------------------------------
+
+
+def test_the_generated_section_is_replaced_and_the_agents_notes_kept():
+    first = merge(None, f"{BEGIN}\nstate one\n{END}\n")
+    assert first.startswith("# Journal\n") and "state one" in first and "## Notes" in first
+    mine = first + "my idea: try SwiGLU\n"
+    second = merge(mine, f"{BEGIN}\nstate two\n{END}\n")
+    assert "state two" in second and "state one" not in second and "my idea: try SwiGLU" in second
+    assert second.count(BEGIN) == 1 and second.count(END) == 1
+    # a journal the agent wrote by hand gets the section after its title, nothing of it lost
+    hand = "# My journal\n\nreasoning...\n"
+    third = merge(hand, f"{BEGIN}\nstate\n{END}\n")
+    assert third.startswith("# My journal\n\n" + BEGIN) and third.endswith("reasoning...\n")
+
+
+class W:  # a wave row, as much as tried_ideas reads
+    def __init__(self, id, kind="grid", backfill=False):
+        self.id, self.kind, self.backfill = id, kind, backfill
+
+
+def row(exp, key, value, state="done", wave="s1", label=None):
+    return {"experiment": exp, "config_key": key, "val_bpb": value, "state": state, "wave": wave, "label": label or key}
+
+
+def test_tried_ideas_say_how_each_came_out():
+    rows = [row("s1-001", "base", 1.00), row("s1-002", "lr05", 0.98), row("s1-003", "wd1", 1.02),
+            row("s1-004", "crash", None, state="crash"), row("s1-005", "run", None, state="running")]
+    reports = {"p": {"candidates": [{"experiment": "p-002", "config_key": "lr05", "verdict": "keep", "delta": -0.015}]}}
+    code = {e["experiment"]: "c0" for e in rows} | {"p-002": "c0"}
+    ideas = tried_ideas([W("s1"), W("p", "promote")], rows, reports, {"p-002"}, code, {"s1-001"})
+    got = {i.idea: (i.outcome, i.delta) for i in ideas}
+    assert got["lr05"] == ("keep (adopted)", -0.015)  # the verdict's difference, not the screen's
+    assert got["wd1"][0] == "screened" and got["wd1"][1] == pytest.approx(0.02)
+    assert got["crash"][0] == "crashed" and got["run"][0] == "running"
+    assert "base" not in got  # the baseline is not an idea
+
+
+def test_a_keep_whose_code_predates_an_adoption_of_its_knob_is_not_suggested():
+    """Its promotion came after the adoption, but its screen took the code before it: adopt would conflict."""
+    old = replace(wave("p", "promote", read=True, created=9.0, candidates=[cand("p-002", gain=0.01, code="c1")]),
+                  code_at=1.0)
+    s = state(waves=[wave("s1", promotable=False), old], clusters=[cluster(depth=2, dry=900.0)],
+              adopted=[Adopted("q-002", 5.0, "c0", "kq", "cpu", ("MATRIX_LR",))])
+    assert not [k for k, _ in kinds(s) if k == "adopt"]
+    assert [c for k, c in kinds(replace(s, waves=(s.waves[0], replace(old, code_at=6.0)))) if k == "adopt"] == \
+        ["fleet adopt p-002"]
+
+
+def test_reading_and_adopting_come_before_filling_idle_clusters():
+    """They take seconds and decide what the next wave builds on."""
+    s = state(clusters=[cluster()], waves=[wave("s1"), wave("p", "promote", parent="s1", candidates=[cand("p-002")])],
+              next_wave_file="waves/002-next.yaml")
+    assert [k for k, _ in kinds(s)][:3] == ["read", "adopt", "fill"]
