@@ -157,7 +157,9 @@ def test_dashboard_has_every_section(project):
                     "GPU utilization", "spend"):
         assert section in text, section
     assert "h100-1" in text and "h200-2" in text and "old-1" not in text  # torn-down clusters are not shown
-    assert "2:00 / 5:00" in text  # running for 2 minutes of a 5-minute budget
+    # running for 2 minutes; expected 5:30: its 5-minute budget is training time only, and the finished
+    # runs took 30 s more each (start-up, evaluation), which the elapsed time counts too
+    assert "2:00 / 5:30" in text and "elapsed / expected" in text
     assert "screen-promote" in text and "24/30" in text  # wave progress
     assert "normalized" in text and "MATRIX_LR=0.04" in text
     assert "CUDA out of memory" in text and "val_bpb is nan" in text
@@ -305,15 +307,62 @@ def test_plot_and_report_without_matplotlib(project, tmp_path):
     assert "No plot: plotting needs matplotlib" in (tmp_path / "r.md").read_text()
 
 
+def test_a_cancelled_wave_is_not_shown_as_complete_and_backfill_is_marked(project, capsys):
+    root, now = project
+    ledger = Ledger(root / ".fleet" / "ledger.db")
+    _, exps = ledger.add_wave("dropped", "screen", {}, "snap1", [_new({"MATRIX_LR": lr}) for lr in LRS[:3]])
+    for exp in exps:
+        ledger.set_state(exp.id, ExperimentState.CANCELLED, "cancelled by user")
+    ledger.add_wave("backfill-x", "validate", {}, "snap1", [_new({"MATRIX_LR": "0.04"})], backfill=True)
+    ctx = Context(Workspace(root), Sink("human"))
+    console = Console(record=True, width=160, file=io.StringIO(), force_terminal=False)
+    console.print(render_dashboard(observe_cmds.collect_snapshot(ctx, now=now)))
+    text = console.export_text()
+    line = next(x for x in text.splitlines() if "dropped" in x)
+    assert "0/3 cancelled" in line and "3/3" not in line
+    assert "backfill-x [backfill]" in text
+    code, out, _ = run_cli(capsys, "status")
+    row = next(x for x in out.splitlines() if "dropped" in x)
+    assert code == 0 and "0/3" in row and "backfill-x [backfill]" in out
+
+
+def test_idle_gpu_hours_arithmetic():
+    from fleet.observe.cost import idle_gpu_hours
+
+    # one cluster up for an hour, busy for 20 min in two jobs that overlap by 5 min: idle 45 min
+    assert idle_gpu_hours({"a": (0.0, 3600.0)}, [("a", 0.0, 600.0), ("a", 300.0, 900.0)]) == pytest.approx(0.75)
+    # jobs outside the cluster's life, or on clusters not listed, do not count; two clusters add up
+    assert idle_gpu_hours({"a": (0.0, 3600.0), "b": (1800.0, 3600.0)},
+                          [("a", -100.0, 0.0), ("c", 0.0, 3600.0), ("b", 1800.0, 3600.0)]) == pytest.approx(1.0)
+
+
+def test_plot_labels_do_not_overlap():
+    from fleet.observe.plot import Box, place_labels
+
+    # five labels on one spot, one point under it: after placement no two overlap, none covers the point
+    boxes = [Box(0, 0, 100, 10)] * 5
+    point = Box(40, -2, 52, 8)
+    shifts = place_labels(boxes, [point], Box(-1000, -1000, 1000, 1000))
+    placed = [b.shifted(dy) for b, dy in zip(boxes, shifts)]
+    assert not any(a.overlaps(b) for i, a in enumerate(placed) for b in placed[i + 1:])
+    assert not any(b.overlaps(point) for b in placed)
+    assert shifts == sorted(shifts, key=abs)  # each as near its place as the ones before allow
+    # a label that fits where it is stays; one that would leave the axes moves inside them
+    assert place_labels([Box(0, 0, 10, 10)]) == [0.0]
+    assert place_labels([Box(0, 95, 10, 105)], bounds=Box(0, 0, 100, 100)) == [-5.0]
+
+
 # --- report ----------------------------------------------------------------------------------------
 def test_report_has_every_section(project, capsys, tmp_path):
     out = tmp_path / "share" / "report.md"
     code, _, err = run_cli(capsys, "report", "-o", out)
     assert code == 0, err
     text = out.read_text()
-    for section in ("# skyfleet report", "## Waves", "## Best configurations", "## Verdicts", "## Progress",
-                    "## Spend"):
+    for section in ("# skyfleet report", "## Waves", "## Best configurations", "## Verdicts", "## Adopted changes",
+                    "## Ablations", "## Progress", "## Spend"):
         assert section in text, section
+    assert "Nothing adopted yet" in text and "No ablation yet" in text
+    assert "GPUs stood idle for" in text and "Backfill (on" in text
     assert "| screen | grid | screen | 30 | 24/30 (80%) |" in text
     assert "| screen-promote | WARMUP=0.1 | **keep** |" in text
     assert "![val_bpb of every experiment and the best configuration's mean](report.png)" in text

@@ -89,6 +89,20 @@ def _own_values(exp: ExperimentRow, wave: WaveRow | None) -> tuple[dict[str, str
     return {k: v for k, v in values.items() if k not in shared}, shared
 
 
+def _written_values(adoption, values: dict[str, str], script, preset: str | None) -> list[dict[str, str]]:
+    """Each knob default the adoption writes as values (`{"knob", "from", "to"}`): for env knobs the preset's
+    default before and the experiment's value, not the `Knob(...)` declarations it rewrites."""
+    decls = knob_block.knob_declarations(script.content.decode("utf-8", "replace")) if script and preset else {}
+    out = []
+    for d in adoption.defaults:
+        decl = decls.get(d.name)
+        if decl is not None and d.name in values:
+            out.append({"knob": d.name, "from": str(decl.default(preset)), "to": values[d.name]})
+        else:
+            out.append({"knob": d.name, "from": d.before, "to": d.after})
+    return out
+
+
 def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     exp = ctx.ledger.experiment(args.experiment)
     if exp is None:
@@ -100,7 +114,8 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     code, base = read_tree(snapshot_root(store, exp.code)), read_tree(snapshot_root(store, base_id))
     values, shared = _own_values(exp, wave)
     mode = workload.knob_mode(code)
-    adoption = plan_adoption(exp.id, base, code, workload.read(strict=False), workload.script, mode, values,
+    work = workload.read(strict=False)
+    adoption = plan_adoption(exp.id, base, code, work, workload.script, mode, values,
                              _preset(exp, ctx.ledger.result(exp.id), args.preset), workload.prefix)
     if adoption.conflicts:
         lines = "\n".join(f"  {c}" for c in adoption.conflicts)
@@ -110,10 +125,11 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     shown = [f"{workload.prefix}/{rel}" if workload.prefix else rel for rel in adoption.changed]
     defaults = [{"knob": d.name, "from": d.before, "to": d.after} for d in adoption.defaults]
     preset = _preset(exp, ctx.ledger.result(exp.id), args.preset) if mode == "env" else None
+    written = _written_values(adoption, values, work.get(workload.script), preset)
     if not args.dry_run:
         write_adoption(workload.directory, adoption)
         if shown:  # `fleet next` and `fleet journal` read the chain of adopted changes from here
-            ctx.ledger.record_adoption(exp.id, preset, defaults, shown)
+            ctx.ledger.record_adoption(exp.id, preset, written, shown)
     script = f"{workload.prefix}/{workload.script}" if workload.prefix else workload.script
     payload = {"experiment": exp.id, "snapshot": exp.snapshot, "code": exp.code, "base": base_id,
                "changed": shown, "defaults": defaults, "knobs": knob_values(exp.config), "dry_run": args.dry_run,
@@ -127,9 +143,9 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
             return
         console.print(f"adopted {exp.id}: {len(shown)} file(s) changed" + "".join(f"\n  {p}" for p in shown),
                       markup=False)
-        if defaults:
+        if written:
             console.print(f"  defaults written to {where}:", markup=False)
-        for d in defaults:
+        for d in written:
             console.print(f"    {d['knob']}: {d['from']} -> {d['to']}", markup=False)
 
     ctx.sink.data(payload, render)
@@ -138,7 +154,7 @@ def cmd_adopt(ctx: Context, args: argparse.Namespace) -> int:
     if shared:
         ctx.sink.info(f"not written as defaults: {' '.join(f'{k}={v}' for k, v in shared.items())} "
                       f"(the wave's `env`: every experiment of {exp.wave_id} ran with it)")
-    knobs = " ".join(f"{d['knob']}={d['to']}" for d in defaults)
+    knobs = " ".join(f"{d['knob']}={d['to']}" for d in written)
     if args.dry_run:
         ctx.sink.hint(f"`fleet adopt {exp.id}` applies it" + (f": writes {knobs} into {where}" if knobs else ""))
     elif shown:
