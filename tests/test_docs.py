@@ -254,7 +254,9 @@ def yaml_examples():
 def test_yaml_examples_are_valid(doc, body, knob_listing, tmp_path):
     data = yaml.safe_load(body)
     assert isinstance(data, dict), f"{doc}: a ```yaml block is not a mapping"
-    if "queue_depth" in data or "tiers" in data:  # a fleet.yaml example
+    fleet_fields = set(FleetConfig.model_fields)
+    if "queue_depth" in data or "tiers" in data or (set(data) <= fleet_fields and not set(data) <= set(TOP_LEVEL_KEYS)):
+        # a fleet.yaml example (whole, or the fields one section is about)
         FleetConfig.model_validate(data)
         return
     assert set(data) <= set(TOP_LEVEL_KEYS), f"{doc}: neither a wave file nor fleet.yaml: {sorted(data)}"

@@ -1,4 +1,5 @@
-"""instructions.md, followed literally on the local backend: status → wave → wait → promote → verdict → adopt.
+"""instructions.md, followed literally on the local backend: journal → next → wave → wait → promote → verdict → adopt,
+each step the one `fleet next` names first.
 
 Every command this test runs is first looked up among instructions.md's ```bash commands (with its
 placeholders), so the walk-through breaks when the instructions and the fleet drift apart. The wave
@@ -38,7 +39,13 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         # The code as the agent finds it: MATRIX_LR defaults to 0.02 (the tiny workload's optimum is 0.04).
         train.write_text(train.read_text().replace("MATRIX_LR = Knob(0.04, min=0.0)", "MATRIX_LR = Knob(0.02, min=0.0)"))
 
-        # Setup 4: where things stand.
+        # Setup 3: the journal, generated from the (empty) ledger.
+        run(fleet, "fleet journal")
+        assert "fleet journal: begin" in (fleet.root / "journal.md").read_text()
+
+        # Setup 4: where things stand: nothing has run, so the first action is the first wave.
+        nxt = run(fleet, "fleet next --json")
+        assert [a["kind"] for a in nxt["actions"]] == ["start"]
         status = run(fleet, "fleet status --json")
         assert status["best"] is None and status["waves"] == [] and "idle_clusters" in status
         assert run(fleet, "fleet results --json")["rows"] == []
@@ -66,6 +73,8 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         status = run(fleet, "fleet status --json")
         assert status["best"]["experiment"] == board["rows"][0]["experiment"]
         assert status["waves"][0]["finished"] == 7
+        nxt = run(fleet, "fleet next --json")
+        assert nxt["actions"][0]["command"] == "fleet promote lr-wd"  # the idle slots' filler
 
         # Loop 4: promote the best three to the validate tier, block, judge.
         promoted = run(fleet, "fleet promote WAVE --top 3 --json", WAVE="lr-wd")
@@ -73,6 +82,8 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         assert promoted["experiments"] == 12  # 3 candidates + the baseline, 3 paired seeds each to start
         assert promoted["rule"]["design"] == "sequential" and promoted["rule"]["min_effect"] == 0.0005
         run(fleet, "fleet wait WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
+        nxt = run(fleet, "fleet next --json")
+        assert nxt["actions"][0]["command"] == "fleet verdict lr-wd-promote" and nxt["unread"][0] == "lr-wd-promote"
         report = run(fleet, "fleet verdict WAVE-promote --json", **{"WAVE-promote": "lr-wd-promote"})
         assert report["complete"] and report["accelerators"] == ["H200"]
         verdicts = {c["label"]: c["verdict"] for c in report["candidates"]}
@@ -83,6 +94,9 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         # merged into the working tree: the edit made since (the next idea) is kept.
         winner = report["best_keep"]
         assert next(c for c in report["candidates"] if c["experiment"] == winner)["verdict"] == "keep"
+        nxt = run(fleet, "fleet next --json")
+        first = next(a for a in nxt["actions"] if a["kind"] != "read")  # backfill verdicts may be unread too
+        assert first["command"] == f"fleet adopt {winner}" and "preset `cpu`" in first["why"]
         adopted = run(fleet, "fleet adopt EXP --json", EXP=winner)
         assert adopted["changed"] == ["train/train.py"] and adopted["knobs"]["MATRIX_LR"] == "0.04"
         # It ran the cpu preset (its summary says so): gpu and tiny keep their defaults. TIME_BUDGET was
@@ -99,8 +113,11 @@ def test_following_instructions_end_to_end(tmp_path, monkeypatch, capsys):
         rechecked = run(fleet, "fleet verdict WAVE-promote --json", **{"WAVE-promote": recheck["wave"]})
         assert rechecked["recheck"] and rechecked["candidates"][0]["verdict"] == "keep"
 
-        # Finish: everything done, results exported, fleet torn down.
+        # Finish: everything done, the journal written, results exported, fleet torn down.
         run(fleet, "fleet wait --json")
+        run(fleet, "fleet journal")
+        journal = (fleet.root / "journal.md").read_text()
+        assert winner in journal.split("### Adopted changes")[1].split("###")[0]
         run(fleet, "fleet results --format tsv -o results.tsv")
         assert (fleet.root / "results.tsv").read_text().startswith("experiment\tval_bpb\tmemory_gb\tstatus")
         run(fleet, "fleet down --all -y")
