@@ -230,3 +230,22 @@ def test_reading_and_adopting_come_before_filling_idle_clusters():
     s = state(clusters=[cluster()], waves=[wave("s1"), wave("p", "promote", parent="s1", candidates=[cand("p-002")])],
               next_wave_file="waves/002-next.yaml")
     assert [k for k, _ in kinds(s)][:3] == ["read", "adopt", "fill"]
+
+
+def test_a_seeded_grids_own_verdict_is_read_and_its_keep_adopted():
+    grid = wave("s1", candidates=[cand("s1-002", gain=0.02), cand("s1-003", "discard", gain=-0.01, knobs={"WD": "1"})])
+    s = state(clusters=[cluster(depth=2, dry=900.0)], waves=[grid])
+    assert [c for _, c in kinds(s)][:2] == ["fleet verdict s1", "fleet adopt s1-002"]
+    running = replace(grid, unfinished=2, complete=False, candidates=())  # judged once it finished
+    assert [k for k, _ in kinds(replace(s, waves=(running,)))] == ["wait"]
+
+
+def test_the_most_promising_screen_is_promoted_first_and_a_screen_nothing_beat_is_not():
+    s = state(clusters=[cluster()], next_wave_file="waves/009-next.yaml",
+              waves=[replace(wave("a"), screen_gain=0.01), replace(wave("b", created=2.0), screen_gain=0.03),
+                     replace(wave("c", created=3.0), screen_gain=-0.02)])
+    got = kinds(s)
+    assert got[:2] == [("fill", "fleet promote b"), ("promote", "fleet promote a")]
+    assert ("promote", "fleet promote c") not in got
+    only_c = replace(s, waves=(s.waves[2],))
+    assert kinds(only_c)[0] == ("fill", "fleet wave waves/009-next.yaml")

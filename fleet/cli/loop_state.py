@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet.cli.context import Context
+from fleet.cli.verdict_inputs import grid_report, seeded_grid
+from fleet.errors import InputError
 from fleet.cli.results_view import ablation_reports, leaderboard_payload, validation_reports
 from fleet.core import knob_block
 from fleet.core.budget import budget_left
@@ -103,7 +105,17 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
     experiments = ledger.experiments()
     code = {e.id: e.code for e in experiments}
     reports = {r["wave"]: r for r in validation_reports(ctx)}
+    for w in all_waves:  # a seeded grid with a baseline is judged on its own seed pairs once it finished
+        if w.kind == "grid" and not any(ledger.counts(w.id).get(s, 0) for s in UNFINISHED) and seeded_grid(ctx, w):
+            try:
+                reports[w.id] = grid_report(ctx, w)
+            except InputError:
+                pass  # nothing to judge (every configuration is the baseline)
+    order = {w.id: i for i, w in enumerate(all_waves)}  # oldest first: a later verdict on a configuration wins
+    reports = dict(sorted(reports.items(), key=lambda kv: order.get(kv[0], len(order))))
     reads = ledger.verdicts_read()
+    board = leaderboard_payload(ctx, None)
+    board_rows = {r["experiment"]: r for r in board["rows"]}
     ablations: dict[str, dict[str, Any]] = {}
     views = []
     for w in waves:
@@ -126,8 +138,7 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
             counts.get("done", 0), counts.get("crash", 0) + counts.get("timeout", 0), counts.get("cancelled", 0),
             counts.get("held", 0), eta, complete, w.id in reads, bool(w.spec.get("recheck")),
             _candidates(report, code) if report else (), drop, promotable, w.created_at, w.spec.get("experiment"),
-            _code_taken_at(w, by_id)))
-    board = leaderboard_payload(ctx, None)
+            _code_taken_at(w, by_id), _screen_gain(mine, board_rows, base_keys) if promotable else None))
     in_track = {e.id for e in experiments if e.wave_id in {w.id for w in waves}}
     configs = [c for c in board["configs"] if c["rank"] is not None and (track is None or in_track & set(c["experiments"]))]
     best = _config_view(configs[0] if configs else None)
@@ -161,6 +172,21 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
     return Gathered(state, waves, experiments, reports, ablations, board, adoption_rows)
 
 
+def _screen_gain(mine: list[ExperimentRow], rows: dict[str, dict[str, Any]], base_keys: set[str]) -> float | None:
+    """A screen's promise: its baseline's mean − its best other configuration's mean (normalized when every
+    run has a normalized value, else raw; lower is better); None without a finished baseline."""
+    values: dict[str, list[float]] = {}
+    runs = [rows[e.id] for e in mine if e.id in rows and rows[e.id]["val_bpb"] is not None]
+    column = "normalized" if runs and all(r["normalized"] is not None for r in runs) else "val_bpb"
+    for r in runs:
+        values.setdefault(r["config_key"], []).append(r[column])
+    base = [v for k in base_keys for v in values.get(k, [])]
+    others = [sum(v) / len(v) for k, v in values.items() if k not in base_keys]
+    if not base or not others:
+        return None
+    return sum(base) / len(base) - min(others)
+
+
 def _code_taken_at(wave: WaveRow, by_id: dict[str, WaveRow]) -> float:
     """When the code a wave's candidates start from was taken: its first ancestor that is not a promote wave
     (a screen snapshots the working tree; its promotions and their continuations reuse that code)."""
@@ -182,7 +208,10 @@ def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow],
         return None, None
     latest = max(runs, key=lambda e: (e.finished_at or 0.0, e.id))
     match = next((c for c in configs if c["code"] == latest.code and c["config_key"] == latest.config_key), None)
-    return _config_view(match), max(e.finished_at or 0.0 for e in runs)
+    view = _config_view(match)
+    if view is not None:  # name the screen's own run (its runs elsewhere are pooled into the mean)
+        view = replace(view, experiment=latest.id)
+    return view, max(e.finished_at or 0.0 for e in runs)
 
 
 def adopted_changes(rows: list, reports: dict[str, dict[str, Any]], experiments: list[ExperimentRow]) -> list[AdoptedChange]:

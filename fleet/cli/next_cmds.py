@@ -22,7 +22,7 @@ from fleet.cli.output import styled
 from fleet.cli.arg_types import positive_minutes
 from fleet.errors import InputError
 from fleet.observe.journal import merge, render_section, tried_ideas
-from fleet.observe.next_steps import HORIZON_S, NextReport, next_actions
+from fleet.observe.next_steps import HORIZON_S, NextReport, next_actions, unread
 from fleet.plain_text import plain
 
 DEFAULT_JOURNAL = Path("journal.md")
@@ -68,8 +68,7 @@ def next_payload(g: Gathered, report: NextReport) -> dict[str, Any]:
                        "finished": w.total - w.unfinished, "total": w.total, "eta_s": _seconds(w.eta_s),
                        "stranded": w.eta_s is not None and math.isinf(w.eta_s)}
                       for w in s.waves if w.unfinished],
-        "unread": [w.id for w in s.waves if w.complete and not w.read and w.kind in ("promote", "ablate")
-                   and (w.candidates or w.kind == "ablate")],
+        "unread": [w.id for w in unread(s)],
         "keeps_not_adopted": [a.ids[0] for a in report.actions if a.kind == "adopt"],
         "best": None if s.best is None else asdict(s.best),
         "baseline": None if s.baseline is None else asdict(s.baseline),

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from fleet.cli.ablation_cmds import print_ablation
 from fleet.cli.context import Context
 from fleet.cli.research_common import (
     Evidence,
+    grid_report,
     Keys,
     add_wait,
     experiment_of,
@@ -27,12 +27,12 @@ from fleet.cli.wave_cmds import already_queued, block_until_done
 from fleet.core.ledger_rows import WaveRow
 from fleet.core.workload import workload_for
 from fleet.errors import InputError
+from fleet.research.promote import pairs_to_add
 from fleet.research.plans import (
     UNFINISHED,
     Baseline,
     WavePlan,
     current_best,
-    grid_verdict_spec,
     original_baseline,
     plan_chosen,
     plan_more_seeds,
@@ -259,16 +259,10 @@ def cmd_verdict(ctx: Context, args: argparse.Namespace) -> int:
 
 def _grid_verdict(ctx: Context, wave: WaveRow) -> int:
     """A seeded grid wave judged on its own seed pairs: every configuration against its baseline."""
-    experiments = ctx.ledger.experiments(wave=wave.id)
-    keys = Keys(ctx)
-    baseline = resolve_baseline(wave, experiments, key=lambda c: keys.key(c, wave.snapshot))
-    baseline = Baseline(baseline.config, baseline.source, baseline.experiment, keys.key(baseline.config, wave.snapshot))
-    v = ctx.config.verdicts
-    spec = grid_verdict_spec(wave, experiments, baseline, Rule(v.alpha, v.min_effect, 2, 2, "fixed", v.step_mismatch))
-    evidence = Evidence(ctx)
-    report = with_metric(promotion_report(replace(wave, spec={**wave.spec, **spec}), evidence.experiments,
-                                          evidence.results, evidence.norm.values, evidence.slope), evidence.metric)
+    report = grid_report(ctx, wave)
     ctx.sink.data(report, lambda c: render_verdict(c, report))
+    if report["complete"]:
+        ctx.ledger.mark_read(wave.id)
     ctx.sink.hint(verdict_hint(report, adopt_note(ctx, report)))
     return 0
 
@@ -331,9 +325,13 @@ def verdict_hint(report: Mapping[str, Any], adopt: str = "") -> str:
                     "or move on")
         return "nothing here is shown better than the baseline; screen new ideas (`fleet next` names the file)"
     if stuck and not report.get("recheck"):
-        need = max((c["pairs_for_power"] or 0) - c["n"] for c in stuck)
-        add = min(max(need, 4), 32)
-        return (f"`fleet promote {wave} --add-seeds {add}` continues the inconclusive ones (their pairs so far "
+        adds = [pairs_to_add(c["n"], c["pairs_for_power"]) for c in stuck]
+        if any(a is None for a in adds):
+            need = max(c["pairs_for_power"] or 0 for c in stuck)
+            return (f"move on: at this noise about {need} pairs would give 80% power to see a gain of "
+                    f"{report['rule']['min_effect']:g}, more than more seeds are worth; nothing here is shown better "
+                    "(screen new ideas: `fleet next` names the file)")
+        return (f"`fleet promote {wave} --add-seeds {max(adds)}` continues the inconclusive ones (their pairs so far "
                 f"count); or move on: nothing here is shown better by {report['rule']['min_effect']:g}")
     return "no candidate is kept; screen new ideas (`fleet wave FILE`)"
 

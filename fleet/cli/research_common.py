@@ -1,20 +1,16 @@
-"""What the research commands share: keys with defaults filled in, the evidence verdicts read, and lookups
-that turn a bad id into one line of bad input."""
+"""What the research commands share: lookups that turn a bad id into one line of bad input, and submission;
+keys with defaults filled in and the evidence verdicts read are `fleet.cli.verdict_inputs` (re-exported)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from typing import Any
 
+from fleet.cli.arg_types import positive_seconds
 from fleet.cli.context import Context
-from fleet.cli.wave_cmds import positive_seconds, submit_planned
-from fleet.core.expand import config_key, variant_of
-from fleet.core.knobs import KnobListing, canonical_config
+from fleet.cli.verdict_inputs import Evidence, Keys, grid_report, seeded_grid, with_metric  # noqa: F401 - shared names
+from fleet.cli.wave_cmds import submit_planned
+from fleet.core.expand import variant_of
 from fleet.core.ledger_rows import WaveRow
-from fleet.core.materialize import CodeStore
-from fleet.core.workload import workload_for
 from fleet.errors import InputError
-from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import Baseline, WavePlan
 
 
@@ -22,40 +18,6 @@ def add_wait(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--wait", action="store_true", help=f"block until it is done, then print {what}")
     p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
                    help="with --wait: give up after this many seconds (exit 1)")
-
-
-class Keys:
-    """Configuration keys with defaults filled in, under each code's own knob listing (read once per code)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.codes = CodeStore(workload_for(ctx.workspace.root, ctx.config), ctx.workspace.snapshots)
-
-    def listing(self, code: str) -> KnobListing:
-        return self.codes.listing(code)
-
-    def key(self, config: Mapping[str, str], code: str) -> str:
-        return config_key(canonical_config(dict(config), self.listing(code)))
-
-
-class Evidence:
-    """What every verdict reads, in the research layer's terms: lower is better (a maximized metric
-    negated), and hardware-normalized values."""
-
-    def __init__(self, ctx: Context) -> None:
-        higher = ctx.config.metric.higher_is_better
-        ledger = ctx.ledger
-        self.norm = normalized_for(ledger, ctx.config.reference_accelerator, higher)
-        self.experiments = ledger.experiments()
-        self.results = research_results(ledger.results(), higher)
-        self.slope = self.norm.slope.slope if self.norm.slope is not None else None
-        self.metric = ctx.config.metric
-
-
-def with_metric(report: dict[str, Any], metric) -> dict[str, Any]:
-    report["metric_name"] = metric.name
-    report["direction"] = metric.direction  # maximize: values are negated (lower is better there)
-    return report
 
 
 def wave_of(ctx: Context, wave_id: str) -> WaveRow:
@@ -96,3 +58,5 @@ def submit(ctx: Context, plan: WavePlan, tier: str, *, kind: str, parent: str, b
     wave, _ = submit_planned(ctx, plan.spec["name"], tier, spec, plan.planned, kind=kind, parent=parent,
                              source=f"fleet {kind}", snapshot=plan.snapshot, base=base)
     return wave
+
+

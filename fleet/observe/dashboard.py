@@ -209,10 +209,8 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
                                 complete_style="yellow" if w.cancelled else "bar.complete"), label)
         held = n.get("held", 0)
         gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
-        name = _t(w.id)
-        if w.backfill:
-            name.append(" [backfill]", style="dim")
-        table.add_row(name, _t(w.kind), _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
+        kind = _t("backfill", "dim") if w.backfill else _t(w.kind)  # its id says what (backfill-…-more, -recheck)
+        table.add_row(_t(w.id), kind, _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
                       str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
                       Text(str(held), style="yellow" if held else ""), str(w.cancelled), gpu, f"{w.dollars:.2f}")
     return table

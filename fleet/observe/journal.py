@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.observe.next_steps import LoopState, NextReport
+from fleet.observe.next_steps import LoopState, NextReport, unread
 from fleet.observe.report import AdoptedChange
 from fleet.plain_text import plain
 
@@ -124,10 +124,9 @@ def render_section(*, generated: str, state: LoopState, report: NextReport, idea
                          f"{w.total - w.unfinished}/{w.total} finished{eta}")
     else:
         lines.append("Nothing.")
-    unread = [w.id for w in state.waves if w.complete and not w.read and w.kind in ("promote", "ablate") and
-              (w.candidates or w.kind == "ablate")]
-    if unread:
-        lines.append(f"- verdicts not read yet: {', '.join(f'`{w}`' for w in unread)}")
+    waiting = [w.id for w in unread(state)]
+    if waiting:
+        lines.append(f"- verdicts not read yet: {', '.join(f'`{w}`' for w in waiting)}")
     lines += ["", "### Tried ideas", ""]
     if ideas:
         lines += [f"| wave | idea | runs | mean {metric} | Δ vs baseline | outcome |", "|---|---|---:|---:|---:|---|"]

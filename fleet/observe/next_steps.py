@@ -3,7 +3,8 @@
 `fleet next` gathers a `LoopState` from the ledger (`fleet.cli.next_cmds`); `next_actions` turns it
 into actions, most urgent first, each with the exact command that follows from the state:
 
-1. **read** — finished promote, re-check and ablation waves whose verdict nobody has read;
+1. **read** — finished promote, re-check and ablation waves whose verdict nobody has read (and seeded
+   grid waves with a baseline, which `fleet verdict` judges on their own seed pairs);
 2. **adopt** — `keep` verdicts not adopted yet (a re-check's keep confirms, it is not adopted). Both
    take seconds and decide what the next wave should be (its ideas build on the adopted code), so
    they come before filling the clusters, which comes right after them.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+from fleet.research.promote import pairs_to_add
 
 RECHECK_EVERY = 3  # adopted changes between re-checks of the current best against the original baseline
 HORIZON_S = 300.0  # a cluster that runs dry within this is "soon idle"
@@ -82,6 +85,7 @@ class WaveView:
     created_at: float = 0.0
     subject: str | None = None  # ablate waves: the experiment ablated
     code_at: float | None = None  # when the code its candidates start from was taken (its source screen's submission)
+    screen_gain: float | None = None  # grid waves: its baseline's mean − its best other configuration's mean
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,13 @@ def starving(state: LoopState) -> tuple[list[ClusterView], int]:
 
 
 def _promotable(state: LoopState) -> list[WaveView]:
+    """Finished screens with a configuration besides the baseline that beat it, and no promotion yet, the most
+    promising first (the largest gain of their best configuration over their baseline; unknown last)."""
     promoted = {w.parent for w in state.waves if w.kind == "promote" and not w.recheck and not w.backfill}
-    return [w for w in state.waves if w.kind == "grid" and not w.backfill and w.promotable and not w.unfinished
-            and w.id not in promoted]
+    # a screen whose best did not beat its baseline has nothing to validate (its ideas stay `screened`)
+    found = [w for w in state.waves if w.kind == "grid" and not w.backfill and w.promotable and not w.unfinished
+             and w.id not in promoted and (w.screen_gain is None or w.screen_gain > 0)]
+    return sorted(found, key=lambda w: (w.screen_gain is None, -(w.screen_gain or 0.0), -w.created_at))
 
 
 def _fill(state: LoopState, idle: Sequence[ClusterView], slots: int) -> Action:
@@ -187,9 +195,10 @@ def _fill(state: LoopState, idle: Sequence[ClusterView], slots: int) -> Action:
     screens = _promotable(state)
     can_validate = any(state.validate_tier in c.eligible_tiers for c in idle)
     if screens and can_validate:
-        s = screens[-1]
-        return Action("fill", f"fleet promote {s.id}", f"{why}: validate the best of {s.id}, which has no promotion yet",
-                      (s.id,), slots)
+        s = screens[0]
+        gain = f" (its best beat its baseline by {s.screen_gain:.4f} on the screen)" if s.screen_gain else ""
+        return Action("fill", f"fleet promote {s.id}",
+                      f"{why}: validate the best of {s.id}, which has no promotion yet{gain}", (s.id,), slots)
     return Action("fill", f"fleet wave {state.next_wave_file}",
                   f"{why}: write {state.next_wave_file} with at least {max(slots, 1)} experiments (include "
                   "`{description: baseline}`) and submit it", (), slots)
@@ -219,7 +228,7 @@ def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
     a larger keep changes too, or that an adoption changed since their code was taken (they were judged
     against the code before it, and adopt would refuse the conflicting merge; two keeps of one knob
     cannot both be the default)."""
-    keeps = [(c, w) for w in state.waves if w.kind == "promote" and not w.recheck for c in w.candidates
+    keeps = [(c, w) for w in state.waves if w.kind in ("promote", "grid") and not w.recheck for c in w.candidates
              if c.verdict == "keep" and c.experiment and not _adopted(state, c)]
     out: list[tuple[CandidateView, WaveView]] = []
     claimed: set[str] = set()
@@ -236,16 +245,23 @@ def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
     return out
 
 
+def unread(state: LoopState) -> list[WaveView]:
+    """Finished waves with a verdict nobody has read: promote and re-check waves, seeded grids (judged on
+    their own pairs), ablations."""
+    return [w for w in state.waves if w.complete and not w.read and
+            ((w.kind in ("promote", "grid") and w.candidates) or w.kind == "ablate")]
+
+
 def next_actions(state: LoopState) -> NextReport:
     actions: list[Action] = []
-    for w in state.waves:  # finished verdicts nobody read
-        if w.complete and not w.read and w.kind == "promote" and w.candidates:
+    for w in unread(state):
+        if w.kind in ("promote", "grid"):
             what = "re-check verdict is" if w.recheck else "verdicts are"
             decided = sum(c.verdict in ("keep", "discard") for c in w.candidates)
             actions.append(Action("read", f"fleet verdict {w.id}",
                                   f"{w.id} finished{' (backfill)' if w.backfill else ''}: its {what} unread "
                                   f"({decided} of {len(w.candidates)} candidates decided)", (w.id,)))
-        elif w.complete and not w.read and w.kind == "ablate":
+        else:
             actions.append(Action("read", f"fleet ablation {w.id}", f"{w.id} finished: its ablation is unread", (w.id,)))
     for c, w in adoptable(state):
         actions.append(Action("adopt", f"fleet adopt {c.experiment}",
@@ -267,7 +283,8 @@ def next_actions(state: LoopState) -> NextReport:
         soonest = min((c.dry_in_s for c in state.clusters if c.dry_in_s is not None), default=None)
         actions.append(Action("wait", f"fleet wait --until-idle {state.horizon_s / 60:g}",
                               f"in flight: {etas}; returns when a cluster is about to run dry"
-                              + (f" (first in about {soonest / 60:.0f} min)" if soonest is not None else ""),
+                              + ("" if soonest is None else " (the first in under a minute)" if soonest < 60
+                                 else f" (the first in about {soonest / 60:.0f} min)"),
                               tuple(w.id for w in in_flight)))
     if not has_waves:
         actions.append(Action("start", f"fleet wave {state.next_wave_file}",
@@ -320,8 +337,10 @@ def _continuations(state: LoopState) -> list[Action]:
                  and (c.code, c.config_key) not in following]
         if not stuck:
             continue
-        need = max((c.pairs_for_power or 0) - c.n for c in stuck)
-        add = min(max(need, 4), 32)
+        adds = [pairs_to_add(c.n, c.pairs_for_power) for c in stuck]
+        if any(a is None for a in adds):
+            continue  # a gain of min_effect would take more pairs than it is worth at this noise
+        add = max(adds)
         labels = ", ".join(c.label for c in stuck)
         note = " (backfill does this by itself when clusters would idle)" if state.budget.backfill_enabled else ""
         out.append(Action("continue", f"fleet promote {w.id} --add-seeds {add}",
@@ -366,5 +385,5 @@ def warnings(state: LoopState) -> list[str]:
     return out
 
 
-__all__ = ["Action", "Adopted", "AdoptTarget", "adoptable", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
+__all__ = ["Action", "Adopted", "AdoptTarget", "adoptable", "unread", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
            "NextReport", "WaveView", "next_actions", "starving", "warnings"]

@@ -150,6 +150,19 @@ def _lost(e: ExperimentRow) -> bool:
     return e.state.finished and e.state != ExperimentState.DONE
 
 
+MAX_ADDED_PAIRS = 32  # more pairs than this to reach 80% power: the effect is too small for this noise
+
+
+def pairs_to_add(pairs: int, pairs_for_power: int | None) -> int | None:
+    """How many more pairs to suggest for an inconclusive candidate: what 80% power needs beyond the pairs it
+    has (at least 4), or None when that is more than MAX_ADDED_PAIRS (at this noise, a gain of
+    min_effect would take more pairs than it is worth: move on)."""
+    need = (pairs_for_power or 0) - pairs
+    if need > MAX_ADDED_PAIRS:
+        return None
+    return max(need, 4)
+
+
 def planned_limit(rule: Rule) -> int:
     """Seeds a candidate may plan in all: the cap, plus replacements for crashed pairs."""
     return rule.max_n + int(rule.max_n * CRASH_ALLOWANCE)
