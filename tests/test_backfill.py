@@ -133,8 +133,12 @@ def test_backfill_starts_within_a_cycle_yields_to_new_waves_and_keeps_to_its_cap
     last_real_end = max(j.ended_at for c in backend.clusters_.values() for j in c.jobs
                         if j.ended_at is not None and not ledger.wave(
                             ledger.experiment(parse_job_name(j.name)[0]).wave_id).backfill)
+    # a controller that dies now is replaced by one with fresh memory: it queues the same backfill again? never
+    controller = Controller(controller.workspace, ledger, backend, controller.config, clock=clock,
+                            launcher=lambda target: backend, hooks=[extend_waves, Backfill()])
     clock.now += 5
     controller.cycle()
+    assert [w.id for w in ledger.waves() if w.backfill] == [recheck.id]
     started = [e for e in backfill_experiments(ledger) if e.id in job_starts(backend)]
     assert started and min(job_starts(backend)[e.id] for e in started) <= last_real_end + 1e-9, \
         "a cluster waited for backfill after its last real job ended"

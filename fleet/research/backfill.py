@@ -36,7 +36,7 @@ from fleet.core.budget import budget_left, budget_reached, expected_gpu_hours
 from fleet.core.demand import active_work, expected_seconds, pending_work
 from fleet.core.expand import PlannedExperiment
 from fleet.core.ledger import Ledger
-from fleet.core.ledger_rows import ExperimentRow, WaveRow
+from fleet.core.ledger_rows import ExperimentRow, WaveRow, decode_row
 from fleet.core.materialize import CodeStore, choices_from, prepare_experiments
 from fleet.core.schedule import ClusterSlot, PendingExperiment, assign, eligible_clusters
 from fleet.core.workload import workload_for
@@ -281,15 +281,14 @@ def backfill_spend(ledger: Ledger) -> Spend:
         " JOIN waves w ON w.id = e.wave_id WHERE w.backfill = 1")[0]["s"] / 3600
     marks = ",".join("?" * len(UNFINISHED))
     rows = ledger.select(
-        f"SELECT e.id AS id, e.state AS state FROM experiments e JOIN waves w ON w.id = e.wave_id"
+        f"SELECT e.* FROM experiments e JOIN waves w ON w.id = e.wave_id"
         f" WHERE w.backfill = 1 AND e.state IN ({marks}) ORDER BY e.created_at, e.id", [s.value for s in UNFINISHED])
     committed, pending = 0.0, []
-    for row in rows:
-        exp = ledger.experiment(row["id"])
-        hours = expected_gpu_hours(exp) if exp is not None else 0.0
+    for exp in (decode_row(ExperimentRow, r) for r in rows):
+        hours = expected_gpu_hours(exp)
         committed += hours
-        if row["state"] == ExperimentState.PENDING.value:
-            pending.append((row["id"], hours))
+        if exp.state == ExperimentState.PENDING:
+            pending.append((exp.id, hours))
     return Spend(spent, committed, pending)
 
 
