@@ -115,3 +115,18 @@ def test_an_unfinished_promotion_is_running_in_the_report_not_inconclusive():
     done = render_report(verdicts=[ConfigVerdict("p", "A", ("p-002",), 16, 1.0, 1.01, -0.01, None, "inconclusive",
                                                  "undecided at 16 pairs")], **common)
     assert "| p | A | inconclusive |" in done
+
+
+def test_a_diff_is_printed_without_padding():
+    """rich's Syntax pads every line to the terminal's width; a diff must print as the diff it is."""
+    import io
+    import re
+
+    from fleet.cli.code_cmds import diff_text
+    from fleet.cli.output import PlainConsole
+
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LR = 0.04\n+LR = 0.05\n x = [1]\n"
+    out = io.StringIO()
+    PlainConsole(file=out, width=120, force_terminal=True).print(diff_text(diff))
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue()).splitlines()
+    assert lines == diff.splitlines()  # the same lines, none padded with spaces

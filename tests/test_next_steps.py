@@ -119,6 +119,15 @@ def test_two_keeps_of_one_knob_are_not_both_adopted():
     assert "fleet adopt p2-002" in [c for k, c in kinds(s3) if k == "adopt"]
 
 
+def test_a_validated_keep_is_suggested_before_a_screens_larger_keep_of_the_same_knob():
+    # the screen's keep (3 seed pairs) looks larger, as the best of a screen tends to; the promote wave's
+    # keep was validated on more pairs: it is the one to adopt, and the screen's (same knob) is not offered
+    screen = wave("s1", read=True, candidates=[cand("s1-003", gain=0.03, key="k-screen")])
+    promote = wave("p", "promote", read=True, candidates=[cand("p-002", gain=0.01, n=12)])
+    s = state(waves=[screen, promote], clusters=[cluster(depth=2, dry=900.0)])
+    assert [c for k, c in kinds(s) if k == "adopt"] == ["fleet adopt p-002"]
+
+
 def test_recheck_after_three_adoptions_and_ablate_when_it_does_not_confirm():
     adopted = tuple(Adopted(f"p-00{i}", 10.0 + i, "c0", f"k{i}", "gpu", (f"K{i}",)) for i in range(3))
     base = [wave("s1", promotable=False)]

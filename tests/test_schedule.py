@@ -7,8 +7,12 @@ from fleet.core.schedule import (
     Assignment,
     ClusterSlot,
     PendingExperiment,
+    QueuedJob,
+    Swap,
+    TrackLoad,
     assign,
     eligible_clusters,
+    preemptions,
     within_budget,
 )
 
@@ -101,3 +105,33 @@ def test_budget_cap(hours, spent, committed, cap, allowed, held):
 )
 def test_a_resting_cluster_keeps_its_tier_waiting_instead_of_spilling(clusters, pending, expected):
     assert assign(clusters, pending, 2, TIERS) == [Assignment(e, c) for e, c in expected]
+
+
+# ---- backfill: last in, first out --------------------------------------------------------------------------
+
+def B(eid, tier="screen", track="bf"):
+    return PendingExperiment(eid, tier, 0.1, -1000, track, backfill=True)
+
+
+@pytest.mark.parametrize("clusters, pending, expected", [
+    # backfill listed first, with the least-loaded track: the real work still goes first
+    ([C("a")], [B("f1"), PendingExperiment("r1", "screen", 0.1, 0, "x")], [("r1", "a"), ("f1", "a")]),
+    # backfill only gets room left: here none
+    ([C("a", depth=1)], [P("r1"), B("f1")], [("r1", "a")]),
+    # room real work cannot use (another tier's cluster) goes to backfill
+    ([C("h1", "H100", 2), C("h2", "H200")], [P("s1"), B("f1", "validate")], [("f1", "h2")]),
+])
+def test_backfill_only_gets_the_room_left(clusters, pending, expected):
+    got = assign(clusters, pending, 2, TIERS, loads={"x": TrackLoad(10_000.0)}, weights={"x": 1.0})
+    assert [(a.experiment_id, a.cluster) for a in got] == expected
+
+
+def test_queued_backfill_yields_to_any_tracks_work_and_never_takes_any():
+    clusters = [C("a", depth=2)]
+    queued = [QueuedJob(1, "a", 0, "x", 10.0), QueuedJob(2, "a", -1000, "bf", 20.0, backfill=True)]
+    # a screen of another track, same priority as x's job: only the backfill job can be taken
+    swaps = preemptions(clusters, queued, [PendingExperiment("r1", "screen", 0.0, 0, "y")], TIERS)
+    assert swaps == [Swap(2, "r1", "a")]
+    # backfill never takes a queued job, not even a lower-priority one
+    low = [QueuedJob(3, "a", -5, "bf", 10.0)]
+    assert preemptions(clusters, low, [B("f1")], TIERS) == []

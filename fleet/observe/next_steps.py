@@ -224,7 +224,7 @@ def _adopted(state: LoopState, c: CandidateView) -> bool:
 
 
 def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
-    """Kept candidates worth adopting, the largest gain first: not adopted yet, and not changing a knob that
+    """Kept candidates worth adopting, validated ones first, then the largest gain: not adopted yet, and not changing a knob that
     a larger keep changes too, or that an adoption changed since their code was taken (they were judged
     against the code before it, and adopt would refuse the conflicting merge; two keeps of one knob
     cannot both be the default)."""
@@ -233,7 +233,10 @@ def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
     out: list[tuple[CandidateView, WaveView]] = []
     claimed: set[str] = set()
     seen: set[tuple[str | None, str]] = set()
-    for c, w in sorted(keeps, key=lambda cw: (-(cw[0].gain or 0.0), cw[1].id, cw[0].config_key)):
+    # validated keeps (promote waves, on the validate tier with more pairs) before a seeded screen's keeps of the
+    # same idea; within each, the largest gain first
+    for c, w in sorted(keeps, key=lambda cw: (cw[1].kind != "promote", -(cw[0].gain or 0.0), cw[1].id,
+                                              cw[0].config_key)):
         knobs = {k for k in c.changes}
         taken = w.code_at if w.code_at is not None else w.created_at
         later = {k for a in state.adopted if a.at > taken for k in a.knobs}
