@@ -71,13 +71,14 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
                 "elapsed_s": round(now - (running.started_at or running.submitted_at), 1)},
         })
     waves = []
+    counts_by_wave = ledger.counts_by_wave()
     for w in ledger.waves(track=track):
-        counts = ledger.counts(w.id)
+        counts = counts_by_wave.get(w.id, {})
         total = sum(counts.values())
         finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
                       "total": total, "finished": finished, "counts": counts})
-    board = leaderboard_payload(ctx, None)
+    board = leaderboard_payload(ctx, None, limit=1)  # the best configuration only: SQL picks it
     best = board["best"]
     running = controller_running(ctx.workspace)
     error = ledger.get_meta("controller_error") or None
@@ -195,9 +196,8 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if fmt == "tsv":
         text = results_tsv(ctx, args.wave, args.limit)
     else:
-        payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort), args.wave)
-        payload["rows"] = payload["rows"][:args.limit]
-        payload["configs"] = payload["configs"][:args.limit]
+        # With --limit only the rows shown are read (SQL picks them when there is one kind of hardware).
+        payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort, limit=args.limit), args.wave)
         if fmt == "json":
             text = json.dumps(payload, indent=2, default=str) + "\n"
         elif args.output is None:

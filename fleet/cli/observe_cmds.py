@@ -21,8 +21,10 @@ from fleet.observe.dashboard import (
     CrashLine,
     FleetSnapshot,
     WaveLine,
+    overlap,
     render_dashboard,
-    utilization,
+    utilization_from,
+    utilization_spans,
 )
 from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.observe.plot import PlotData, plot_data, render_png
@@ -34,6 +36,10 @@ from fleet.observe.report import (
 )
 from fleet.research.normalize_view import normalized_for
 from fleet.types import ClusterState, ExperimentState
+
+
+LEADERBOARD_TOP = 10  # rows `fleet watch` shows (and reads)
+CRASHES_SHOWN = 10
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -78,15 +84,15 @@ def wave_lines(ctx: Context, waves_payload: list[dict], wave: str | None = None)
 
 
 def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
-    """Everything the dashboard shows, read from the ledger in one go."""
+    """Everything the dashboard shows, read from the ledger in one go: only what it shows (the top
+    rows, the last crashes, the running experiments, busy time summed in SQL), never every row."""
     now = time.time() if now is None else now
     ledger = ctx.ledger
     status = status_payload(ctx)
-    board = leaderboard_payload(ctx, None)
-    experiments = {e.id: e for e in ledger.experiments()}
+    board = leaderboard_payload(ctx, None, limit=LEADERBOARD_TOP)
+    running = {a.cluster: a for a in ledger.attempts(active=True) if a.state == "running"}
+    experiments = ledger.experiments_by_id([a.experiment_id for a in running.values()])
     waves = {w.id: w for w in ledger.waves()}
-    attempts = ledger.attempts()
-    running = {a.cluster: a for a in attempts if a.state == "running"}
     clusters = []
     for c in status["clusters"]:
         run, elapsed, budget = running.get(c["name"]), None, None
@@ -96,25 +102,25 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
             budget = _budget_s(exp.config.get("TIME_BUDGET"), waves[exp.wave_id].spec.get("default_budget"))
         clusters.append(ClusterLine(c["name"], c["accelerator"], c["state"], c["queue_depth"],
                                     run.experiment_id if run else None, elapsed, budget, c.get("replaces")))
-    results = ledger.results()
-    crashed = sorted((e for e in experiments.values() if e.state in (ExperimentState.CRASH, ExperimentState.TIMEOUT)),
-                     key=lambda e: (e.finished_at or 0.0, e.id), reverse=True)
+    crashed = ledger.recently_finished([ExperimentState.CRASH, ExperimentState.TIMEOUT], CRASHES_SHOWN)
+    results = ledger.results_by_id([e.id for e in crashed])
     crashes = tuple(CrashLine(e.id, e.state.value, results[e.id].accelerator if e.id in results else None,
-                              e.reason, e.finished_at) for e in crashed[:10])
-    busy, available = [], []
-    for a in attempts:
-        if a.started_at is not None:  # a job that held its GPU (or local CPU slot), queue time excluded
-            busy.append((a.started_at, a.ended_at if a.ended_at is not None else now))
+                              e.reason, e.finished_at) for e in crashed)
+    spans = utilization_spans(now)
+    available = []
     for c in ledger.clusters():
         end = now if c.state in (ClusterState.UP, ClusterState.PROVISIONING) else c.updated_at
         available.append((c.created_at, end))
+    # Busy time is jobs that held their GPU (or local CPU slot), queue time excluded, summed in SQL.
+    busy = ledger.busy_seconds(spans, now)
+    capacity = [sum(overlap(a, span) for a in available) for span in spans]
     return FleetSnapshot(
         taken_at=now, backend=status["backend"], controller_running=status["controller"]["running"],
         controller_error=status["controller"]["error"], clusters=tuple(clusters),
         waves=wave_lines(ctx, status["waves"]),
         leaderboard=tuple(Row(**r) for r in board["rows"]), sorted_by=board["sorted_by"],
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
-        crashes=crashes, utilization=utilization(busy, available, now), cost=status["cost"],
+        crashes=crashes, utilization=utilization_from(busy, capacity), cost=status["cost"],
         configs=tuple(ConfigRow(**c) for c in board["configs"]),
     )
 

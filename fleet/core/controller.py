@@ -137,6 +137,8 @@ class Controller(Placing):
     def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> JobInfo | None:
         """Bring the attempt up to date with its job; returns the job if it has just finished."""
         job = self._find_job(attempt, queue)
+        if job is None:  # it may have finished while no controller watched, and left the queue's view
+            job = self._find_job(attempt, self.backend.archived_jobs(attempt.cluster, [job_name(attempt.experiment_id, attempt.n)]))
         if job is None:
             # Submitted-but-unrecorded jobs are adopted by name below; absent means it never
             # reached the queue (the controller died mid-submit) or the queue lost it. If it

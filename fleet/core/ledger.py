@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from fleet.core import faults
 from fleet.core.backup import RESTORE_COMMAND, newest_backup, take_backup
+from fleet.core.ledger_reads import LedgerReads
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
     ADDED_COLUMNS,
@@ -89,7 +90,7 @@ def sqlite_disk_problem(exc: BaseException, path: Path) -> DiskProblem | None:
     return None
 
 
-class Ledger(Transitions):
+class Ledger(Transitions, LedgerReads):
     def __init__(self, path: Path, clock=time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
+CREATE INDEX IF NOT EXISTS experiments_wave_state ON experiments(wave_id, state);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
     n INTEGER NOT NULL, cluster TEXT NOT NULL, accelerator TEXT NOT NULL, job_id INTEGER,
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code INTEGER, log_path TEXT NOT NULL DEFAULT '', UNIQUE (experiment_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
+CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at);
 CREATE TABLE IF NOT EXISTS clusters (
     name TEXT PRIMARY KEY, backend TEXT NOT NULL, accelerator TEXT NOT NULL, state TEXT NOT NULL,
     created_at REAL NOT NULL, updated_at REAL NOT NULL
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS results (
     reason TEXT NOT NULL DEFAULT '', tail TEXT NOT NULL DEFAULT '', gpu_seconds REAL,
     recorded_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS results_val_bpb ON results(val_bpb);
+CREATE INDEX IF NOT EXISTS results_accelerator ON results(accelerator);
 """
 
 # Columns added since the first release: a ledger made before them gets them on open (ALTER TABLE).
