@@ -43,7 +43,7 @@ from fleet.backends.sky_sdk import (
     raise_unavailable,
     strip_colour,
 )
-from fleet.backends.sky_state import SkyState, mark_timeouts
+from fleet.backends.sky_state import SkyState, mark_timeouts, settled_timeouts
 from fleet.backends.sky_translate import (
     CLUSTER_STATES,
     JOB_STATES,
@@ -102,8 +102,12 @@ class SkyPilotBackend(SkyClusters, Backend):
         if not timeouts:
             return
         overdue = mark_timeouts(out, timeouts, self._clock())
-        if overdue:
+        settled = settled_timeouts(out, timeouts)
+        for key in settled:
+            del timeouts[key]
+        if overdue or settled:
             self._files.save_timeouts(timeouts)
+        if overdue:
             requests = {c: self.api.call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
             for cluster, request_id in requests.items():
                 with contextlib.suppress(ClusterLost):
