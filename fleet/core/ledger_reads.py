@@ -7,7 +7,6 @@ inherits them; everything here is read-only.
 """
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,16 +21,12 @@ LEDGER_ORDER = "w.created_at, w.rowid, e.seq"  # the order `Ledger.experiments` 
 
 @dataclass(frozen=True)
 class ConfigMean:
-    """One configuration (knobs and code snapshot) summarized over its finished runs."""
+    """One configuration (knobs and code) and its mean over its finished runs."""
 
     config_key: str
     code: str  # the code snapshot, before knob values were written into it
-    label: str
     mean: float
     n: int
-    sd: float | None  # None with one run
-    best: float
-    best_experiment: str  # the run with the best value (ties: lowest id)
 
 
 class LedgerReads:
@@ -62,11 +57,16 @@ class LedgerReads:
         return out
 
     def done_accelerators(self) -> set[str]:
-        """Accelerators that finished experiments ran on ("unknown" where none was recorded)."""
-        rows = self._query("SELECT DISTINCT COALESCE(r.accelerator, 'unknown') AS a FROM results r "
-                           "JOIN experiments e ON e.id = r.experiment_id WHERE e.state = ?",
-                           [ExperimentState.DONE.value])
-        return {r["a"] for r in rows}
+        """Accelerators that finished experiments ran on ("unknown" where none was recorded).
+
+        The few accelerators come off the index, then each is checked for one finished run: no
+        pass over every result."""
+        out = set()
+        for r in self._query("SELECT DISTINCT accelerator AS a FROM results"):
+            if self._query("SELECT 1 FROM results r JOIN experiments e ON e.id = r.experiment_id"
+                           " WHERE r.accelerator IS ? AND e.state = ? LIMIT 1", [r["a"], ExperimentState.DONE.value]):
+                out.add(r["a"] if r["a"] is not None else "unknown")
+        return out
 
     def ranked(self, limit: int, wave: str | None = None,
                higher_is_better: bool = False) -> list[tuple[ExperimentRow, ResultRow]]:
@@ -93,37 +93,23 @@ class LedgerReads:
         rows = self._query(sql + f" ORDER BY {LEDGER_ORDER} LIMIT ?", [*args, limit])
         return [decode_row(ExperimentRow, r) for r in rows]
 
-    def config_means(self, limit: int, wave: str | None = None, min_runs: int = 1,
-                     higher_is_better: bool = False) -> list[ConfigMean]:
+    def config_means(self, limit: int, wave: str | None = None, higher_is_better: bool = False) -> list[ConfigMean]:
         """Configurations ranked by their mean metric value over finished runs (seeds), best first.
 
         A configuration is its knobs and its code (the snapshot before knob values were written
-        into it); only runs that finished `done` with a finite value count, and only configurations
-        with at least `min_runs` of them are listed. Best is lowest unless `higher_is_better`.
+        into it); only runs that finished `done` with a finite value count. Best is lowest unless
+        `higher_is_better`; ties: more runs first, then by key.
         """
         order = "DESC" if higher_is_better else "ASC"
-        where, args = f"e.state = ? AND {FINITE}", [ExperimentState.DONE.value]
+        sql = ("SELECT e.config_key AS k, COALESCE(e.code_snapshot, e.snapshot) AS code, AVG(r.val_bpb) AS mean,"
+               " COUNT(*) AS n FROM results r JOIN experiments e ON e.id = r.experiment_id"
+               f" WHERE e.state = ? AND {FINITE}")
+        args: list = [ExperimentState.DONE.value]
         if wave is not None:
-            where += " AND e.wave_id = ?"
+            sql += " AND e.wave_id = ?"
             args.append(wave)
-        sql = (
-            "WITH runs AS (SELECT e.config_key, COALESCE(e.code_snapshot, e.snapshot) AS code, e.label, e.id,"
-            "  r.val_bpb, AVG(r.val_bpb) OVER (PARTITION BY e.config_key, COALESCE(e.code_snapshot, e.snapshot)) AS m,"
-            "  ROW_NUMBER() OVER (PARTITION BY e.config_key, COALESCE(e.code_snapshot, e.snapshot)"
-            f"   ORDER BY r.val_bpb {order}, e.id) AS k"
-            f"  FROM results r JOIN experiments e ON e.id = r.experiment_id WHERE {where})"
-            " SELECT config_key, code, MIN(label) AS label, AVG(val_bpb) AS mean, COUNT(*) AS n,"
-            "  SUM((val_bpb - m) * (val_bpb - m)) AS ss, MAX(CASE WHEN k = 1 THEN val_bpb END) AS best,"
-            "  MAX(CASE WHEN k = 1 THEN id END) AS best_experiment"
-            " FROM runs GROUP BY config_key, code HAVING COUNT(*) >= ?"
-            f" ORDER BY mean {order}, n DESC, config_key, code LIMIT ?")
-        out = []
-        for r in self._query(sql, [*args, min_runs, limit]):
-            n, mean = r["n"], r["mean"]
-            sd = math.sqrt(r["ss"] / (n - 1)) if n > 1 else None  # deviations from the mean: no cancellation
-            out.append(ConfigMean(r["config_key"], r["code"], r["label"], mean, n, sd, r["best"],
-                                  r["best_experiment"]))
-        return out
+        sql += f" GROUP BY k, code ORDER BY mean {order}, n DESC, k, code LIMIT ?"
+        return [ConfigMean(r["k"], r["code"], r["mean"], r["n"]) for r in self._query(sql, [*args, limit])]
 
     def config_runs(self, configs: Sequence[tuple[str, str]], wave: str | None = None) -> list[ExperimentRow]:
         """The finished runs (done, finite value) of these (code, config key) configurations, in ledger order."""
@@ -143,17 +129,21 @@ class LedgerReads:
         """(experiment, group, value, steps) of the finished runs whose group — code, configuration,
         accelerator and TIME_BUDGET, as `fleet.research.step_noise` groups them — has two or more runs
         with a known step count, in ledger order. A run alone in its group is never corrected for step
-        noise, so the correction needs only these."""
-        group = ("COALESCE(e.code_snapshot, e.snapshot) || '/' || e.config_key || '/' || COALESCE(r.accelerator, 'unknown')"
-                 " || '/' || COALESCE(json_extract(e.config, '$.TIME_BUDGET'), '')")
+        noise, so the correction needs only these. Configurations run once are skipped by an indexed
+        grouping before any run is looked at."""
         rows = self._query(
-            f"WITH runs AS (SELECT e.id AS id, {group} AS grp, r.val_bpb AS v, r.num_steps AS steps,"
-            f"  w.created_at AS c, w.rowid AS wr, e.seq AS seq"
-            f"  FROM results r JOIN experiments e ON e.id = r.experiment_id JOIN waves w ON w.id = e.wave_id"
-            f"  WHERE e.state = ? AND {FINITE} AND r.num_steps > 0 AND r.num_steps <= 1e308)"
-            " SELECT id, grp, v, steps FROM runs WHERE grp IN (SELECT grp FROM runs GROUP BY grp HAVING COUNT(*) >= 2)"
-            " ORDER BY c, wr, seq", [ExperimentState.DONE.value])
-        return [(r["id"], r["grp"], r["v"], r["steps"]) for r in rows]
+            "WITH twice AS (SELECT config_key AS k, COALESCE(code_snapshot, snapshot) AS code FROM experiments"
+            "  WHERE state = ? GROUP BY k, code HAVING COUNT(*) >= 2)"
+            " SELECT e.id AS id, twice.code || '/' || e.config_key || '/' || COALESCE(r.accelerator, 'unknown') || '/'"
+            "  || COALESCE(json_extract(e.config, '$.TIME_BUDGET'), '') AS grp, r.val_bpb AS v, r.num_steps AS steps"
+            " FROM twice JOIN experiments e ON e.config_key = twice.k AND COALESCE(e.code_snapshot, e.snapshot) = twice.code"
+            " JOIN results r ON r.experiment_id = e.id JOIN waves w ON w.id = e.wave_id"
+            f" WHERE e.state = ? AND {FINITE} AND r.num_steps > 0 AND r.num_steps <= 1e308"
+            " ORDER BY w.created_at, w.rowid, e.seq", [ExperimentState.DONE.value] * 2)
+        size: dict[str, int] = {}
+        for r in rows:
+            size[r["grp"]] = size.get(r["grp"], 0) + 1
+        return [(r["id"], r["grp"], r["v"], r["steps"]) for r in rows if size[r["grp"]] >= 2]
 
     def gpu_seconds(self, wave: str | None = None) -> list[tuple[str, str, float]]:
         """(wave, accelerator, GPU-seconds) summed over results, per wave and accelerator (a negative
@@ -175,23 +165,18 @@ class LedgerReads:
         return [decode_row(ExperimentRow, r) for r in rows]
 
     def busy_seconds(self, spans: Sequence[tuple[float, float]], now: float) -> list[float]:
-        """For each (start, end) span: seconds that attempts held a GPU in it (a running one until `now`)."""
+        """For each (start, end) span: seconds that attempts held a GPU in it (a running one until `now`),
+        summed in one pass over the attempts that overlap the earliest span's start or run still."""
         if not spans:
             return []
-        values = ", ".join("(?, ?, ?)" for _ in spans)
-        args: list = [x for i, (lo, hi) in enumerate(spans) for x in (i, lo, hi)]
+        sums = ", ".join("SUM(MAX(0.0, MIN(e, ?) - MAX(s, ?)))" for _ in spans)
+        args: list = [x for lo, hi in spans for x in (hi, lo)]
         earliest = min(lo for lo, _ in spans)
-        rows = self._query(
-            f"WITH spans(i, lo, hi) AS (VALUES {values}),"
-            " busy(s, e) AS (SELECT started_at, COALESCE(ended_at, ?) FROM attempts"
-            "  WHERE started_at IS NOT NULL AND (ended_at IS NULL OR ended_at > ?))"
-            " SELECT spans.i AS i, SUM(MIN(busy.e, spans.hi) - MAX(busy.s, spans.lo)) AS t"
-            " FROM spans JOIN busy ON busy.s < spans.hi AND busy.e > spans.lo GROUP BY spans.i",
-            [*args, now, earliest])
-        out = [0.0] * len(spans)
-        for r in rows:
-            out[r["i"]] = r["t"] or 0.0
-        return out
+        row = self._query(
+            f"SELECT {sums} FROM (SELECT started_at AS s, ended_at AS e FROM attempts WHERE ended_at > ?"
+            f" AND started_at IS NOT NULL UNION ALL SELECT started_at, ? FROM attempts WHERE ended_at IS NULL"
+            f" AND started_at IS NOT NULL)", [*args, earliest, now])[0]
+        return [float(v or 0.0) for v in row]
 
 
 def _marks(values: Sequence) -> str:

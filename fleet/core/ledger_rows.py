@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code INTEGER, log_path TEXT NOT NULL DEFAULT '', UNIQUE (experiment_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
-CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at);
 CREATE TABLE IF NOT EXISTS clusters (
     name TEXT PRIMARY KEY, backend TEXT NOT NULL, accelerator TEXT NOT NULL, state TEXT NOT NULL,
     created_at REAL NOT NULL, updated_at REAL NOT NULL
@@ -62,6 +61,8 @@ ADDED_COLUMNS = (
 ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS waves_track ON waves(track)",
     "CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at)",
+    # configurations run more than once, found without reading every run (step-noise correction)
+    "CREATE INDEX IF NOT EXISTS experiments_configs ON experiments(state, config_key, COALESCE(code_snapshot, snapshot))",
 )
 SEEDED, REPLICATE = "seed", "replicate"
 
