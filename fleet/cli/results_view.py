@@ -8,9 +8,10 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli.context import Context
+from fleet.observe.efficiency import Efficiency, efficiency, runs_from
 from fleet.observe.leaderboard import build_configs, build_rows
 from fleet.plain_text import plain
-from fleet.research.normalize_view import corrected_for, normalized_for, research_results
+from fleet.research.normalize_view import comparable_values, corrected_for, normalized_for, research_results
 from fleet.research.verdict_report import is_validation, promotion_report
 
 
@@ -69,6 +70,15 @@ def configuration_verdicts(ctx: Context, reports: list[dict[str, Any]]) -> tuple
         for e in base["experiments"][:1]:
             baselines.add((code.get(e, base["snapshot"]), base["config_key"]))
     return verdicts, baselines
+
+
+def efficiency_for(ctx: Context, wave: str | None = None) -> Efficiency:
+    """The frontier, cost of improvement and waste of the ledger (or one wave), from its results."""
+    ledger = ctx.ledger
+    metric = ctx.config.metric
+    values = comparable_values(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
+    runs = runs_from(ledger.experiments(wave=wave), ledger.results(wave=wave), values)
+    return efficiency(runs, ctx.config.prices, sign=-1.0 if metric.higher_is_better else 1.0)
 
 
 def _fmt(value, digits: int = 4) -> str:
