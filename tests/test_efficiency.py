@@ -83,7 +83,8 @@ def test_runs_from_the_ledger_rows():
 
 
 def test_the_plot_on_gpu_hours_is_the_frontier():
-    experiments = [_exp(1, DONE), _exp(2, CRASH), _exp(3, DONE), _exp(4, DONE)]
+    experiments = [_exp(1, DONE, config_key="a"), _exp(2, CRASH, config_key="b"), _exp(3, DONE, config_key="c"),
+                   _exp(4, DONE, config_key="d")]
     results = {"e1": _res(1, "done", 1.2, 1800), "e2": _res(2, "crash", None, 3600),
                "e3": _res(3, "done", 1.1, 1800), "e4": _res(4, "done", 1.3, 1800)}
     data = plot_data(experiments, results, x="gpu_hours")

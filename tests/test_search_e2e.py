@@ -70,7 +70,7 @@ def test_a_killed_controller_resumes_the_search_with_every_trial_asked_once(flee
     assert {r["experiment"] for r in board["rows"]} == {e.id for e in fleet.ledger.experiments(wave="s")}
 
     # `fleet promote` works on a search wave like on any other: the best trials against the baseline.
-    plan = fleet.json("promote", "s", "--top", "2", "--seeds", "1")
+    plan = fleet.json("promote", "s", "--top", "2", "--seeds", "2")
     best = sorted((fleet.ledger.result(e.id).val_bpb, e.config_key) for e in runs)[:2]
     promoted = {e.config_key for e in fleet.ledger.experiments(wave=plan["wave"]) if e.description != "baseline"}
     assert promoted == {key for _, key in best}
@@ -123,7 +123,16 @@ def test_a_bad_search_or_early_stop_block_is_refused_with_one_line(fleet, block,
     assert fleet.ledger.waves() == []
 
 
-def test_a_clearly_bad_run_is_pruned_and_the_good_ones_run_to_the_end(fleet):
+def test_a_clearly_bad_run_is_pruned_and_the_good_ones_run_to_the_end(tmp_path, monkeypatch, capsys):
+    # Three slots: the wave's order puts its baseline third, and it must run beside the bad run to be its reference.
+    fleet = make_project(tmp_path, monkeypatch, capsys, slots="cpu,cpu,cpu", fixture=SEARCHWORK)
+    try:
+        _prune_a_bad_run(fleet)
+    finally:
+        teardown(fleet)
+
+
+def _prune_a_bad_run(fleet):
     fleet.write("e.yaml", """\
 name: e
 env: {TIME_BUDGET: 3, LOG_POINTS: 30, WARMDOWN_RATIO: 0.3}
