@@ -1,6 +1,6 @@
 """The controller's side of early stopping: read running runs' training loss, stop those clearly behind.
 
-Once per cycle (`CycleHook.watch`), for waves with `early_stop`: fetch a bounded tail of each running
+Once per cycle (a `Watcher`, `fleet.core.hooks`), for waves with `early_stop`: fetch a bounded tail of each running
 run's log (`Backend.log_tails`), add its loss points to what earlier cycles saw, and ask
 `early_stop.judge`. A run to stop is recorded `pruned` in one conditional ledger transaction
 (`prune_attempt`: only while its attempt is live and it is running), with its last loss and the GPU
@@ -38,9 +38,6 @@ class EarlyStopHook:
         self.clock = ledger.clock
         self._points: dict[str, list[Point]] = {}  # running experiment -> the loss points seen so far
         self._finished: dict[str, Curve] = {}  # finished experiment -> its whole curve, from its saved log
-
-    def refill(self, controller: Controller) -> None:
-        pass
 
     def watch(self, controller: Controller) -> None:
         waves = {w.id: w for w in self.ledger.waves() if w.spec.get("early_stop")}

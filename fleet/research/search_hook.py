@@ -1,6 +1,6 @@
 """The controller's side of a search wave: tell the study what finished, ask it for what to run next.
 
-`SearchDriver` is two things to the controller. As a `CycleHook` it watches each cycle, once results
+`SearchDriver` is two things to the controller. As a `Watcher` (`fleet.core.hooks`) it watches each cycle, once results
 are recorded: it tells the study every trial whose runs have all finished. As the `WaveSource` of
 waves of kind `search` it joins the scheduler (`fleet.core.placement`): `capacity` is how many trials
 are left to ask, and when the scheduler gives the wave a slot (by its priority and track, like any
