@@ -1,7 +1,7 @@
 """The controller's side of early stopping: read running runs' training loss, stop those clearly behind.
 
-Once per cycle (a `Watcher`, `fleet.core.hooks`), for waves with `early_stop`: fetch a bounded tail of each running
-run's log (`Backend.log_tails`), add its loss points to what earlier cycles saw, and ask
+Once per cycle (a `Watcher`, `fleet.core.hooks`), for waves with `early_stop`: fetch a bounded tail of
+each running run's log (`Backend.log_tails`), add its loss points to what earlier cycles saw, and ask
 `early_stop.judge`. A run to stop is recorded `pruned` in one conditional ledger transaction
 (`prune_attempt`: only while its attempt is live and it is running), with its last loss and the GPU
 time it used; the controller then cancels its job in the same cycle, as for a user's

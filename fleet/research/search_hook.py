@@ -1,7 +1,7 @@
 """The controller's side of a search wave: tell the study what finished, ask it for what to run next.
 
-`SearchDriver` is two things to the controller. As a `Watcher` (`fleet.core.hooks`) it watches each cycle, once results
-are recorded: it tells the study every trial whose runs have all finished. As the `WaveSource` of
+`SearchDriver` is two things to the controller. As a `Watcher` (`fleet.core.hooks`) it watches each
+cycle, once results are recorded: it tells the study every trial whose runs have all finished. As the `WaveSource` of
 waves of kind `search` it joins the scheduler (`fleet.core.placement`): `capacity` is how many trials
 are left to ask, and when the scheduler gives the wave a slot (by its priority and track, like any
 wave's work), `produce` asks the study for a configuration and fills the next planned trial with it.
@@ -67,7 +67,7 @@ class SearchDriver:
         self._finished: set[str] = set()  # waves whose every trial is told: nothing more to do this process
         self._codes: CodeStore | None = None
 
-    # --- CycleHook ---------------------------------------------------------------------------
+    # --- Watcher -------------------------------------------------------------------------------
     def watch(self, controller: Controller) -> None:
         for wave in self.ledger.waves():
             if wave.kind != SEARCH_KIND or wave.id in self._finished or "search" not in wave.spec:
