@@ -133,6 +133,12 @@ class Backend(abc.ABC):
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
         return _each(self.logs, items)
 
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The last `lines` lines of each job's output so far: early stopping reads running jobs' training
+        loss every cycle, so a backend that can fetch less than the whole log should."""
+        return [text if isinstance(text, BackendError) else "\n".join(text.splitlines()[-lines:])
+                for text in self.logs_many(items)]
+
 
 def _each(call: Callable[..., T], items: Sequence[tuple]) -> list[T | BackendError]:
     """Call once per item; a per-item failure is that item's outcome, an unreachable backend stops all."""

@@ -42,6 +42,7 @@ _STATES = {
     "lost": JobState.CLUSTER_FAILED,  # vanished without an exit status: not the experiment's fault
 }
 SETUP_TIMEOUT_S = 3600
+TAIL_LINE_BYTES = 256  # bytes read per line asked for by `log_tails` (loss lines are ~60)
 # What a job inherits from the controller's environment: what programs need to run at all, and
 # the fleet's own variables. Anything else (tokens, keys) only if fleet.yaml names it in
 # `env_passthrough`.
@@ -285,6 +286,20 @@ class LocalBackend(Backend):
         if job.state in ("succeeded", "failed") and not _ends_with(text, END_LINE.format(code=job.exit_code)):
             raise LogIncomplete(f"{job.log} was cut short (it lacks its last line); is the disk holding it full?")
         return text
+
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The end of each log file only: a long run's log is read a little at a time, not whole every cycle."""
+        out: list[str | BackendError] = []
+        for cluster, job_id in items:
+            log = SlotQueue(self._slot_dir(cluster)).log_path(job_id)
+            try:
+                with open(log or "", "rb") as f:
+                    f.seek(max(0, f.seek(0, os.SEEK_END) - lines * TAIL_LINE_BYTES))
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = ""
+            out.append("\n".join(text.splitlines()[-lines:]))
+        return out
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if self._meta(cluster) is not None:

@@ -252,6 +252,20 @@ class SkyPilotBackend(SkyClusters, Backend):
                 existing.append(cluster)
         return gone, existing
 
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The last `lines` lines of each running job's log, `tail_logs(tail=lines)` on threads: a bounded
+        read per job per cycle, whatever the log's length."""
+        def tail(item: tuple[str, int]) -> str:
+            cluster, job_id = item
+            buffer = io.StringIO()
+            self.api.call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False, tail=lines,
+                          output_stream=buffer)
+            return strip_colour(buffer.getvalue())
+
+        results: list[str | BackendError] = concurrently(tail, items)
+        raise_unavailable(results)
+        return results
+
     def logs(self, cluster: str, job_id: int) -> str:
         """The job's output, from `tail_logs` (no follow) into a buffer; downloaded if that is unsupported.
 

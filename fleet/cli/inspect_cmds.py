@@ -16,6 +16,7 @@ from fleet.cli.context import Context
 from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import (
     configuration_verdicts,
+    efficiency_for,
     leaderboard_payload,
     render_leaderboard,
     validation_reports,
@@ -76,7 +77,7 @@ def status_payload(ctx: Context, track: str | None = None, board: dict | None = 
     for w in ledger.waves(track=track):
         counts = counts_by_wave.get(w.id, {})
         total = sum(counts.values())
-        finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
+        finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled", "pruned"))
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
                       "total": total, "finished": finished, "counts": counts})
     if board is None:
@@ -106,6 +107,7 @@ def status_payload(ctx: Context, track: str | None = None, board: dict | None = 
             "normalized": best["normalized"], "accelerator": ", ".join(best["accelerators"])},
         "sorted_by": board["sorted_by"],
         "cost": cost_summary(ledger, ctx.config),
+        "efficiency": efficiency_for(ctx).compact(),
     }
 
 
@@ -134,7 +136,7 @@ def render_status(console: Console, payload: dict) -> None:
         n = w["counts"]
         waves.add_row(Text(plain(w["id"])), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
                       f"{w['finished']}/{w['total']}",
-                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
+                      str(n.get("pending", 0) + n.get("queued", 0) + n.get("planned", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
                       str(n.get("crash", 0) + n.get("timeout", 0)))
     console.print(waves)
     if payload["best"]:
@@ -143,6 +145,12 @@ def render_status(console: Console, payload: dict) -> None:
         console.print(styled(f"best: {b['label'] or 'base'} val_bpb={b['val_bpb']:.4f}{spread} (mean of n={b['n']}, "
                              f"{b['accelerator']}; {b['experiment']})"))
     console.print(styled(f"spend: {describe_spend(payload['cost'])}"))
+    eff = payload.get("efficiency") or {}
+    if eff.get("best") is not None:
+        waste = ", ".join(f"{k} {100 * v:.0f}%" for k, v in eff["waste"].items())
+        per = eff.get("gpu_hours_per_0.001")
+        console.print(styled(f"efficiency: best after {eff['gpu_hours_to_best']:.2f} of {eff['gpu_hours']:.2f} GPU-hours"
+                             + (f", {per:.3f} GPU-h per 0.001" if per is not None else "") + f"; GPU time to {waste}"))
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:

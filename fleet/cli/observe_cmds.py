@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
-from fleet.cli.results_view import leaderboard_payload, validation_reports
+from fleet.cli.results_view import efficiency_for, leaderboard_payload, validation_reports
 from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
 from fleet.observe.cost import cost_summary, ledger_usages_by_wave, spend_by_wave
@@ -26,6 +26,7 @@ from fleet.observe.dashboard import (
     utilization_from,
     utilization_spans,
 )
+from fleet.observe.efficiency import describe as describe_efficiency
 from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.observe.plot import PlotData, plot_data, render_png
 from fleet.observe.report import (
@@ -52,8 +53,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("-o", "--output", type=Path, default=Path("progress.png"), help="PNG to write (default progress.png)")
     p.add_argument("--wave", help="only this wave (default: every wave)")
     p.add_argument("--normalized", action="store_true", help="plot val_bpb normalized across hardware")
-    p.add_argument("--x", choices=("order", "time"), default="order",
-                   help="x axis: experiments in the order they finished (default) or wall-clock minutes")
+    p.add_argument("--x", choices=("order", "time", "gpu-hours"), default="order",
+                   help="x axis: experiments in the order they finished (default), wall-clock minutes, or GPU-hours "
+                   "spent (the running best is then the frontier: the best found per GPU-hour)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", parents=[common], help="a shareable Markdown summary (waves, best, plot, spend)")
@@ -122,6 +124,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
         crashes=crashes, utilization=utilization_from(busy, capacity), cost=status["cost"],
         configs=tuple(ConfigRow(**c) for c in board["configs"]),
+        efficiency=describe_efficiency(efficiency_for(ctx)) if results else "",
     )
 
 
@@ -183,7 +186,8 @@ def build_plot(ctx: Context, wave: str | None, normalized: bool, x: str) -> Plot
         raise FleetError("no experiment has a normalized val_bpb yet (normalization needs runs on more than one "
                          "kind of accelerator); plot raw values without --normalized")
     origin = min((w.created_at for w in waves if wave is None or w.id == wave), default=None)
-    return plot_data(experiments, results, normalized=norm, promoted=promoted, verdicts=verdicts, x=x, origin=origin)
+    return plot_data(experiments, results, normalized=norm, promoted=promoted, verdicts=verdicts, x=x.replace("-", "_"),
+                     origin=origin)
 
 
 def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
@@ -217,6 +221,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
         waves=wave_lines(ctx, status_payload(ctx)["waves"], args.wave), rows=[Row(**r) for r in board["rows"]], sorted_by=board["sorted_by"],
         calibration=board["calibration"], verdicts=verdicts, cost=cost_summary(ledger, ctx.config, args.wave),
         plot_file=plot_file, plot_note=plot_note, configs=[ConfigRow(**c) for c in board["configs"]],
+        efficiency=efficiency_for(ctx, args.wave),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

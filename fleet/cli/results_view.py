@@ -10,9 +10,10 @@ from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.core.ledger_rows import ExperimentRow, ResultRow
+from fleet.observe.efficiency import Efficiency, efficiency, runs_from
 from fleet.observe.leaderboard import ConfigRow, Row, build_configs, build_rows
 from fleet.plain_text import plain
-from fleet.research.normalize_view import corrected_for, normalized_for, research_results
+from fleet.research.normalize_view import comparable_values, corrected_for, normalized_for, research_results
 from fleet.research.verdict_report import is_validation, promotion_report
 from fleet.types import ExperimentState
 
@@ -120,6 +121,15 @@ def configuration_verdicts(ctx: Context, reports: list[dict[str, Any]]) -> tuple
         for e in base["experiments"][:1]:
             baselines.add((code.get(e, base["snapshot"]), base["config_key"]))
     return verdicts, baselines
+
+
+def efficiency_for(ctx: Context, wave: str | None = None) -> Efficiency:
+    """The frontier, cost of improvement and waste of the ledger (or one wave), from its results."""
+    ledger = ctx.ledger
+    metric = ctx.config.metric
+    values = comparable_values(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
+    runs = runs_from(ledger.experiments(wave=wave), ledger.results(wave=wave), values)
+    return efficiency(runs, ctx.config.prices, sign=-1.0 if metric.higher_is_better else 1.0)
 
 
 def _fmt(value, digits: int = 4) -> str:

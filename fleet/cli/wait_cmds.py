@@ -25,7 +25,7 @@ from fleet.plain_text import plain
 from fleet.research.sequential import extend_waves
 from fleet.types import ClusterState, ExperimentState
 
-UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
+UNFINISHED = (ExperimentState.PLANNED, ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -97,6 +97,10 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
         while True:
             counts = ledger.counts(wave)
             unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
+            # A search's planned trials wait on a budget cap with its held experiments: not work to wait for.
+            unfinished -= sum(ledger.counts(w).get(ExperimentState.PLANNED.value, 0)
+                              for w in _capped_searches(ledger, wave))
+            untold = ledger.untold_trials(wave)  # finished, but the search has still to hear of it
             finished = sum(counts.values()) - unfinished - counts.get("held", 0)
             if ctx.sink.mode == "human":
                 new = ledger.finished_since(seen_until, wave)
@@ -108,7 +112,7 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                             description=plain(f"{wave or 'all waves'}: {counts.get('running', 0)} running"))
             # A sequential validation may still need seed pairs: add them now rather than call it done
             # (the controller does so too, as results arrive; adding is idempotent).
-            if unfinished == 0 and not extend_waves(ctx.workspace, ledger, ctx.config,
+            if unfinished == 0 and untold == 0 and not extend_waves(ctx.workspace, ledger, ctx.config,
                                                     waves=None if wave is None else {wave}):
                 return
             if not controller_running(ctx.workspace):
@@ -131,6 +135,12 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
                                  "(they keep running: `fleet wait` again later)")
             time.sleep(0.5)
+
+
+def _capped_searches(ledger, wave: str | None) -> set[str]:
+    """Waves (all, or `wave`) with planned trials that wait on held experiments."""
+    counts = {w.id: ledger.counts(w.id) for w in ledger.waves() if wave is None or w.id == wave}
+    return {w for w, n in counts.items() if n.get(ExperimentState.PLANNED.value) and n.get(ExperimentState.HELD.value)}
 
 
 def finished_line(ctx: Context, exp, finished: int, total: int) -> Text:

@@ -56,6 +56,8 @@ ADDED_COLUMNS = (
     ("waves", "priority", "INTEGER NOT NULL DEFAULT 0"),
     ("waves", "track", "TEXT NOT NULL DEFAULT ''"),
     ("clusters", "replaces", "TEXT"),
+    ("experiments", "trial", "INTEGER"),  # a search wave's trial number (Optuna's), None elsewhere
+    ("experiments", "told", "INTEGER NOT NULL DEFAULT 0"),  # its trial's score is in the study (search waves)
 )
 # Indexes on added columns: created after the columns exist (a ledger made before them gets both on open).
 ADDED_INDEXES = (
@@ -115,6 +117,8 @@ class ExperimentRow:
     # "seed": `seed` is the SEED it ran with, so runs pair by seed; "replicate": the workload has no
     # SEED knob, `seed` only numbers the run, and runs compare unpaired.
     seeding: str = SEEDED
+    trial: int | None = None  # the search trial this run belongs to (search waves only)
+    told: bool = False  # its trial's score was told to the search's study
 
     @property
     def code(self) -> str:
@@ -178,6 +182,7 @@ class NewExperiment:
     code_snapshot: str | None = None
     base_snapshot: str | None = None
     seeding: str = SEEDED
+    trial: int | None = None  # a search trial's run: recorded `planned` until the search chooses its configuration
 
 
 def decode_row(cls, row: sqlite3.Row):
@@ -189,6 +194,7 @@ def decode_row(cls, row: sqlite3.Row):
     if cls is ExperimentRow:
         data["state"] = ExperimentState(data["state"])
         data["released"] = bool(data["released"])
+        data["told"] = bool(data.get("told", 0))
     if cls is ClusterRow:
         data["state"] = ClusterState(data["state"])
     return cls(**data)

@@ -84,6 +84,7 @@ class FleetSnapshot:
     utilization: Utilization
     cost: dict = field(default_factory=dict)  # fleet.observe.cost.spend() plus cap_gpu_hours
     configs: tuple[ConfigRow, ...] = ()  # configurations by their mean over runs, best first
+    efficiency: str = ""  # fleet.observe.efficiency.describe(): the best per GPU-hour and the waste
 
 
 # --- utilization ---------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
         held = n.get("held", 0)
         gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
         table.add_row(_t(w.id), _t(w.kind), _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
-                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
+                      str(n.get("pending", 0) + n.get("queued", 0) + n.get("planned", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
                       Text(str(held), style="yellow" if held else ""), gpu, f"{w.dollars:.2f}")
     return table
 
@@ -246,6 +247,8 @@ def render_footer(snap: FleetSnapshot) -> RenderableType:
         if cap and snap.cost["gpu_hours"] >= cap:
             spend.stylize("red")
         lines.append(spend)
+    if snap.efficiency:
+        lines.append(Text.assemble(("efficiency ", "bold"), snap.efficiency))
     held = sum(w.counts.get("held", 0) for w in snap.waves)
     if held:
         noun, them = ("experiment is", "it") if held == 1 else ("experiments are", "them")

@@ -118,3 +118,12 @@ def corrected_for(ledger: Ledger, higher_is_better: bool = False, fleet_slope: f
         if removed is not None:
             summary += f"; correcting it removed {100 * removed:.0f}% of the variance of repeated configurations"
     return StepView(values, fit, removed, summary)
+
+
+def comparable_values(ledger: Ledger, reference: str, higher_is_better: bool = False) -> dict[str, float | None]:
+    """Each finished run's value as runs are compared (a search's tells, the efficiency frontier): normalized
+    across hardware when the fleet is mixed, raw otherwise (a run with no normalized value keeps its raw
+    one); lower is better either way, as `research_results`."""
+    raw = {k: r.val_bpb for k, r in research_results(ledger.results(), higher_is_better).items()}
+    norm = normalized_for(ledger, reference, higher_is_better).values
+    return {k: norm[k] if norm.get(k) is not None else v for k, v in raw.items()}
