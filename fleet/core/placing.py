@@ -33,7 +33,7 @@ from fleet.types import ClusterState, ExperimentState, job_name
 from fleet.workspace import Workspace
 
 if TYPE_CHECKING:
-    from fleet.backends.base import JobSpec
+    from fleet.types import JobSpec
     from fleet.core.controller import CycleReport
 
 log = logging.getLogger("fleet.core.controller")
