@@ -10,7 +10,6 @@ controller and runner start) from the moment `fleet wave` is called.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -62,10 +61,8 @@ def main() -> int:
     print(f"running {total} x {args.seconds:g}s jobs on {args.slots} slots (queue depth {args.depth})…", file=sys.stderr)
     while ledger.has_unfinished_work():
         time.sleep(0.2)
-    spans = []
-    for spec in (root / ".fleet" / "local").glob("*/jobs/*.state"):
-        state = json.loads(spec.read_text())
-        spans.append((state["started_at"], state["ended_at"]))
+    # Each job's start and end as its slot recorded them (the controller copies them into the ledger).
+    spans = [(a.started_at, a.ended_at) for a in ledger.attempts() if a.state == "succeeded"]
     assert len(spans) == total, f"{len(spans)} jobs ran, expected {total}"
     busy = sum(end - start for start, end in spans)
     first, last = min(s for s, _ in spans), max(e for _, e in spans)

@@ -11,7 +11,7 @@ metric: {name: val_bpb, direction: minimize}  # the summary key experiments are 
 queue_depth: 2               # jobs kept in each cluster's queue (one running, one waiting)
 tiers:                       # priority: waves of higher-priority tiers start first (within a track)
   screen:   {accelerators: [H100], seeds: 1, priority: 0}
-  validate: {accelerators: [H200], seeds: 3, priority: 10}
+  validate: {accelerators: [H200], seeds: 3, priority: 10}   # a tier may also set `early_stop` for its waves
 tracks: {}                   # fair-share weights of tracks (e.g. {agent-a: 2, agent-b: 1}); others weigh 1
 fleet_size: {replace_lost: true, backoff_s: 60, autodown_minutes: 30}  # see FleetSizeConfig
 prices: {H100: 2.25, H200: 3.15, cpu: 0.0}   # $ per GPU-hour
@@ -28,11 +28,22 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import yaml
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fleet.errors import InputError, format_validation_error
 
@@ -46,12 +57,46 @@ VALIDATION_PRIORITY = 10
 TRACK_PATTERN = r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$"
 
 
+def _finite(value: float) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise PydanticCustomError("finite_scalar", "must be a finite number")
+    return value
+
+
+Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_finite)]
+
+
+class EarlyStopSettings(BaseModel):
+    """`early_stop:` of a wave or a tier: checkpoints (fractions of the budget) and a margin in training-loss units.
+
+    A run whose loss at a checkpoint trails the wave's baseline (or median) run at the same fraction by more
+    than `margin` is stopped and recorded as pruned. Whether the checkpoints come before the warmdown is
+    checked when a wave is submitted, against its WARMDOWN_RATIO.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    at: list[Number] = Field(..., min_length=1, description="fractions of the budget, before the warmdown")
+    margin: Number = Field(..., ge=0, description="training-loss units a run may trail the reference by")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "EarlyStopSettings":
+        for value in self.at:
+            if not 0 < value < 1:
+                raise PydanticCustomError("early_stop_at", "`at` = {value} is not a fraction of the budget; give "
+                                          "values between 0 and 1 (e.g. `at: [0.25]`)", {"value": value})
+        if list(self.at) != sorted(set(self.at)):
+            raise PydanticCustomError("early_stop_at", "`at` must list distinct fractions in increasing order "
+                                      "(e.g. `at: [0.2, 0.4]`)")
+        return self
+
+
 class Tier(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accelerators: list[str] = Field(default_factory=list, description="accelerators that run this tier; empty = any")
     seeds: int = Field(1, ge=1, description="default seeds for waves of this tier")
     priority: int = Field(0, ge=-1000, le=1000,
                           description="waves of this tier start before lower-priority waves of the same track")
+    early_stop: EarlyStopSettings | None = Field(None, description="early stopping for this tier's waves")
 
 
 class LocalConfig(BaseModel):

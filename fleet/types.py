@@ -12,6 +12,7 @@ from enum import Enum
 class ExperimentState(str, Enum):
     """Where an experiment is in its life, as the ledger records it."""
 
+    PLANNED = "planned"  # a search wave's trial whose configuration the search has not chosen yet
     PENDING = "pending"  # waiting for the controller to place it on a cluster
     HELD = "held"  # would exceed a budget cap; released by the user
     QUEUED = "queued"  # in a cluster's job queue, not started
@@ -20,6 +21,7 @@ class ExperimentState(str, Enum):
     CRASH = "crash"  # the experiment itself failed (non-zero exit, missing metric, NaN)
     TIMEOUT = "timeout"  # killed for running past its timeout
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # stopped early: its training loss was clearly behind at a checkpoint (not a crash)
 
     @property
     def finished(self) -> bool:
@@ -31,7 +33,8 @@ class ExperimentState(str, Enum):
 
 
 FINISHED_STATES = frozenset(
-    {ExperimentState.DONE, ExperimentState.CRASH, ExperimentState.TIMEOUT, ExperimentState.CANCELLED}
+    {ExperimentState.DONE, ExperimentState.CRASH, ExperimentState.TIMEOUT, ExperimentState.CANCELLED,
+     ExperimentState.PRUNED}
 )
 
 

@@ -96,6 +96,17 @@ class BackendContract:
         for (_, end), (start, _) in zip(spans, spans[1:]):
             assert start >= end - 0.01, "jobs on one cluster must not overlap"
 
+    def test_log_tails_are_the_last_lines_of_each_log(self, env):
+        backend, workspace, clusters = env
+        snap = snapshot(workspace, "v1")
+        ids = [backend.submit(clusters[0], self._job(f"exp-t{i}", snap)) for i in range(2)]
+        wait_terminal(backend, clusters[0], ids)
+        tails = backend.log_tails([(clusters[0], job_id) for job_id in ids], 3)
+        for i, (job_id, tail) in enumerate(zip(ids, tails)):
+            whole = backend.logs(clusters[0], job_id).splitlines()
+            assert tail.splitlines() == whole[-3:], (tail, whole)
+            assert f"end exp-t{i}" in tail and "start" not in tail
+
     def test_job_names_carry_experiment_and_attempt(self, env):
         backend, workspace, clusters = env
         job_id = backend.submit(clusters[0], self._job("exp-x", snapshot(workspace, "v1"), attempt=3))

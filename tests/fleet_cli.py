@@ -11,6 +11,7 @@ from fleet.cli.main import main
 from fleet.core.ledger import Ledger
 
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
+SEARCHWORK = Path(__file__).parent / "fixtures" / "searchwork"  # a known optimum and a loss curve
 BYO = Path(__file__).parent / "fixtures" / "byo"  # an autoresearch-like checkout: root train.py, constants
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
                 "GIT_COMMITTER_EMAIL": "t@example.com"}
@@ -48,9 +49,9 @@ class FleetRunner:
             time.sleep(0.1)
 
 
-def make_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu") -> FleetRunner:
+def make_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu", fixture: Path = TINYWORK) -> FleetRunner:
     root = tmp_path / "project"
-    shutil.copytree(TINYWORK, root)
+    shutil.copytree(fixture, root)
     monkeypatch.chdir(root)
     monkeypatch.setenv("FLEET_ROOT", str(root))
     monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", slots)

@@ -24,8 +24,9 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, log_failures: int = 0, refusals: int = 0, outages: int = 0) -> None:
+    def __init__(self, log_failures: int = 0, refusals: int = 0, outages: int = 0, archives: bool = False) -> None:
         self.outages = outages  # queue polls that fail as if the API server were restarting
+        self.archives = archives  # finished jobs leave `queues()` at once and only `archived_jobs` has them
         self.jobs: list[JobInfo] = []
         self.log_failures = log_failures
         self.log_calls = 0
@@ -49,7 +50,10 @@ class ScriptedBackend(Backend):
         if self.outages > 0:
             self.outages -= 1
             raise BackendUnavailable("API server restarting")
-        return {c: list(self.jobs) for c in clusters}
+        return {c: [j for j in self.jobs if not (self.archives and j.state.terminal)] for c in clusters}
+
+    def archived_jobs(self, cluster, names):
+        return [j for j in self.jobs if self.archives and j.state.terminal and j.name in names]
 
     def logs(self, cluster, job_id):
         self.log_calls += 1
@@ -125,6 +129,33 @@ def test_a_passing_backend_outage_is_retried_with_backoff_not_a_crash(tmp_path):
     assert sleeps[:3] == [0.2, 1.4, 3.8]  # backoff doubles (plus 1 s) while the outage lasts
     assert ledger.experiments()[0].state == ExperimentState.DONE
     assert ledger.get_meta("controller_error") == ""  # the retry notice went away with the outage
+
+
+def test_a_job_that_finished_out_of_the_queues_view_is_found_in_the_archive_not_rerun(tmp_path):
+    backend = ScriptedBackend(archives=True)  # as if no controller watched while the job finished
+    ledger, controller = _setup(tmp_path, backend)
+    controller.cycle()
+    controller.cycle()
+    exp = ledger.experiments()[0]
+    assert (exp.state, exp.attempts, backend.submit_calls) == (ExperimentState.DONE, 1, 1)
+    assert ledger.result(exp.id).val_bpb == 1.25
+
+
+def test_pending_work_behind_a_long_head_for_full_clusters_is_still_placed(tmp_path):
+    # The controller reads only the head of the pending list when that fills the free places; here
+    # the head (100 experiments for H200, whose one cluster fills at once) cannot, so it reads on.
+    backend = ScriptedBackend()
+    workspace = Workspace(tmp_path).ensure()
+    ledger = Ledger(workspace.ledger_path)
+    ledger.upsert_cluster("h100", backend.name, "H100", ClusterState.UP)
+    ledger.upsert_cluster("h200", backend.name, "H200", ClusterState.UP)
+    ledger.add_wave("big", "validate", {"timeout_s": 60}, "snap",
+                    [NewExperiment({"I": str(i)}, f"k{i}", 0, "", "") for i in range(100)])
+    _, (late,) = ledger.add_wave("late", "screen", {"timeout_s": 60}, "snap", [NewExperiment({}, "k", 0, "", "")])
+    Controller(workspace, ledger, backend, FleetConfig(queue_depth=2)).cycle()
+    assert ledger.experiment(late.id).state == ExperimentState.QUEUED
+    placed = {a.cluster for a in ledger.attempts() if a.experiment_id.startswith("big")}
+    assert placed == {"h200"} and len(ledger.attempts()) == 3
 
 
 def test_cycle_hooks_see_what_finished_and_may_add_work(tmp_path):

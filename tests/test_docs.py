@@ -42,6 +42,7 @@ from fleet.core.expand import expand_wave
 from fleet.core.knobs import check_wave_knobs, load_knob_listing
 from fleet.core.wave import TOP_LEVEL_KEYS, load_wave
 from fleet.errors import InputError
+from fleet.research.search_checks import probe_experiments, resolve_space, warmdown_problems
 
 REPO = Path(__file__).resolve().parent.parent
 TINYWORK = Path(__file__).parent / "fixtures" / "tinywork"
@@ -266,6 +267,11 @@ def test_yaml_examples_are_valid(doc, body, knob_listing, tmp_path):
     spec = load_wave(path, config.tiers.keys())
     planned = expand_wave(spec, config.tiers[spec.tier].seeds)
     check_wave_knobs(planned, knob_listing, REPO, f"{doc} example")
+    spec, problems = resolve_space(spec, knob_listing)  # a search space and early stopping, as `fleet wave` checks
+    problems += warmdown_problems(spec.early_stop, spec, knob_listing, "early_stop")
+    assert not problems, problems
+    if spec.search is not None:
+        check_wave_knobs(probe_experiments(spec), knob_listing, REPO, f"{doc} example")
 
 
 def test_moved_examples_are_validated():

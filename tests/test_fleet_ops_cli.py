@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -93,7 +92,7 @@ def real_workload(fleet):
     ("grid: {DEPTH: [-1]}", "knob DEPTH='-1' is below the minimum 1"),
     # the combination rule: the fix keeps the value under test and is offered first
     ("env: {PRESET: gpu}\ngrid: {TOTAL_BATCH_SIZE: [32768]}",
-     "e.g. DEVICE_BATCH_SIZE=16 (keeps TOTAL_BATCH_SIZE=32768) or TOTAL_BATCH_SIZE=131072"),
+     "e.g. DEVICE_BATCH_SIZE=16 (keeps TOTAL_BATCH_SIZE=32768) or TOTAL_BATCH_SIZE=262144"),  # 128 * 2048
 ])
 def test_dry_run_runs_the_full_knob_and_combination_check(real_workload, wave, message):
     fleet = real_workload

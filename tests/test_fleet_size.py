@@ -26,7 +26,7 @@ from fleet.core.fleet_size import (
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ClusterRow, NewExperiment
 from fleet.testing import fake_sky
-from fleet.types import ClusterInfo, ClusterState, ExperimentState
+from fleet.types import ClusterState, ExperimentState
 from fleet.workspace import Workspace
 
 UP, LOST, DOWN, PROV = ClusterState.UP, ClusterState.LOST, ClusterState.DOWN, ClusterState.PROVISIONING

@@ -149,7 +149,7 @@ def test_a_ledger_from_before_code_variants_gets_the_new_columns(tmp_path):
     db.execute("CREATE TABLE experiments_old AS SELECT * FROM experiments")
     db.execute("DROP TABLE experiments")
     old_schema = [c for c in db.execute("PRAGMA table_info(experiments_old)")
-                  if c[1] not in ("code_snapshot", "base_snapshot", "seeding")]
+                  if c[1] not in ("code_snapshot", "base_snapshot", "seeding", "trial", "told")]
     assert len(old_schema) == 17
     db.execute("CREATE TABLE experiments AS SELECT " + ", ".join(c[1] for c in old_schema) + " FROM experiments_old")
     db.commit()
@@ -158,6 +158,7 @@ def test_a_ledger_from_before_code_variants_gets_the_new_columns(tmp_path):
     (exp,) = ledger.add_wave("w", "screen", {}, "snap",
                              [NewExperiment({}, "k", 0, "", "", "s2", "c2", "b2", "replicate")])[1]
     assert (exp.snapshot, exp.code, exp.base_snapshot, exp.seeding) == ("s2", "c2", "b2", "replicate")
+    assert exp.trial is None and not exp.told and exp.state == ExperimentState.PENDING
 
 
 def test_add_experiments_appends_each_run_once_and_keeps_their_own_code(tmp_path):

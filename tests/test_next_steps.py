@@ -12,7 +12,6 @@ from fleet.observe.next_steps import (
     Budget,
     CandidateView,
     ClusterView,
-    ConfigView,
     LoopState,
     WaveView,
     next_actions,

@@ -238,9 +238,11 @@ def test_cost_arithmetic():
 def test_cost_per_wave_from_the_ledger(project):
     root, now = project
     ledger = Ledger(root / ".fleet" / "ledger.db")
-    by_wave = ledger_usages_by_wave(ledger)
-    assert len(by_wave["screen"]) == 24 and len(by_wave["screen-promote"]) == 9
-    assert all(u.gpu_seconds == BUDGET + 30 for u in by_wave["screen"])  # start→end, not submit→end
+    by_wave = ledger_usages_by_wave(ledger)  # summed per wave and accelerator
+    # 24 screen runs on 2 H100s and 2 H200s, 9 promote runs on the H200s; each counted start→end
+    # (BUDGET + 30 s), not submit→end
+    assert sorted(by_wave["screen"], key=lambda u: u.accelerator) == [Usage("H100", 12 * (BUDGET + 30)), Usage("H200", 12 * (BUDGET + 30))]
+    assert by_wave["screen-promote"] == [Usage("H200", 9 * (BUDGET + 30))]
     s = spend(by_wave["screen"], {"H100": 2.25, "H200": 3.15})
     assert s["dollars"] == pytest.approx(12 * 330 / 3600 * 2.25 + 12 * 330 / 3600 * 3.15)
 

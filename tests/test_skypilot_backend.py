@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import subprocess
 import sys
@@ -359,6 +360,8 @@ def test_overdue_job_is_cancelled_and_reported_as_timeout(project, fake):
     assert jobs[after].state == JobState.SUCCEEDED  # the queue moved on
     restarted, _ = make_backend(project)  # a new controller still knows why it was cancelled
     assert {j.job_id: j.state for j in restarted.queues(["gpu-01"])["gpu-01"]}[slow] == JobState.TIMEOUT
+    kept = json.loads((project.state / "sky_timeouts.json").read_text())
+    assert list(kept) == [f"gpu-01/{slow}"]  # the job that ended in time needs no entry any more
 
 
 def test_cancel_ignores_empty_lists_and_lost_clusters(project, fake):

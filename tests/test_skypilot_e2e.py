@@ -5,7 +5,6 @@ environment variable; the fake keeps its clusters on disk and runs their jobs as
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -29,7 +28,9 @@ def fleet(tmp_path, monkeypatch, capsys):
 
 
 def _job_names(tmp_path) -> list[str]:
-    return [json.loads(p.read_text())["name"] for p in (tmp_path / "fake-sky").glob("clusters/*/queue/jobs/*.json")]
+    from fleet.backends.slot_queue import SlotQueue
+
+    return [j.name for q in (tmp_path / "fake-sky").glob("clusters/*/queue") for j in SlotQueue(q).jobs(archived=True)]
 
 
 def test_wave_survives_lost_clusters_and_a_killed_controller(fleet, tmp_path):

@@ -90,10 +90,23 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def queues(self, clusters: Sequence[str]) -> dict[str, list[JobInfo] | ClusterLost]:
-        """Every job of each cluster's queue, oldest first; a ClusterLost value for lost clusters.
+        """Each cluster's queue, oldest first; a ClusterLost value for lost clusters.
+
+        Every queued and running job is listed, and every finished job for a while after it ended
+        (long enough for a polling controller to see it); `archived_jobs` finds older ones.
 
         Backends with a remote control plane ask all clusters concurrently.
         """
+
+    def archived_jobs(self, cluster: str, names: Sequence[str]) -> list[JobInfo]:
+        """Finished jobs with these names that `queues()` no longer lists.
+
+        A backend that compacts its queues (the local one keeps only live and recently finished
+        jobs in view) answers here for a caller that missed a job's end, e.g. a controller that was
+        stopped while the queue ran on. It may read the cluster's whole history: callers use it
+        rarely. The default: `queues()` lists every job, so there is nothing more to find.
+        """
+        return []
 
     @abc.abstractmethod
     def logs(self, cluster: str, job_id: int) -> str:
@@ -119,6 +132,12 @@ class Backend(abc.ABC):
 
     def logs_many(self, items: Sequence[tuple[str, int]]) -> list[str | BackendError]:
         return _each(self.logs, items)
+
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The last `lines` lines of each job's output so far: early stopping reads running jobs' training
+        loss every cycle, so a backend that can fetch less than the whole log should."""
+        return [text if isinstance(text, BackendError) else "\n".join(text.splitlines()[-lines:])
+                for text in self.logs_many(items)]
 
 
 def _each(call: Callable[..., T], items: Sequence[tuple]) -> list[T | BackendError]:

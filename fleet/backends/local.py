@@ -25,7 +25,7 @@ from fleet.backends.base import (
     NoSpaceForJob,
     SetupFailed,
 )
-from fleet.backends.slot_queue import END_LINE, SlotQueue
+from fleet.backends.slot_queue import END_LINE, QueuedJob, SlotQueue
 from fleet.config import FleetConfig
 from fleet.errors import disk_problem
 from fleet.task import TaskSpec, load_task
@@ -42,6 +42,7 @@ _STATES = {
     "lost": JobState.CLUSTER_FAILED,  # vanished without an exit status: not the experiment's fault
 }
 SETUP_TIMEOUT_S = 3600
+TAIL_LINE_BYTES = 256  # bytes read per line asked for by `log_tails` (loss lines are ~60)
 # What a job inherits from the controller's environment: what programs need to run at all, and
 # the fleet's own variables. Anything else (tokens, keys) only if fleet.yaml names it in
 # `env_passthrough`.
@@ -96,10 +97,21 @@ class LocalBackend(Backend):
         self.workspace = workspace
         self.config = config
         self.root = workspace.local
+        self._task_cache: tuple[tuple[int, int], TaskSpec] | None = None
+        self._setup_done: set[str] = set()  # setup markers seen: not looked up again for every job
 
     @property
     def task(self) -> TaskSpec:
-        return load_task(self.workspace.root / self.config.task)
+        """The task file, parsed again only when it changes (every submission reads it)."""
+        path = self.workspace.root / self.config.task
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return load_task(path)  # says what is missing
+        key = (stat.st_mtime_ns, stat.st_size)
+        if self._task_cache is None or self._task_cache[0] != key:
+            self._task_cache = (key, load_task(path))
+        return self._task_cache[1]
 
     def _slot_dir(self, name: str) -> Path:
         return self.root / name
@@ -156,7 +168,8 @@ class LocalBackend(Backend):
             return
         key = hashlib.sha256(f"{task.setup}\0{snapshot}".encode()).hexdigest()[:16]
         marker = self.root / f"setup-{key}.done"
-        if marker.exists():
+        if key in self._setup_done or marker.exists():
+            self._setup_done.add(key)
             return
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.workspace.logs / f"setup-{key}.log"
@@ -207,12 +220,14 @@ class LocalBackend(Backend):
             except SetupFailed as exc:
                 failed[snapshot] = exc
         out: list[int | BackendError] = []
+        queues: dict[str, SlotQueue] = {}
         for cluster, job in items:
             if job.snapshot in failed:
                 out.append(failed[job.snapshot])
                 continue
             try:
-                out.append(self.submit(cluster, job))
+                out.append(self._submit(cluster, job, start=False))
+                queues[cluster] = self._queue(cluster)
             except BackendError as exc:
                 out.append(exc)
             except OSError as exc:  # its spec could not be written: it never reached the queue
@@ -220,9 +235,14 @@ class LocalBackend(Backend):
                 if problem is None:
                     raise
                 out.append(NoSpaceForJob(problem))
+        for queue in queues.values():  # each slot's runner started or woken once for the batch
+            queue.ensure_runner()
         return out
 
     def submit(self, cluster: str, job: JobSpec) -> int:
+        return self._submit(cluster, job, start=True)
+
+    def _submit(self, cluster: str, job: JobSpec, start: bool) -> int:
         queue = self._queue(cluster)
         self.ensure_setup(job.snapshot)
         task = self.task
@@ -230,7 +250,8 @@ class LocalBackend(Backend):
         env = self._env(task, {**meta.get("env", {}), **job.envs,
                                "FLEET_SNAPSHOT": job.snapshot, "EXPERIMENT_ID": job.experiment_id})
         log = self.workspace.logs / f"{job.job_name}.log"
-        return queue.submit(job.job_name, task.run, str(self.workspace.workdir), env, job.timeout_s, str(log))
+        return queue.submit(job.job_name, task.run, str(self.workspace.workdir), env, job.timeout_s, str(log),
+                            start=start)
 
     def queues(self, clusters: Sequence[str]) -> dict[str, list[JobInfo] | ClusterLost]:
         out: dict[str, list[JobInfo] | ClusterLost] = {}
@@ -243,10 +264,13 @@ class LocalBackend(Backend):
             jobs = queue.jobs()
             if any(j.state in ("pending", "running") for j in jobs):
                 queue.ensure_runner()  # a runner that died (machine reboot, kill) is restarted
-            out[name] = [
-                JobInfo(j.job_id, j.name, _STATES[j.state], j.started_at, j.ended_at, j.exit_code) for j in jobs
-            ]
+            out[name] = [_job_info(j) for j in jobs]
         return out
+
+    def archived_jobs(self, cluster: str, names: Sequence[str]) -> list[JobInfo]:
+        if self._meta(cluster) is None:
+            return []
+        return [_job_info(j) for j in SlotQueue(self._slot_dir(cluster)).archived(list(names))]
 
     def logs(self, cluster: str, job_id: int) -> str:
         """The job's log; LogIncomplete if it ended normally but its log lacks the last line its shell
@@ -263,9 +287,27 @@ class LocalBackend(Backend):
             raise LogIncomplete(f"{job.log} was cut short (it lacks its last line); is the disk holding it full?")
         return text
 
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The end of each log file only: a long run's log is read a little at a time, not whole every cycle."""
+        out: list[str | BackendError] = []
+        for cluster, job_id in items:
+            log = SlotQueue(self._slot_dir(cluster)).log_path(job_id)
+            try:
+                with open(log or "", "rb") as f:
+                    f.seek(max(0, f.seek(0, os.SEEK_END) - lines * TAIL_LINE_BYTES))
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = ""
+            out.append("\n".join(text.splitlines()[-lines:]))
+        return out
+
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         if self._meta(cluster) is not None:
             SlotQueue(self._slot_dir(cluster)).cancel(list(job_ids))
+
+
+def _job_info(job: QueuedJob) -> JobInfo:
+    return JobInfo(job.job_id, job.name, _STATES[job.state], job.started_at, job.ended_at, job.exit_code)
 
 
 def _ends_with(text: str, line: str) -> bool:

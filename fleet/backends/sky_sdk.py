@@ -30,7 +30,7 @@ SDK_CALLS: dict[str, tuple[str, ...]] = {
     "exec": ("task", "cluster_name"),
     "queue": ("cluster_name", "skip_finished", "all_users"),
     "job_status": ("cluster_name", "job_ids"),
-    "tail_logs": ("cluster_name", "job_id", "follow", "output_stream"),
+    "tail_logs": ("cluster_name", "job_id", "follow", "tail", "output_stream"),
     "download_logs": ("cluster_name", "job_ids"),
     "cancel": ("cluster_name", "job_ids"),
     "down": ("cluster_name",),

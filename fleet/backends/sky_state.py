@@ -7,7 +7,8 @@ Pure file I/O over plain records; nothing here imports SkyPilot or calls its SDK
 - `sky_setup.json`: cluster -> {"job_ids": [...], "status": ...}, the cluster's setup jobs (not
   experiments: `queues` leaves them out) and the last one's status.
 - `sky_timeouts.json`: "cluster/job_id" -> {"name", "timeout_s", "expired"?}. SkyPilot has no job
-  timeouts, so the backend cancels overdue jobs when it polls.
+  timeouts, so the backend cancels overdue jobs when it polls; an entry goes once its job ended
+  in time (`settled_timeouts`), so the file follows the live jobs.
 - `sky_stage/<snapshot>/snapshots/<snapshot>/`: what one `sky exec` syncs (see `stage_snapshot`).
 
 Writes go through a temporary file and `os.replace`, so a reader never sees half a file; the
@@ -136,6 +137,22 @@ def mark_timeouts(out: dict[str, list[JobInfo] | ClusterLost], timeouts: dict[st
     return overdue
 
 
+def settled_timeouts(out: Mapping[str, list[JobInfo] | ClusterLost], timeouts: Mapping[str, dict]) -> list[str]:
+    """Entries no longer needed: their job ended without expiring. An expired entry stays, so a job
+    the backend cancelled for its timeout keeps reading as TIMEOUT; the rest go, so the file holds
+    what is live, not every job the fleet ever ran."""
+    settled = []
+    for cluster, jobs in out.items():
+        if isinstance(jobs, ClusterLost):
+            continue
+        for job in jobs:
+            key = f"{cluster}/{job.job_id}"
+            entry = timeouts.get(key)
+            if entry is not None and job.state.terminal and not entry.get("expired") and entry.get("name") == job.name:
+                settled.append(key)
+    return settled
+
+
 def _link_or_copy(source: str, target: str) -> None:
     try:
         os.link(source, target)
@@ -143,4 +160,4 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-__all__ = ["KNOWN", "SETUPS", "STAGE_DIR", "TIMEOUTS", "SkyState", "mark_timeouts"]
+__all__ = ["KNOWN", "SETUPS", "STAGE_DIR", "TIMEOUTS", "SkyState", "mark_timeouts", "settled_timeouts"]

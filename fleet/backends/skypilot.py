@@ -43,7 +43,7 @@ from fleet.backends.sky_sdk import (
     raise_unavailable,
     strip_colour,
 )
-from fleet.backends.sky_state import SkyState, mark_timeouts
+from fleet.backends.sky_state import SkyState, mark_timeouts, settled_timeouts
 from fleet.backends.sky_translate import (
     CLUSTER_STATES,
     JOB_STATES,
@@ -102,8 +102,12 @@ class SkyPilotBackend(SkyClusters, Backend):
         if not timeouts:
             return
         overdue = mark_timeouts(out, timeouts, self._clock())
-        if overdue:
+        settled = settled_timeouts(out, timeouts)
+        for key in settled:
+            del timeouts[key]
+        if overdue or settled:
             self._files.save_timeouts(timeouts)
+        if overdue:
             requests = {c: self.api.call("cancel", c, cluster_name=c, job_ids=ids) for c, ids in overdue.items()}
             for cluster, request_id in requests.items():
                 with contextlib.suppress(ClusterLost):
@@ -247,6 +251,20 @@ class SkyPilotBackend(SkyClusters, Backend):
             if record is not None:
                 existing.append(cluster)
         return gone, existing
+
+    def log_tails(self, items: Sequence[tuple[str, int]], lines: int) -> list[str | BackendError]:
+        """The last `lines` lines of each running job's log, `tail_logs(tail=lines)` on threads: a bounded
+        read per job per cycle, whatever the log's length."""
+        def tail(item: tuple[str, int]) -> str:
+            cluster, job_id = item
+            buffer = io.StringIO()
+            self.api.call("tail_logs", cluster, cluster_name=cluster, job_id=job_id, follow=False, tail=lines,
+                          output_stream=buffer)
+            return strip_colour(buffer.getvalue())
+
+        results: list[str | BackendError] = concurrently(tail, items)
+        raise_unavailable(results)
+        return results
 
     def logs(self, cluster: str, job_id: int) -> str:
         """The job's output, from `tail_logs` (no follow) into a buffer; downloaded if that is unsupported.

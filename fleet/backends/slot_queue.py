@@ -8,11 +8,19 @@ writes its exit status to a file, and a restarted runner re-adopts a job that is
 This module imports only the standard library so the runner starts in milliseconds.
 
     <slot>/jobs/000001.json    spec: name, script, cwd, env, timeout_s, log (mode 0600: env may hold secrets)
-    <slot>/jobs/000001.state   state: pending|running|succeeded|failed|timeout|cancelled|lost, times, pid
+    <slot>/jobs/000001.state   state: pending|running|succeeded|failed|timeout|cancelled|lost, with the
+                               job's name, log and times (all that `jobs()` reads), pid
     <slot>/jobs/000001.exit    the job's exit status, written by the job's own shell
     <slot>/jobs/000001.claim/  made by the job's own shell before it runs (mkdir is atomic): one copy runs
     <slot>/jobs/000001.cancel  a cancel request
+    <slot>/archive.jsonl       finished jobs compacted out of jobs/ (see slot_archive.py)
+    <slot>/wake                a FIFO: a client writes a byte after each change, the idle runner waits on it
     <slot>/runner.lock         held by the live runner
+
+Work per call follows what is live, not the slot's history: `jobs/` holds the queued and running
+jobs and the last KEEP_FINISHED finished ones, and the runner moves older finished jobs into the
+archive (their logs stay where their specs put them). An idle runner sleeps until a client wakes
+it, instead of re-reading state files many times a second.
 
 A job runs with exactly the environment in its spec (the backend decides what goes in it), and its
 log ends with END_LINE, written by its shell after the job: a log without it was cut short.
@@ -23,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,12 +40,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.backends import slot_archive
+
 TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "lost")  # lost: vanished without an exit status
 END_LINE = "[fleet] exit code {code}"  # the last line of every job's log, written after the job ends
 CLAIM_LOST = 97  # a second copy of a job exits with this: another copy claimed the job first
 KILL_GRACE_S = 5.0
 IDLE_EXIT_S = float(os.environ.get("FLEET_RUNNER_IDLE_S", "120"))
-POLL_S = 0.02
+# An idle runner also looks on its own this often, in case a client died between writing a job
+# and waking it; normally a client's wake-up byte starts the job at once.
+WAKE_S = float(os.environ.get("FLEET_RUNNER_WAKE_S", "1.0"))
+POLL_S = 0.02  # re-adopting a job another runner started: how often to look for its pid and exit
+KEEP_FINISHED = 16  # finished jobs left in jobs/: a reader that polls sees each one finish
+COMPACT_AT = 2 * KEEP_FINISHED  # jobs/ entries past which the runner compacts (amortized: many at once)
 
 
 @dataclass(frozen=True)
@@ -64,11 +80,24 @@ def _write_json(path: Path, data: dict) -> None:
             tmp.unlink()
 
 
+def _write_new(path: Path, data: dict) -> None:
+    """A file nobody reads before the caller's next step, readable by the owner only (no rename:
+    cheaper than `_write_json` for a spec, which a reader opens only once the job's state exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data))
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _queued(job_id: int, record: dict, state: str | None = None) -> QueuedJob:
+    return QueuedJob(job_id, record["name"], state or record["state"], record["log"], record["submitted_at"],
+                     record.get("started_at"), record.get("ended_at"), record.get("exit_code"))
 
 
 @contextlib.contextmanager
@@ -114,6 +143,7 @@ class SlotQueue:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.jobs_dir = self.root / "jobs"
+        self.archive = self.root / "archive.jsonl"
 
     # --- paths -------------------------------------------------------------------------------
     def _spec(self, job_id: int) -> Path:
@@ -131,54 +161,106 @@ class SlotQueue:
     def _claim(self, job_id: int) -> Path:
         return self.jobs_dir / f"{job_id:06d}.claim"
 
+    def _script(self, job_id: int) -> Path:
+        return self.jobs_dir / f"{job_id:06d}.sh"
+
     def _lock(self, name: str = "queue.lock", blocking: bool = True):
         return try_flock(self.root / name, blocking)
 
-    # --- client API --------------------------------------------------------------------------
+    # --- the index of live jobs --------------------------------------------------------------
     def job_ids(self) -> list[int]:
-        if not self.jobs_dir.exists():
+        """Ids of the jobs in jobs/: queued, running and recently finished (a job's state file is its entry)."""
+        try:
+            names = os.listdir(self.jobs_dir)
+        except (FileNotFoundError, NotADirectoryError):  # no queue here (yet)
             return []
-        return sorted(int(p.stem) for p in self.jobs_dir.glob("*.json"))
+        return sorted(int(n[:-6]) for n in names if n.endswith(".state") and n[:-6].isdigit())
 
-    def submit(self, name: str, script: str, cwd: str, env: dict[str, str], timeout_s: float, log: str) -> int:
-        """Queue a job that runs `script` in `cwd` with exactly `env` (nothing inherited)."""
+    def _record(self, job_id: int) -> dict | None:
+        """A job's state with its name, log and submission time; None once it left jobs/."""
+        state = _read_json(self._state(job_id))
+        if state is None:
+            return None
+        if "name" not in state:  # a state written without the job's identity (an entry added by hand)
+            spec = _read_json(self._spec(job_id))
+            if spec is None:
+                return None
+            state = {"name": spec["name"], "log": spec["log"], "submitted_at": spec["submitted_at"], **state}
+        return {"job_id": job_id, **state}
+
+    def _live(self, job_id: int) -> QueuedJob | None:
+        record = self._record(job_id)
+        if record is None:
+            return None
+        state = record["state"]
+        if state == "pending" and self._cancel(job_id).exists():
+            state = "cancelled"
+        return _queued(job_id, record, state)
+
+    def _allocate_id(self) -> int:
+        """The next job id (call with the queue lock held).
+
+        jobs/ always holds the newest job (compaction keeps the newest finished ones), so ids go on
+        from there; only a slot compacted to nothing resumes after the highest id in its archive.
+        """
+        ids = self.job_ids()
+        return (ids[-1] if ids else slot_archive.last_id(self.archive)) + 1
+
+    def peek_next_id(self) -> int:
+        """The id the next submission will get, if no other comes first."""
+        return self._allocate_id()
+
+    # --- client API --------------------------------------------------------------------------
+    def submit(self, name: str, script: str, cwd: str, env: dict[str, str], timeout_s: float, log: str,
+               start_delay_s: float = 0.0, start: bool = True) -> int:
+        """Queue a job that runs `script` in `cwd` with exactly `env` (nothing inherited); `start_delay_s` makes the runner wait that long before starting it (a modelled
+        scheduler gap, as `fleet.testing.fake_sky` uses for SkyPilot's). With `start=False` the caller
+        calls `ensure_runner()` itself, once after a batch."""
         self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._lock():
-            ids = self.job_ids()
-            job_id = (ids[-1] + 1) if ids else 1
+            job_id = self._allocate_id()
             now = time.time()
-            _write_json(self._state(job_id), {"state": "pending"})
-            _write_json(
-                self._spec(job_id),
-                {"name": name, "script": script, "cwd": cwd, "env": env, "timeout_s": timeout_s,
-                 "log": log, "submitted_at": now},
-            )
-        self.ensure_runner()
+            spec = {"name": name, "script": script, "cwd": cwd, "env": env, "timeout_s": timeout_s,
+                    "log": log, "submitted_at": now}
+            if start_delay_s > 0:
+                spec["start_delay_s"] = start_delay_s
+            _write_new(self._spec(job_id), spec)  # nobody reads it before the state exists
+            # The state file makes the job visible: written last, so a reader never sees half a job.
+            _write_json(self._state(job_id), {"state": "pending", "name": name, "log": log, "submitted_at": now})
+        if start:
+            self.ensure_runner()
         return job_id
 
-    def jobs(self) -> list[QueuedJob]:
-        return [job for job in map(self.job, self.job_ids()) if job is not None]
+    def jobs(self, *, archived: bool = False) -> list[QueuedJob]:
+        """The live jobs (queued, running, recently finished), oldest first; every job ever with `archived`."""
+        live = [job for job in map(self._live, self.job_ids()) if job is not None]
+        if not archived:
+            return live
+        seen = {job.job_id for job in live}
+        old = [_queued(r["job_id"], r) for r in slot_archive.read_records(self.archive) if r["job_id"] not in seen]
+        return sorted(old + live, key=lambda job: job.job_id)
 
     def job(self, job_id: int) -> QueuedJob | None:
-        """One job, from its own files (never the whole queue); None for a job this queue does not have."""
-        spec = _read_json(self._spec(job_id))
-        if spec is None:
-            return None
-        state = _read_json(self._state(job_id)) or {"state": "pending"}
-        status = state["state"]
-        if status == "pending" and self._cancel(job_id).exists():
-            status = "cancelled"
-        return QueuedJob(job_id, spec["name"], status, spec["log"], spec["submitted_at"],
-                         state.get("started_at"), state.get("ended_at"), state.get("exit_code"))
+        """One job, from its own files or its archive line (never the whole queue); None for a job this
+        queue never had."""
+        live = self._live(job_id)
+        if live is not None:
+            return live
+        found = slot_archive.find(self.archive, job_ids=[job_id])
+        return _queued(job_id, found[-1]) if found else None
+
+    def archived(self, names: list[str]) -> list[QueuedJob]:
+        """Archived jobs with these names (reads the whole archive: for the rare caller that missed them)."""
+        return [_queued(r["job_id"], r) for r in slot_archive.find(self.archive, names=names)]
 
     def log_path(self, job_id: int) -> str | None:
         """Where the job writes its output; None for a job this queue does not have."""
-        spec = _read_json(self._spec(job_id))
-        return None if spec is None else spec["log"]
+        job = self.job(job_id)
+        return None if job is None else job.log
 
     def cancel(self, job_ids: list[int]) -> None:
         for job_id in job_ids:
-            if self._spec(job_id).exists():
+            if self._state(job_id).exists():
                 self._cancel(job_id).touch()
         self.ensure_runner()
 
@@ -186,9 +268,23 @@ class SlotQueue:
         with self._lock("runner.lock", blocking=False) as got:
             return not got
 
+    def wake(self) -> None:
+        """Tell the runner something changed (best effort: with no runner listening, nothing happens)."""
+        try:
+            fd = os.open(self.root / "wake", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return  # no FIFO yet, or no runner has it open (ENXIO): the runner that starts will look
+        try:
+            os.write(fd, b"!")
+        except OSError:
+            pass  # the pipe is full: the runner has wake-ups waiting already
+        finally:
+            os.close(fd)
+
     def ensure_runner(self) -> None:
-        """Start the runner if none holds the runner lock and there is work to do."""
+        """Wake the runner, or start one if none holds the runner lock and there is work to do."""
         if self.runner_alive():
+            self.wake()
             return
         if not any(j.state in ("pending", "running") for j in self.jobs()):
             return
@@ -209,8 +305,22 @@ class SlotQueue:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(state["pgid"], signal.SIGKILL)
 
+    def compact(self, keep: int = KEEP_FINISHED) -> int:
+        """Move finished jobs but the newest `keep` from jobs/ into the archive; returns how many."""
+        return slot_archive.compact(self, keep)
 
-RUNNER_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "FLEET_RUNNER_IDLE_S")
+    def finished_records(self) -> list[dict]:
+        """The finished jobs in jobs/, oldest first, as archive records (call with the queue lock held)."""
+        return [r for r in map(self._record, self.job_ids()) if r is not None and r["state"] in TERMINAL]
+
+    def job_files(self, job_id: int) -> list[Path]:
+        """Every file a job may have, its state first (the entry that makes it visible), its claim last."""
+        exit_path = self._exit(job_id)
+        return [self._state(job_id), self._spec(job_id), exit_path, exit_path.with_suffix(".exit.tmp"),
+                self._cancel(job_id), self._script(job_id), self._claim(job_id)]
+
+
+RUNNER_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "FLEET_RUNNER_IDLE_S", "FLEET_RUNNER_WAKE_S")
 
 
 def _runner_env() -> dict[str, str]:
@@ -229,33 +339,69 @@ def _package_parent() -> str:
 class _Runner(SlotQueue):
     """The runner: one per slot, started detached; exits after a while with nothing to do."""
 
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._done_through = 0  # every job id up to this one is finished: never looked at again
+
     def run_forever(self) -> None:
         with self._lock("runner.lock", blocking=False) as got:
             if not got:
                 return  # another runner owns this slot
-            idle_since = time.monotonic()
-            while True:
-                job_id = self._next_job()
-                if job_id is None:
-                    if time.monotonic() - idle_since > IDLE_EXIT_S:
-                        return
-                    time.sleep(POLL_S)
-                    continue
-                self._run(job_id)
+            wake = self._open_wake()
+            try:
                 idle_since = time.monotonic()
+                while True:
+                    job_id = self._next_job()
+                    if job_id is None:
+                        left = IDLE_EXIT_S - (time.monotonic() - idle_since)
+                        if left <= 0:
+                            return
+                        self._sleep(wake, min(left, WAKE_S))
+                        continue
+                    self._run(job_id)
+                    if len(self.job_ids()) > COMPACT_AT:
+                        self.compact()
+                    idle_since = time.monotonic()
+            finally:
+                os.close(wake)
+
+    def _open_wake(self) -> int:
+        path = self.root / "wake"
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(path, 0o600)
+        # Read-write, so the FIFO always has a writer: no end-of-file, no busy loop between clients.
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+    @staticmethod
+    def _sleep(wake: int, timeout: float) -> None:
+        """Until a client writes to the FIFO (or `timeout`); drains what is there."""
+        ready, _, _ = select.select([wake], [], [], timeout)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake, 4096):
+                    pass
 
     def _next_job(self) -> int | None:
         """The oldest job that is running (to re-adopt) or pending; cancelled ones are closed."""
         for job_id in self.job_ids():
-            state = _read_json(self._state(job_id)) or {"state": "pending"}
+            if job_id <= self._done_through:
+                continue
+            state = _read_json(self._state(job_id))
+            if state is None:
+                continue
             if state["state"] == "running":
                 return job_id
             if state["state"] == "pending":
-                if self._cancel(job_id).exists():
-                    _write_json(self._state(job_id), {"state": "cancelled", "ended_at": time.time()})
-                    continue
-                return job_id
+                if not self._cancel(job_id).exists():
+                    return job_id
+                self._set_state(job_id, state, state="cancelled", ended_at=time.time())
+            self._done_through = job_id  # every job before the one returned is finished
         return None
+
+    def _set_state(self, job_id: int, known: dict, **fields) -> None:
+        """Write the job's state, keeping its name, log and submission time (what readers need)."""
+        ident = {k: known[k] for k in ("name", "log", "submitted_at") if k in known}
+        _write_json(self._state(job_id), {**ident, **fields})
 
     def _run(self, job_id: int) -> None:
         spec = _read_json(self._spec(job_id))
@@ -266,37 +412,45 @@ class _Runner(SlotQueue):
             # Started by an earlier runner (maybe one that died before it could say so): adopt it.
             pid, started, proc = state.get("pid") or self._claimed_pid(job_id), state.get("started_at"), None
             started = started or time.time()
-            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
         else:
+            if not self._wait_start_delay(job_id, float(spec.get("start_delay_s") or 0)):
+                self._set_state(job_id, spec, state="cancelled", ended_at=time.time())
+                return
             proc, started = self._start(job_id, spec), time.time()
             pid = proc.pid
-            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
+        self._set_state(job_id, spec, state="running", started_at=started, pid=pid, pgid=pid)
         outcome, code = self._wait(job_id, proc, pid, started, float(spec["timeout_s"]))
         other = self._claimed_pid(job_id) if proc is not None and code == CLAIM_LOST else None
         if other is not None and other != proc.pid:
             # Our copy found the job claimed by another: a runner that died between starting it and
             # recording that did start it. Follow that copy to its end instead of calling it failed.
             pid = other
-            _write_json(self._state(job_id), {"state": "running", "started_at": started, "pid": pid, "pgid": pid})
+            self._set_state(job_id, spec, state="running", started_at=started, pid=pid, pgid=pid)
             outcome, code = self._wait(job_id, None, pid, started, float(spec["timeout_s"]))
-        _write_json(
-            self._state(job_id),
-            {"state": outcome, "started_at": started, "ended_at": time.time(), "exit_code": code, "pid": pid},
-        )
+        self._set_state(job_id, spec, state=outcome, started_at=started, ended_at=time.time(), exit_code=code, pid=pid)
 
     def _claimed(self, job_id: int) -> bool:
         return self._claim(job_id).exists()
+
+    def _wait_start_delay(self, job_id: int, delay_s: float) -> bool:
+        """Wait out a job's start delay; False if it was cancelled meanwhile."""
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self._cancel(job_id).exists():
+                return False
+            time.sleep(min(left, 0.05))
+        return True
 
     def _claimed_pid(self, job_id: int) -> int | None:
         """The pid a job's wrapper wrote into its claim (it may take a moment to appear)."""
         for _ in range(50):
             with contextlib.suppress(FileNotFoundError, ValueError):
                 return int((self._claim(job_id) / "pid").read_text().strip())
-            time.sleep(0.02)
+            time.sleep(POLL_S)
         return None
 
     def _start(self, job_id: int, spec: dict) -> subprocess.Popen:
-        script_path = self.jobs_dir / f"{job_id:06d}.sh"
+        script_path = self._script(job_id)
         script_path.write_text(spec["script"])
         exit_path = self._exit(job_id)
         Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)

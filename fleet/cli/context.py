@@ -14,10 +14,12 @@ from fleet.errors import InputError
 from fleet.types import ClusterState
 from fleet.workspace import Workspace
 
-# The controller's cycle hooks, by name (it runs in its own process): sequential validation adds
-# seed pairs to promote waves as their results arrive; backfill queues useful work where a cluster
-# would go idle (`backfill:` in fleet.yaml).
-CONTROLLER_HOOKS = ("fleet.research.sequential:extend_waves", "fleet.research.backfill:backfill")
+# The controller's cycle hooks and extensions, by name (it runs in its own process; core never imports
+# the layers above): sequential validation adds seed pairs to promote waves as their results arrive;
+# the research extension makes search waves' experiments and stops clearly trailing runs early;
+# backfill queues useful work where a cluster would go idle (`backfill:` in fleet.yaml).
+CONTROLLER_HOOKS = ("fleet.research.sequential:extend_waves", "fleet.research.extensions:RESEARCH",
+                    "fleet.research.backfill:backfill")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from fleet.cli.context import Context
 from fleet.core.project_init import Layout, detect, example_wave, render_fleet_yaml, render_task

@@ -17,6 +17,7 @@ from fleet.cli.next_cmds import next_hint
 from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import (
     configuration_verdicts,
+    efficiency_for,
     leaderboard_payload,
     render_leaderboard,
     validation_reports,
@@ -54,7 +55,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_logs)
 
 
-def status_payload(ctx: Context, track: str | None = None) -> dict:
+def status_payload(ctx: Context, track: str | None = None, board: dict | None = None) -> dict:
+    """What `fleet status` shows; `board` is a leaderboard payload already read (its best is reused)."""
     ledger = ctx.ledger
     now = time.time()
     attempts = ledger.attempts(active=True)
@@ -72,13 +74,15 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
                 "elapsed_s": round(now - (running.started_at or running.submitted_at), 1)},
         })
     waves = []
+    counts_by_wave = ledger.counts_by_wave()
     for w in ledger.waves(track=track):
-        counts = ledger.counts(w.id)
+        counts = counts_by_wave.get(w.id, {})
         total = sum(counts.values())
-        finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled"))
+        finished = sum(counts.get(s, 0) for s in ("done", "crash", "timeout", "cancelled", "pruned"))
         waves.append({"id": w.id, "tier": w.tier, "kind": w.kind, "priority": w.priority, "track": w.track,
                       "backfill": w.backfill, "total": total, "finished": finished, "counts": counts})
-    board = leaderboard_payload(ctx, None)
+    if board is None:
+        board = leaderboard_payload(ctx, None, limit=1)  # the best configuration only: SQL picks it
     best = board["best"]
     running = controller_running(ctx.workspace)
     error = ledger.get_meta("controller_error") or None
@@ -104,6 +108,7 @@ def status_payload(ctx: Context, track: str | None = None) -> dict:
             "normalized": best["normalized"], "accelerator": ", ".join(best["accelerators"])},
         "sorted_by": board["sorted_by"],
         "cost": cost_summary(ledger, ctx.config),
+        "efficiency": efficiency_for(ctx).compact(),
     }
 
 
@@ -132,7 +137,7 @@ def render_status(console: Console, payload: dict) -> None:
         n = w["counts"]
         waves.add_row(Text(plain(w["id"] + (" [backfill]" if w.get("backfill") else ""))), Text(plain(w["track"] or "-")), Text(plain(w["tier"])), str(w["priority"]),
                       f"{w['finished'] - n.get('cancelled', 0)}/{w['total']}",  # a cancelled run did not run
-                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
+                      str(n.get("pending", 0) + n.get("queued", 0) + n.get("planned", 0)), str(n.get("running", 0)), str(n.get("done", 0)),
                       str(n.get("crash", 0) + n.get("timeout", 0)), str(n.get("cancelled", 0)))
     console.print(waves)
     if payload["best"]:
@@ -141,6 +146,12 @@ def render_status(console: Console, payload: dict) -> None:
         console.print(styled(f"best: {b['label'] or 'base'} val_bpb={b['val_bpb']:.4f}{spread} (mean of n={b['n']}, "
                              f"{b['accelerator']}; {b['experiment']})"))
     console.print(styled(f"spend: {describe_spend(payload['cost'])}"))
+    eff = payload.get("efficiency") or {}
+    if eff.get("best") is not None:
+        waste = ", ".join(f"{k} {100 * v:.0f}%" for k, v in eff["waste"].items())
+        per = eff.get("gpu_hours_per_0.001")
+        console.print(styled(f"efficiency: best after {eff['gpu_hours_to_best']:.2f} of {eff['gpu_hours']:.2f} GPU-hours"
+                             + (f", {per:.3f} GPU-h per 0.001" if per is not None else "") + f"; GPU time to {waste}"))
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -201,9 +212,8 @@ def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
     if fmt == "tsv":
         text = results_tsv(ctx, args.wave, args.limit)
     else:
-        payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort), args.wave)
-        payload["rows"] = payload["rows"][:args.limit]
-        payload["configs"] = payload["configs"][:args.limit]
+        # With --limit only the rows shown are read (SQL picks them when there is one kind of hardware).
+        payload = with_costs(ctx, leaderboard_payload(ctx, args.wave, sort_by=args.sort, limit=args.limit), args.wave)
         if fmt == "json":
             text = json.dumps(payload, indent=2, default=str) + "\n"
         elif args.output is None:

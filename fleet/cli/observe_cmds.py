@@ -13,7 +13,7 @@ from pathlib import Path
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
 from fleet.cli.loop_state import adopted_changes
-from fleet.cli.results_view import ablation_reports, leaderboard_payload, validation_reports
+from fleet.cli.results_view import ablation_reports, efficiency_for, leaderboard_payload, validation_reports
 from fleet.core.drain import start_overhead_s
 from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
@@ -23,9 +23,12 @@ from fleet.observe.dashboard import (
     CrashLine,
     FleetSnapshot,
     WaveLine,
+    overlap,
     render_dashboard,
-    utilization,
+    utilization_from,
+    utilization_spans,
 )
+from fleet.observe.efficiency import describe as describe_efficiency
 from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.observe.plot import PlotData, plot_data, render_png
 from fleet.observe.report import (
@@ -39,6 +42,10 @@ from fleet.research.normalize_view import normalized_for
 from fleet.types import ClusterState, ExperimentState
 
 
+LEADERBOARD_TOP = 10  # rows `fleet watch` shows (and reads)
+CRASHES_SHOWN = 10
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("watch", parents=[common], help="live dashboard: clusters, waves, leaderboard, crashes, spend")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes from the ledger (default 2)")
@@ -49,8 +56,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("-o", "--output", type=Path, default=Path("progress.png"), help="PNG to write (default progress.png)")
     p.add_argument("--wave", help="only this wave (default: every wave)")
     p.add_argument("--normalized", action="store_true", help="plot val_bpb normalized across hardware")
-    p.add_argument("--x", choices=("order", "time"), default="order",
-                   help="x axis: experiments in the order they finished (default) or wall-clock minutes")
+    p.add_argument("--x", choices=("order", "time", "gpu-hours"), default="order",
+                   help="x axis: experiments in the order they finished (default), wall-clock minutes, or GPU-hours "
+                   "spent (the running best is then the frontier: the best found per GPU-hour)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", parents=[common], help="a shareable Markdown summary (waves, best, plot, spend)")
@@ -81,15 +89,15 @@ def wave_lines(ctx: Context, waves_payload: list[dict], wave: str | None = None)
 
 
 def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
-    """Everything the dashboard shows, read from the ledger in one go."""
+    """Everything the dashboard shows, read from the ledger in one go: only what it shows (the top
+    rows, the last crashes, the running experiments, busy time summed in SQL), never every row."""
     now = time.time() if now is None else now
     ledger = ctx.ledger
-    status = status_payload(ctx)
-    board = leaderboard_payload(ctx, None)
-    experiments = {e.id: e for e in ledger.experiments()}
+    board = leaderboard_payload(ctx, None, limit=LEADERBOARD_TOP)
+    status = status_payload(ctx, board=board)
+    running = {a.cluster: a for a in ledger.attempts(active=True) if a.state == "running"}
+    experiments = ledger.experiments_by_id([a.experiment_id for a in running.values()])
     waves = {w.id: w for w in ledger.waves()}
-    attempts = ledger.attempts()
-    running = {a.cluster: a for a in attempts if a.state == "running"}
     overhead = start_overhead_s(ledger)
     clusters = []
     for c in status["clusters"]:
@@ -100,26 +108,27 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
             budget = _budget_s(exp.config.get("TIME_BUDGET"), waves[exp.wave_id].spec.get("default_budget"))
         clusters.append(ClusterLine(c["name"], c["accelerator"], c["state"], c["queue_depth"],
                                     run.experiment_id if run else None, elapsed, budget, c.get("replaces"), overhead))
-    results = ledger.results()
-    crashed = sorted((e for e in experiments.values() if e.state in (ExperimentState.CRASH, ExperimentState.TIMEOUT)),
-                     key=lambda e: (e.finished_at or 0.0, e.id), reverse=True)
+    crashed = ledger.recently_finished([ExperimentState.CRASH, ExperimentState.TIMEOUT], CRASHES_SHOWN)
+    results = ledger.results_by_id([e.id for e in crashed])
     crashes = tuple(CrashLine(e.id, e.state.value, results[e.id].accelerator if e.id in results else None,
-                              e.reason, e.finished_at) for e in crashed[:10])
-    busy, available = [], []
-    for a in attempts:
-        if a.started_at is not None:  # a job that held its GPU (or local CPU slot), queue time excluded
-            busy.append((a.started_at, a.ended_at if a.ended_at is not None else now))
+                              e.reason, e.finished_at) for e in crashed)
+    spans = utilization_spans(now)
+    available = []
     for c in ledger.clusters():
         end = now if c.state in (ClusterState.UP, ClusterState.PROVISIONING) else c.updated_at
         available.append((c.created_at, end))
+    # Busy time is jobs that held their GPU (or local CPU slot), queue time excluded, summed in SQL.
+    busy = ledger.busy_seconds(spans, now)
+    capacity = [sum(overlap(a, span) for a in available) for span in spans]
     return FleetSnapshot(
         taken_at=now, backend=status["backend"], controller_running=status["controller"]["running"],
         controller_error=status["controller"]["error"], clusters=tuple(clusters),
         waves=wave_lines(ctx, status["waves"]),
         leaderboard=tuple(Row(**r) for r in board["rows"]), sorted_by=board["sorted_by"],
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
-        crashes=crashes, utilization=utilization(busy, available, now), cost=status["cost"],
+        crashes=crashes, utilization=utilization_from(busy, capacity), cost=status["cost"],
         configs=tuple(ConfigRow(**c) for c in board["configs"]),
+        efficiency=describe_efficiency(efficiency_for(ctx)) if results else "",
     )
 
 
@@ -181,7 +190,8 @@ def build_plot(ctx: Context, wave: str | None, normalized: bool, x: str) -> Plot
         raise FleetError("no experiment has a normalized val_bpb yet (normalization needs runs on more than one "
                          "kind of accelerator); plot raw values without --normalized")
     origin = min((w.created_at for w in waves if wave is None or w.id == wave), default=None)
-    return plot_data(experiments, results, normalized=norm, promoted=promoted, verdicts=verdicts, x=x, origin=origin)
+    return plot_data(experiments, results, normalized=norm, promoted=promoted, verdicts=verdicts, x=x.replace("-", "_"),
+                     origin=origin)
 
 
 def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
@@ -220,6 +230,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
         plot_file=plot_file, plot_note=plot_note, configs=[ConfigRow(**c) for c in board["configs"]],
         adopted=adopted if args.wave is None else [], ablations=ablations,
         backfill_waves=frozenset(ledger.backfill_waves()),
+        efficiency=efficiency_for(ctx, args.wave),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

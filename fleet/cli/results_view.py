@@ -1,6 +1,7 @@
 """The leaderboard as a payload (for --json) and as rich tables (for people), and the verdicts it shows."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -8,15 +9,29 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli.context import Context
-from fleet.observe.leaderboard import build_configs, build_rows
+from fleet.core.ledger_rows import ExperimentRow, ResultRow
+from fleet.observe.efficiency import Efficiency, efficiency, runs_from
+from fleet.observe.leaderboard import ConfigRow, Row, build_configs, build_rows
 from fleet.plain_text import plain
-from fleet.research.normalize_view import corrected_for, normalized_for, research_results
+from fleet.research.normalize_view import comparable_values, corrected_for, normalized_for, research_results
 from fleet.research.ablation_plans import ablation_report
 from fleet.research.verdict_report import is_validation, promotion_report
+from fleet.types import ExperimentState
 
 
-def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normalized") -> dict:
+def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normalized", limit: int | None = None) -> dict:
+    """The leaderboard: its best configuration, configurations by their mean, runs best first; with
+    `limit`, only the first `limit` configurations and runs.
+
+    With one kind of hardware there is nothing to normalize across, so SQL picks the rows shown and
+    only those are read (`_top_payload`). Mixed hardware needs every run to calibrate: the whole
+    leaderboard is built, then cut to `limit`.
+    """
     ledger = ctx.ledger
+    if limit is not None:
+        accelerators = ledger.done_accelerators()
+        if len(accelerators) <= 1:
+            return _top_payload(ctx, wave, sort_by, limit, on_reference=accelerators == {ctx.config.reference_accelerator})
     experiments = ledger.experiments(wave=wave)
     results = ledger.results(wave=wave)
     metric = ctx.config.metric
@@ -29,6 +44,13 @@ def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normaliz
     rows = build_rows(experiments, results, normalized, sort_by=sort, higher_is_better=metric.higher_is_better,
                       corrected=corrected, backfill_waves=set(ledger.backfill_waves()))
     configs = build_configs(rows, {e.id: e.code for e in experiments}, sort, metric.higher_is_better)
+    return _payload(ctx, wave, sort, "; ".join(x for x in (norm.summary, steps.summary) if x),
+                    configs[:limit] if limit is not None else configs, rows[:limit] if limit is not None else rows)
+
+
+def _payload(ctx: Context, wave: str | None, sort: str, calibration: str, configs: list[ConfigRow],
+             rows: list[Row]) -> dict:
+    metric = ctx.config.metric
     best = configs[0] if configs and configs[0].rank == 1 else None
     return {
         "wave": wave,
@@ -36,11 +58,41 @@ def leaderboard_payload(ctx: Context, wave: str | None, sort_by: str = "normaliz
         "direction": metric.direction,
         "sorted_by": sort,
         "reference_accelerator": ctx.config.reference_accelerator,
-        "calibration": "; ".join(x for x in (norm.summary, steps.summary) if x),
+        "calibration": calibration,
         "best": None if best is None else best.as_dict(),
         "configs": [c.as_dict() for c in configs],
         "rows": [r.as_dict() for r in rows],
     }
+
+
+def _top_payload(ctx: Context, wave: str | None, sort_by: str, limit: int, on_reference: bool) -> dict:
+    """The first `limit` configurations and runs when every finished run shares one accelerator: the
+    same as the whole leaderboard's, read through SQL (the best runs, the best configurations' runs,
+    and only the runs that step-noise correction can change). Normalized values are the raw ones on
+    the reference accelerator and absent on any other, as `normalized_for` gives them."""
+    ledger = ctx.ledger
+    higher = ctx.config.metric.higher_is_better
+    sign = -1.0 if higher else 1.0
+    steps = corrected_for(ledger, higher, None, replicated_only=True)  # one kind of hardware: no fleet slope
+    sort = sort_by if on_reference else "raw"
+
+    def rows_of(experiments: list[ExperimentRow], results: dict[str, ResultRow]) -> list[Row]:
+        finished = [e.id for e in experiments if e.state == ExperimentState.DONE and e.id in results]
+        normalized = {i: results[i].val_bpb for i in finished} if on_reference else {}
+        corrected = {i: sign * steps.values.get(i, sign * results[i].val_bpb) for i in finished
+                     if results[i].val_bpb is not None and math.isfinite(results[i].val_bpb)}
+        return build_rows(experiments, results, normalized, sort_by=sort, higher_is_better=higher, corrected=corrected)
+
+    ranked = ledger.ranked(limit, wave, higher)
+    rest = ledger.unranked(limit - len(ranked), wave) if len(ranked) < limit else []
+    results = {e.id: r for e, r in ranked} | ledger.results_by_id([e.id for e in rest])
+    rows = rows_of([e for e, _ in ranked] + rest, results)
+    # A few configurations beyond `limit`, so a tie at the edge is settled by build_configs' own order.
+    means = ledger.config_means(limit + 5, wave, higher_is_better=higher)
+    runs = ledger.config_runs([(m.code, m.config_key) for m in means], wave)
+    config_rows = rows_of(runs, ledger.results_by_id([e.id for e in runs]))
+    configs = build_configs(config_rows, {e.id: e.code for e in runs}, sort, higher)[:limit]
+    return _payload(ctx, wave, sort, steps.summary, configs, rows)
 
 
 def validation_reports(ctx: Context) -> list[dict[str, Any]]:
@@ -82,6 +134,15 @@ def configuration_verdicts(ctx: Context, reports: list[dict[str, Any]]) -> tuple
         for e in base["experiments"][:1]:
             baselines.add((code.get(e, base["snapshot"]), base["config_key"]))
     return verdicts, baselines
+
+
+def efficiency_for(ctx: Context, wave: str | None = None) -> Efficiency:
+    """The frontier, cost of improvement and waste of the ledger (or one wave), from its results."""
+    ledger = ctx.ledger
+    metric = ctx.config.metric
+    values = comparable_values(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
+    runs = runs_from(ledger.experiments(wave=wave), ledger.results(wave=wave), values)
+    return efficiency(runs, ctx.config.prices, sign=-1.0 if metric.higher_is_better else 1.0)
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -27,7 +27,7 @@ from fleet.plain_text import plain
 from fleet.research.sequential import extend_waves
 from fleet.types import ClusterState, ExperimentState
 
-UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
+UNFINISHED = (ExperimentState.PLANNED, ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -77,6 +77,10 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
         while True:
             counts = ledger.counts(wave, backfill=own)
             unfinished = sum(counts.get(s.value, 0) for s in UNFINISHED)
+            # A search's planned trials wait on a budget cap with its held experiments: not work to wait for.
+            unfinished -= sum(ledger.counts(w).get(ExperimentState.PLANNED.value, 0)
+                              for w in _capped_searches(ledger, wave))
+            untold = ledger.untold_trials(wave)  # finished, but the search has still to hear of it
             finished = sum(counts.values()) - unfinished - counts.get("held", 0)
             if ctx.sink.mode == "human":
                 new = [e for e in ledger.finished_since(seen_until, wave) if e.wave_id in scope]
@@ -90,7 +94,7 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
             # (the controller does so too, as results arrive; adding is idempotent).
             if wave is None:  # waves submitted meanwhile count too
                 scope = {w.id for w in ledger.waves() if not w.backfill}
-            if unfinished == 0 and not extend_waves(ctx.workspace, ledger, ctx.config, waves=scope):
+            if unfinished == 0 and untold == 0 and not extend_waves(ctx.workspace, ledger, ctx.config, waves=scope):
                 return
             if not controller_running(ctx.workspace):
                 if not ledger.clusters([ClusterState.UP]) and fleet_target(ledger) is None:
@@ -112,6 +116,12 @@ def block_until_done(ctx: Context, wave: str | None, timeout: float | None = Non
                 raise FleetError(f"gave up waiting after {timeout:g}s; {unfinished} experiments unfinished "
                                  "(they keep running: `fleet wait` again later)")
             time.sleep(0.5)
+
+
+def _capped_searches(ledger, wave: str | None) -> set[str]:
+    """Waves (all, or `wave`) with planned trials that wait on held experiments."""
+    counts = {w.id: ledger.counts(w.id) for w in ledger.waves() if wave is None or w.id == wave}
+    return {w for w, n in counts.items() if n.get(ExperimentState.PLANNED.value) and n.get(ExperimentState.HELD.value)}
 
 
 def finished_line(ctx: Context, exp, finished: int, total: int) -> Text:

@@ -13,6 +13,7 @@ from rich.text import Text
 from fleet.cli import wait_cmds
 from fleet.cli.context import CONTROLLER_HOOKS, Context
 from fleet.cli.next_cmds import next_hint
+from fleet.cli.search_view import check_search, planned_trials, search_dry_run
 from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research commands
     UNFINISHED,
     already_queued,
@@ -25,6 +26,7 @@ from fleet.core.daemon import bring_up_local, ensure_controller
 from fleet.core.fleet_size import fleet_target
 from fleet.core.expand import check_size, count_experiments, expand_wave, interleave_baseline, variant_entries
 from fleet.core.knobs import canonicalize
+from fleet.core.ledger_rows import NewExperiment
 from fleet.core.materialize import CodeStore, choices_from, code_choice, prepare_experiments, resolve_variants
 from fleet.core.wave import load_wave
 from fleet.core.wave_spec import WaveSpec
@@ -38,15 +40,15 @@ from fleet.types import ClusterState, ExperimentState
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     wait_cmds.register(sub, common)
-    p = sub.add_parser("wave", parents=[common], help="submit a wave file (a grid of experiments)")
+    p = sub.add_parser("wave", parents=[common], help="submit a wave file (a grid of experiments, or a search)")
     p.add_argument("file", type=Path, help="the wave YAML file")
     p.add_argument("--wait", action="store_true", help="block until the wave is done, then print the leaderboard")
     p.add_argument("--yes", "-y", action="store_true", help="allow waves of more than 10,000 experiments")
     p.add_argument("--timeout", type=positive_seconds("--timeout"), default=None,
                    help="per-experiment timeout in seconds (default: 2x TIME_BUDGET + 600)")
     p.add_argument("--dry-run", action="store_true",
-                   help="run every check a submission runs (knobs, values, combinations) and list the experiments; "
-                        "submit nothing")
+                   help="run every check a submission runs (knobs, values, combinations) and list the experiments "
+                        "(a search: its space and first configurations); submit nothing")
     p.add_argument("--priority", type=bounded_int("--priority", -1000, 1000), default=None,
                    help="higher starts first within its track (default: the tier's; validation tiers go first)")
     p.add_argument("--track", default=None,
@@ -140,10 +142,12 @@ def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", 
 def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, kind: str = "grid",
                    parent: str | None = None, max_gpu_hours: float | None = None, source: str = "wave",
                    snapshot: str | None = None, base: dict | None = None, choices: dict | None = None,
-                   wave_spec: WaveSpec | None = None, priority: int | None = None, track: str | None = None):
+                   wave_spec: WaveSpec | None = None, priority: int | None = None, track: str | None = None,
+                   trials: list[NewExperiment] | None = None):
     """Snapshot the workload, check every knob, write each experiment's code, then record the wave:
     all or nothing. `snapshot` is the wave's code (default: the working tree now); `choices` the code of
-    each variant its experiments name (default: the variants that already ran)."""
+    each variant its experiments name (default: the variants that already ran); `trials` a search wave's
+    planned trials, recorded after its fixed experiments."""
     priority = wave_priority(ctx, tier, kind, priority)
     track = wave_track(ctx, track, parent)
     snapshot, spec, prepared, _ = prepare_planned(ctx, spec, planned, source=source, snapshot=snapshot,
@@ -155,7 +159,7 @@ def submit_planned(ctx: Context, name: str, tier: str, spec: dict, planned, *, k
         if backend == "local":
             bring_up_local(ctx.workspace, ctx.ledger, ctx.config)  # the default backend needs no `fleet up`
     ctx.ledger.set_meta("backend", backend)
-    wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, prepared.experiments, kind=kind,
+    wave, experiments = ctx.ledger.add_wave(name, tier, spec, snapshot, prepared.experiments + (trials or []), kind=kind,
                                             parent=parent, max_gpu_hours=max_gpu_hours, base=base,
                                             priority=priority, track=track)
     ensure_controller(ctx.workspace, ctx.ledger, explicit=True, hooks=CONTROLLER_HOOKS)
@@ -175,6 +179,9 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     ctx.workspace.ensure()
     workload = workload_for(ctx.workspace.root, ctx.config)
     snapshot = workload.snapshot(ctx.workspace.snapshots)
+    if spec.search is not None or spec.early_stop is not None or tiers[spec.tier].early_stop is not None:
+        # The space and the checkpoints are checked against the workload's knobs and its warmdown.
+        spec = check_search(ctx, spec, CodeStore(workload, ctx.workspace.snapshots), snapshot)
     choices: dict = {}
     if variant_entries(spec):  # each variant becomes its own code; the experiments name what it resolved to
         spec, choices = resolve_variants(spec, CodeStore(workload, ctx.workspace.snapshots), snapshot,
@@ -186,21 +193,27 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     if args.dry_run:  # every check a submission makes (knob names, values, combinations), nothing recorded
         *_, planned = prepare_planned(ctx, raw, planned, source=str(args.file), snapshot=snapshot, choices=choices,
                                       wave_spec=spec)
-        priority = wave_priority(ctx, spec.tier, "grid", spec.priority)
+        priority = wave_priority(ctx, spec.tier, "search" if spec.search else "grid", spec.priority)
         track = wave_track(ctx, spec.track, None)
-        ctx.sink.data({"wave": spec.name, "tier": spec.tier, "priority": priority, "track": track,
-                       "experiments": [p.__dict__ for p in planned]},
-                      lambda c: [c.print(Text(plain(f"{p.label}  SEED={p.seed}"))) for p in planned])
+        payload = {"wave": spec.name, "tier": spec.tier, "priority": priority, "track": track,
+                   "experiments": [p.__dict__ for p in planned]}
+        if spec.search is not None or spec.early_stop is not None:
+            return search_dry_run(ctx, spec, planned, payload)
+        ctx.sink.data(payload, lambda c: [c.print(Text(plain(f"{p.label}  SEED={p.seed}"))) for p in planned])
         ctx.sink.hint(f"{len(planned)} experiments pass every check; `fleet wave {args.file}` submits them")
         return 0
     wave, experiments = submit_planned(ctx, spec.name, spec.tier, raw, planned, source=str(args.file),
                                        max_gpu_hours=spec.max_gpu_hours, base=dict(spec.env), snapshot=snapshot,
-                                       choices=choices, wave_spec=spec, priority=spec.priority, track=spec.track)
+                                       choices=choices, wave_spec=spec, priority=spec.priority, track=spec.track,
+                                       kind="search" if spec.search else "grid",
+                                       trials=planned_trials(spec, tiers[spec.tier].seeds))
     payload = {"wave": wave.id, "experiments": len(experiments), "tier": wave.tier, "snapshot": wave.snapshot,
                "backend": ctx.backend_name(), "priority": wave.priority, "track": wave.track}
     on_track = f", track {wave.track}" if wave.track else ""
-    ctx.sink.info(f"wave {wave.id}: {len(experiments)} experiments queued (tier {wave.tier}, priority {wave.priority}"
-                  f"{on_track}, code {wave.snapshot})")
+    planned = sum(1 for e in experiments if e.trial is not None)
+    what = f"{len(experiments) - planned} experiments queued" + (
+        f", {planned} more as the search chooses {spec.search.trials} configurations" if spec.search else "")
+    ctx.sink.info(f"wave {wave.id}: {what} (tier {wave.tier}, priority {wave.priority}{on_track}, code {wave.snapshot})")
     if args.wait:
         with already_queued(wave.id, len(experiments)):
             return wait_for(ctx, wave.id, None)

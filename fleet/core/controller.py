@@ -9,6 +9,11 @@ and have lost clusters replaced off the cycle (`fleet.core.fleet_size`). Every m
 before the transaction that records their result, so a controller killed at any point is resumed
 by the next one without losing or duplicating an experiment: job names carry the experiment id
 and attempt number.
+
+Work of the layers above that acts while waves run comes in through `fleet.core.hooks`, named by the
+command line: cycle hooks (a sequential validation's next seed pairs), watchers (early stopping, a
+search telling its study) and wave sources (a search wave's experiments, made when the scheduler gives
+it a slot).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ATTEMPT_LOG_LOST, AttemptRow
 from fleet.core.orphans import find_orphans
 from fleet.core.fleet_size import BackendFactory, Replenisher, default_launcher
-from fleet.core.hooks import CycleHook, HookRunner
+from fleet.core.hooks import CycleHook, HookRunner, Watcher
 from fleet.core.job_plan import outcome_of
 from fleet.core.placement import WaveSource
 from fleet.core.placing import REFUSED_REST_S, Placing  # noqa: F401 - REFUSED_REST_S re-exported
@@ -50,6 +55,7 @@ log = logging.getLogger("fleet.core.controller")
 
 MAX_LOG_FETCHES = 5  # cycles in a row a finished job's log may fail to download before giving up
 MAX_ATTEMPTS = 4  # cluster failures (or lost logs) an experiment may suffer before it is recorded as a crash
+STOPPED_STATES = (ExperimentState.CANCELLED, ExperimentState.PRUNED)  # finished while their job may still run
 
 
 @dataclass
@@ -71,10 +77,11 @@ class Controller(Placing):
     def __init__(
         self, workspace: Workspace, ledger: Ledger, backend: Backend, config: FleetConfig,
         clock: Callable[[], float] = time.time, sources: Mapping[str, WaveSource] | None = None,
-        launcher: BackendFactory | None = None, hooks: Sequence[CycleHook] = (),
+        launcher: BackendFactory | None = None, hooks: Sequence[CycleHook] = (), watchers: Sequence[Watcher] = (),
     ) -> None:
         self.workspace = workspace
         self.hooks = HookRunner(hooks)
+        self.watchers = tuple(watchers)
         self.ledger = ledger
         self.backend = backend
         self.config = config
@@ -107,6 +114,8 @@ class Controller(Placing):
                 self._requeue(attempt, f"cluster {attempt.cluster} is gone", report)
         self._cancel_orphans(live, active, report)
         self._finish_all(finished, report)
+        for watcher in self.watchers:
+            watcher.watch(self)
         self._cancel_requested()
         report.extended = self.hooks.run(self.workspace, self.ledger, self.config, report.finished_ids)
         self._submit_pending(report)
@@ -137,6 +146,8 @@ class Controller(Placing):
     def _reconcile(self, attempt: AttemptRow, queue: list[JobInfo], report: CycleReport) -> JobInfo | None:
         """Bring the attempt up to date with its job; returns the job if it has just finished."""
         job = self._find_job(attempt, queue)
+        if job is None:  # it may have finished while no controller watched, and left the queue's view
+            job = self._find_job(attempt, self.backend.archived_jobs(attempt.cluster, [job_name(attempt.experiment_id, attempt.n)]))
         if job is None:
             # Submitted-but-unrecorded jobs are adopted by name below; absent means it never
             # reached the queue (the controller died mid-submit) or the queue lost it. If it
@@ -248,14 +259,15 @@ class Controller(Placing):
             raise disk_problem(exc, path, f"the log of {attempt.experiment_id}") or exc
 
     def _cancel_requested(self) -> None:
-        """Experiments the user cancelled that still have a job queued or running on a cluster.
+        """Experiments the user cancelled (or early stopping pruned) that still have a job on a cluster.
 
         An attempt with no job id yet is closed too: if its job lands later, it is an orphan and
         the next queue read cancels it.
         """
         by_cluster: dict[str, list[AttemptRow]] = {}
-        for attempt in self.ledger.attempts(active=True, of_state=ExperimentState.CANCELLED):
-            by_cluster.setdefault(attempt.cluster, []).append(attempt)
+        for state in STOPPED_STATES:
+            for attempt in self.ledger.attempts(active=True, of_state=state):
+                by_cluster.setdefault(attempt.cluster, []).append(attempt)
         for cluster, attempts in by_cluster.items():
             ids = [a.job_id for a in attempts if a.job_id is not None]
             try:

@@ -25,7 +25,7 @@ from fleet.config import FleetConfig, load_config
 from fleet.core import faults
 from fleet.core.controller import Controller
 from fleet.core.fleet_size import fleet_target
-from fleet.core.hooks import CycleHook, load_hook
+from fleet.core.hooks import CycleHook, Extension, load_hook, split_hooks
 from fleet.core.ledger import Ledger
 from fleet.errors import DiskProblem
 from fleet.types import ClusterState
@@ -123,14 +123,14 @@ IDLE_POLL_S = 2.0  # a foreground controller with no work reads the ledger this 
 
 
 def run_controller(workspace: Workspace, *, persistent: bool = False, problem_retry_s: float = PROBLEM_RETRY_S,
-                   should_stop=lambda: False, hooks: Sequence[CycleHook] = ()) -> int:
+                   should_stop=lambda: False, hooks: Sequence[CycleHook | Extension] = ()) -> int:
     """Run the controller in this process while it holds the workspace's lock.
 
     In the background (`persistent` False) it exits once no work is left. In the foreground
     (`fleet controller run`: tmux, systemd, a pod) it stays: when idle it waits for new work, and
     after a problem for the user to fix (no clusters, a broken task file) it records it and looks
     again every `problem_retry_s` seconds. `should_stop` ends the foreground loop (tests). `hooks`
-    are the cycle hooks the layers above named (`fleet.core.hooks`).
+    are the cycle hooks and extensions the layers above named (`fleet.core.hooks`).
     """
     config = load_config(workspace.root)
     ledger = Ledger(workspace.ledger_path)
@@ -147,7 +147,11 @@ def run_controller(workspace: Workspace, *, persistent: bool = False, problem_re
             for info in backend.clusters():  # re-adopt clusters the ledger forgot (or never saw)
                 if info.state == ClusterState.UP and info.name not in known:
                     ledger.upsert_cluster(info.name, name, info.accelerator, info.state)
-            controller = Controller(workspace, ledger, backend, config, hooks=hooks)
+            cycle_hooks, extensions = split_hooks(hooks)
+            added = [e.extend(workspace, ledger, backend, config) for e in extensions]
+            controller = Controller(workspace, ledger, backend, config, hooks=cycle_hooks,
+                                    watchers=[w for a in added for w in a.watchers],
+                                    sources={k: v for a in added for k, v in a.sources.items()})
             while True:
                 stopped = controller.run(idle_exit_s=30.0 if persistent else 1.0)
                 if not persistent or should_stop():

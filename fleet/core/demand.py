@@ -61,34 +61,53 @@ def _extra(row) -> tuple[dict, dict]:
     return data, {k[2:]: data.pop(k) for k in list(data) if k.startswith("x_")}
 
 
-def pending_work(ledger: Ledger) -> list[PendingRow]:
-    """Pending experiments, each with its wave's priority and track; best first within a track."""
-    rows = ledger.select(
-        "SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec, w.backfill AS x_backfill"
-        " FROM experiments e JOIN waves w ON w.id = e.wave_id"
-        " WHERE e.state = ? ORDER BY w.backfill, w.priority DESC, w.created_at, w.rowid, e.seq",
-        (ExperimentState.PENDING.value,))
+def pending_work(ledger: Ledger, per_track: int | None = None) -> list[PendingRow]:
+    """Pending experiments, each with its wave's priority and track; best first within a track, backfill last.
+
+    With `per_track`, only the first `per_track` of each track: the head that a cycle can place or
+    swap in, picked in SQL, so a 10,000-experiment wave is not read whole every cycle.
+    """
+    sql = ("SELECT * FROM (SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.created_at AS x_created,"
+           " w.rowid AS x_wave_row, w.backfill AS x_backfill, ROW_NUMBER() OVER (PARTITION BY w.track"
+           " ORDER BY w.backfill, w.priority DESC, w.created_at, w.rowid, e.seq) AS x_k"
+           " FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE e.state = ?)")
+    args: list = [ExperimentState.PENDING.value]
+    if per_track is not None:
+        sql += " WHERE x_k <= ?"
+        args.append(per_track)
+    rows = ledger.select(sql + " ORDER BY x_backfill, x_priority DESC, x_created, x_wave_row, seq", args)
+    budgets = _default_budgets(ledger, {row["wave_id"] for row in rows})
     out = []
     for row in rows:
         data, extra = _extra(row)
         exp = decode_row(ExperimentRow, data)
         out.append(PendingRow(exp, extra["priority"], extra["track"],
-                              expected_seconds(exp.config, default_budget_of(extra["spec"])), bool(extra["backfill"])))
+                              expected_seconds(exp.config, budgets[exp.wave_id]), bool(extra["backfill"])))
     return out
+
+
+def _default_budgets(ledger: Ledger, wave_ids: set[str]) -> dict[str, float | None]:
+    """Each wave's recorded default TIME_BUDGET, its spec read once per wave (not once per experiment:
+    a grid wave's spec holds every value of its grid)."""
+    ids = sorted(wave_ids)
+    marks = ",".join("?" * len(ids))
+    return {r["id"]: default_budget_of(r["spec"])
+            for r in (ledger.select(f"SELECT id, spec FROM waves WHERE id IN ({marks})", ids) if ids else [])}
 
 
 def active_work(ledger: Ledger) -> list[ActiveRow]:
     """Attempts queued or running on a cluster, with their wave's priority and track and expected length."""
     marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
     rows = ledger.select(
-        f"SELECT a.*, e.config AS x_config, w.priority AS x_priority, w.track AS x_track, w.spec AS x_spec,"
+        f"SELECT a.*, e.config AS x_config, e.wave_id AS x_wave, w.priority AS x_priority, w.track AS x_track,"
         f" w.backfill AS x_backfill"
         f" FROM attempts a JOIN experiments e ON e.id = a.experiment_id JOIN waves w ON w.id = e.wave_id"
         f" WHERE a.state IN ({marks}) ORDER BY a.id", ACTIVE_ATTEMPT_STATES)
+    budgets = _default_budgets(ledger, {row["x_wave"] for row in rows})
     out = []
     for row in rows:
         data, extra = _extra(row)
-        expected = expected_seconds(json.loads(extra["config"]), default_budget_of(extra["spec"]))
+        expected = expected_seconds(json.loads(extra["config"]), budgets[extra["wave"]])
         out.append(ActiveRow(decode_row(AttemptRow, data), extra["priority"], extra["track"], expected,
                              bool(extra["backfill"])))
     return out

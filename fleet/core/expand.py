@@ -169,6 +169,8 @@ def count_experiments(spec: WaveSpec, default_seeds: int) -> int:
     grid = math.prod(len(_distinct(v)) for v in spec.grid.values()) if spec.grid else 0
     on_grid = len(variant_entries(spec)) if spec.grid else 0  # each runs the whole grid
     configs = grid * (1 + on_grid) + len(spec.experiments) - on_grid - len(_explicit_duplicates(spec))
+    if spec.search is not None:  # a search wave runs its fixed configurations (if any) and its trials
+        return (configs + spec.search.trials) * (spec.seeds or default_seeds)
     return max(configs, 1) * (spec.seeds or default_seeds)
 
 
@@ -181,14 +183,16 @@ def check_size(n: int, limit: int = 10_000, yes: bool = False) -> None:
 
 
 def expand_wave(spec: WaveSpec, default_seeds: int) -> list[PlannedExperiment]:
-    """Configurations (grid product, then explicit experiments) x seeds, duplicates dropped."""
+    """Configurations (grid product, then explicit experiments) x seeds, duplicates dropped.
+
+    A search wave's trials are not here: their configurations are chosen while the wave runs."""
     seeds = spec.seeds or default_seeds
     if seeds < 1:
         raise InputError(f"{spec.source}: `seeds` is {seeds}, but must be a positive integer (e.g. `seeds: 3`)")
     base, base_origins = _base(spec)
     candidates = list(_grid_configs(spec)) if spec.grid else []
     candidates += _explicit_configs(spec)
-    if not candidates:
+    if not candidates and spec.search is None:  # a search wave's trials are its configurations
         candidates = [_Config(base, "", base_origins, "env")]
     configs: dict[str, _Config] = {}
     for cfg in candidates:

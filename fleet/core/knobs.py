@@ -143,7 +143,8 @@ def unknown_knob_errors(planned: list[PlannedExperiment], listing: KnobListing, 
         for name in knob_values(exp.config):  # a code variant (`code`, `patch`) is no knob
             if name in listing.knobs or name in out:
                 continue
-            where = re.sub(r"\[\d+\]$", "", exp.origins.get(name, name))
+            # the knob, not which of its values (`grid.K[2]`, `search.space.K.low`) came first
+            where = re.sub(r"(\[\d+\]|\.low|\.high|\.choices\[\d+\])$", "", exp.origins.get(name, name))
             close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
             out[name] = f"{source}: `{where}`: unknown knob; {hint}(valid: {', '.join(valid)})"

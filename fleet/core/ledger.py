@@ -21,6 +21,7 @@ from typing import TypeVar
 from fleet.core import faults
 from fleet.core.agent_records import AgentRecords
 from fleet.core.backup import RESTORE_COMMAND, newest_backup, take_backup
+from fleet.core.ledger_reads import LedgerReads
 from fleet.core.ledger_rows import (
     ACTIVE_ATTEMPT_STATES,
     ADDED_COLUMNS,
@@ -90,7 +91,7 @@ def sqlite_disk_problem(exc: BaseException, path: Path) -> DiskProblem | None:
     return None
 
 
-class Ledger(Transitions, AgentRecords):
+class Ledger(Transitions, LedgerReads, AgentRecords):
     def __init__(self, path: Path, clock=time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -201,13 +202,15 @@ class Ledger(Transitions, AgentRecords):
     def _insert_experiment(db: sqlite3.Connection, wave_id: str, seq: int, width: int, exp: NewExperiment,
                            snapshot: str, tier: str, now: float) -> str:
         experiment_id = f"{wave_id}-{seq:0{width}d}"
+        # A search's trial waits `planned` until the search chooses its configuration.
+        state = ExperimentState.PENDING if exp.trial is None else ExperimentState.PLANNED
         db.execute(
             "INSERT INTO experiments (id, wave_id, seq, config, config_key, seed, description, label,"
-            " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " snapshot, tier, state, created_at, updated_at, code_snapshot, base_snapshot, seeding, trial)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (experiment_id, wave_id, seq, json.dumps(exp.config), exp.config_key,
-             exp.seed, exp.description, exp.label, snapshot, tier, ExperimentState.PENDING.value, now, now,
-             exp.code_snapshot, exp.base_snapshot, exp.seeding),
+             exp.seed, exp.description, exp.label, snapshot, tier, state.value, now, now,
+             exp.code_snapshot, exp.base_snapshot, exp.seeding, exp.trial),
         )
         return experiment_id
 
@@ -299,7 +302,6 @@ class Ledger(Transitions, AgentRecords):
                 f"SELECT id FROM experiments WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
         return found
 
-    # --- attempts ----------------------------------------------------------------------------
     def attempt(self, attempt_id: int) -> AttemptRow:
         return decode_row(AttemptRow, self._query("SELECT * FROM attempts WHERE id = ?", (attempt_id,))[0])
 
@@ -378,11 +380,35 @@ class Ledger(Transitions, AgentRecords):
         return {r["state"]: r["n"] for r in self._query(sql + " GROUP BY e.state", args)}
 
     def has_unfinished_work(self) -> bool:
-        """Experiments to run, or jobs still on a cluster (a cancelled experiment's job must be stopped)."""
+        """Experiments to run (or whose configuration a search has still to choose), or jobs still on a cluster
+        (a cancelled experiment's job must be stopped).
+
+        A search's planned trials wait while their wave has experiments held by a budget cap: asking for
+        more would only hold more, so they are not work until `fleet release`. A search trial whose runs
+        finished but whose score is not yet told to its study is work (the controller tells it)."""
         states = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING)
         marks = ",".join("?" * len(states))
         rows = self._query(f"SELECT 1 FROM experiments WHERE state IN ({marks}) LIMIT 1", [s.value for s in states])
-        if rows:
+        if rows or self.planned_waves() or self.untold_trials():
             return True
         marks = ",".join("?" * len(ACTIVE_ATTEMPT_STATES))
         return bool(self._query(f"SELECT 1 FROM attempts WHERE state IN ({marks}) LIMIT 1", ACTIVE_ATTEMPT_STATES))
+
+    def untold_trials(self, wave: str | None = None) -> int:
+        """Finished runs of search trials whose score is not yet in the study (the controller tells it)."""
+        finished = [s.value for s in ExperimentState if s.finished]
+        sql = (f"SELECT COUNT(*) FROM experiments WHERE trial IS NOT NULL AND told = 0"
+               f" AND state IN ({','.join('?' * len(finished))})")
+        args: list = list(finished)
+        if wave is not None:
+            sql += " AND wave_id = ?"
+            args.append(wave)
+        return self._query(sql, args)[0][0]
+
+    def planned_waves(self) -> set[str]:
+        """Waves with planned search trials that may be asked for now (none of their experiments held)."""
+        rows = self._query(
+            "SELECT DISTINCT e.wave_id FROM experiments e WHERE e.state = ? AND NOT EXISTS"
+            " (SELECT 1 FROM experiments h WHERE h.wave_id = e.wave_id AND h.state = ?)",
+            (ExperimentState.PLANNED.value, ExperimentState.HELD.value))
+        return {r["wave_id"] for r in rows}

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_wave ON experiments(wave_id);
+CREATE INDEX IF NOT EXISTS experiments_wave_state ON experiments(wave_id, state);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
     n INTEGER NOT NULL, cluster TEXT NOT NULL, accelerator TEXT NOT NULL, job_id INTEGER,
@@ -48,6 +49,8 @@ CREATE TABLE IF NOT EXISTS adoptions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
     adopted_at REAL NOT NULL, preset TEXT, defaults TEXT NOT NULL DEFAULT '[]', files TEXT NOT NULL DEFAULT '[]'
 );
+CREATE INDEX IF NOT EXISTS results_val_bpb ON results(val_bpb);
+CREATE INDEX IF NOT EXISTS results_accelerator ON results(accelerator);
 """
 
 # Columns added since the first release: a ledger made before them gets them on open (ALTER TABLE).
@@ -59,11 +62,15 @@ ADDED_COLUMNS = (
     ("waves", "track", "TEXT NOT NULL DEFAULT ''"),
     ("clusters", "replaces", "TEXT"),
     ("waves", "backfill", "INTEGER NOT NULL DEFAULT 0"),
+    ("experiments", "trial", "INTEGER"),  # a search wave's trial number (Optuna's), None elsewhere
+    ("experiments", "told", "INTEGER NOT NULL DEFAULT 0"),  # its trial's score is in the study (search waves)
 )
 # Indexes on added columns: created after the columns exist (a ledger made before them gets both on open).
 ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS waves_track ON waves(track)",
     "CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at)",
+    # configurations run more than once, found without reading every run (step-noise correction)
+    "CREATE INDEX IF NOT EXISTS experiments_configs ON experiments(state, config_key, COALESCE(code_snapshot, snapshot))",
 )
 SEEDED, REPLICATE = "seed", "replicate"
 
@@ -117,6 +124,8 @@ class ExperimentRow:
     # "seed": `seed` is the SEED it ran with, so runs pair by seed; "replicate": the workload has no
     # SEED knob, `seed` only numbers the run, and runs compare unpaired.
     seeding: str = SEEDED
+    trial: int | None = None  # the search trial this run belongs to (search waves only)
+    told: bool = False  # its trial's score was told to the search's study
 
     @property
     def code(self) -> str:
@@ -192,6 +201,7 @@ class NewExperiment:
     code_snapshot: str | None = None
     base_snapshot: str | None = None
     seeding: str = SEEDED
+    trial: int | None = None  # a search trial's run: recorded `planned` until the search chooses its configuration
 
 
 def decode_row(cls, row: sqlite3.Row):
@@ -203,6 +213,7 @@ def decode_row(cls, row: sqlite3.Row):
     if cls is ExperimentRow:
         data["state"] = ExperimentState(data["state"])
         data["released"] = bool(data["released"])
+        data["told"] = bool(data.get("told", 0))
     if cls is WaveRow:
         data["backfill"] = bool(data.get("backfill", 0))
     if cls is ClusterRow:

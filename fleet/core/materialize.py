@@ -154,7 +154,7 @@ def constant_problems(planned: list[PlannedExperiment], scan: const_knobs.Consta
     for exp in planned:
         for name, text in knob_values(exp.config).items():
             origin = exp.origins.get(name, name)
-            where = re.sub(r"\[\d+\]$", "", origin)
+            where = re.sub(r"(\[\d+\]|\.low|\.high|\.choices\[\d+\])$", "", origin)
             if name in scan.rejected:
                 why = scan.rejected[name].why
                 out.setdefault(f"{source}: `{where}`: {why}, so it is not a knob a wave can set (a knob is an "
@@ -205,6 +205,20 @@ def code_choice(exp: PlannedExperiment, wave_snapshot: str, choices: Mapping[str
                      "submit it with `fleet wave` first")
 
 
+def knob_problems(planned: list[PlannedExperiment], codes: CodeStore, code: str, source: str,
+                  spec: WaveSpec | None = None) -> list[str]:
+    """One line per knob name or value of `planned` that the code `code` would refuse (nothing is written)."""
+    if codes.mode(code) == "env":
+        knobs_only = [dataclasses.replace(e, config=knob_values(e.config)) for e in planned]
+        try:
+            check_wave_knobs(knobs_only, codes.listing(code), snapshot_root(codes.store, code).parent, source,
+                             codes.workload.script_path)
+        except InputError as exc:
+            return str(exc).splitlines()
+        return []
+    return constant_problems(planned, codes.scan(code), source, spec)
+
+
 def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave_snapshot: str,
                         choices: Mapping[str, CodeChoice], source: str,
                         spec: WaveSpec | None = None) -> Prepared:
@@ -215,15 +229,7 @@ def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave
     for exp, choice in zip(planned, code_of):
         by_code.setdefault(choice.code, []).append(exp)
     for code, group in by_code.items():
-        if codes.mode(code) == "env":
-            knobs_only = [dataclasses.replace(e, config=knob_values(e.config)) for e in group]
-            try:
-                check_wave_knobs(knobs_only, codes.listing(code), snapshot_root(codes.store, code).parent, source,
-                                 codes.workload.script_path)
-            except InputError as exc:
-                problems += str(exc).splitlines()
-        else:
-            problems += constant_problems(group, codes.scan(code), source, spec)
+        problems += knob_problems(group, codes, code, source, spec)
     if problems:
         unique = list(dict.fromkeys(problems))
         shown = unique[:MAX_REPORTED] + ([f"... and {len(unique) - MAX_REPORTED} more"]
@@ -260,5 +266,5 @@ def _default_budget(listing: KnobListing) -> float | None:
     return float(max(values)) if values else None
 
 
-__all__ = ["CodeChoice", "CodeStore", "Prepared", "choices_from", "code_choice", "constant_problems", "prepare_experiments",
+__all__ = ["CodeChoice", "CodeStore", "Prepared", "choices_from", "code_choice", "constant_problems", "knob_problems", "prepare_experiments",
            "resolve_variants", "typed_value"]

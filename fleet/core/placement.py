@@ -10,6 +10,7 @@ registered for their kind: the source says how many more experiments a wave coul
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,6 +47,7 @@ class Placement:
     swaps: list[Swap] = field(default_factory=list)
     held: int = 0
     experiments: dict[str, ExperimentRow] = field(default_factory=dict)  # the pending rows, by id
+    cut: bool = False  # some track's pending list was read only as far as its head
 
 
 def on_demand_work(ledger: Ledger, sources: Mapping[str, WaveSource]) -> list[OnDemand]:
@@ -63,8 +65,11 @@ def on_demand_work(ledger: Ledger, sources: Mapping[str, WaveSource]) -> list[On
 
 
 def plan_placement(ledger: Ledger, config: FleetConfig, slots: Sequence[ClusterSlot], active: Sequence[ActiveRow],
-                   now: float, on_demand: Sequence[OnDemand] = ()) -> Placement:
-    rows = pending_work(ledger)
+                   now: float, on_demand: Sequence[OnDemand] = (), per_track: int | None = None) -> Placement:
+    """The cycle's plan; with `per_track`, from the head of each track's pending list only."""
+    rows = pending_work(ledger, per_track)
+    per_track_count = Counter(r.track for r in rows)
+    cut = per_track is not None and any(n >= per_track for n in per_track_count.values())
     if not rows and not on_demand:
         return Placement()
     pending = [PendingExperiment(r.experiment.id, r.experiment.tier, expected_gpu_hours(r.experiment), r.priority,
@@ -81,7 +86,7 @@ def plan_placement(ledger: Ledger, config: FleetConfig, slots: Sequence[ClusterS
     placed = {d.experiment_id for d in decisions}
     unplaced = [p for p in pending if p.experiment_id not in placed]
     swaps = preemptions(slots, queued_jobs(active), unplaced, tiers) if unplaced else []
-    return Placement(decisions, swaps, held, {r.experiment.id: r.experiment for r in rows})
+    return Placement(decisions, swaps, held, {r.experiment.id: r.experiment for r in rows}, cut)
 
 
 __all__ = ["Placement", "WaveSource", "on_demand_work", "plan_placement"]

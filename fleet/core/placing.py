@@ -21,7 +21,8 @@ from fleet.backends.base import (
     SetupFailed,
 )
 from fleet.config import FleetConfig
-from fleet.core.demand import active_work
+from fleet.core.budget import has_caps
+from fleet.core.demand import active_work, queued_jobs
 from fleet.core.job_plan import experiment_timeout, job_for
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import AttemptRow, ExperimentRow
@@ -32,6 +33,7 @@ from fleet.types import ClusterState, ExperimentState, job_name
 from fleet.workspace import Workspace
 
 if TYPE_CHECKING:
+    from fleet.types import JobSpec
     from fleet.core.controller import CycleReport
 
 log = logging.getLogger("fleet.core.controller")
@@ -66,7 +68,18 @@ class Placing:
         # Resting clusters are in the list (a tier waits for its own resting accelerator rather
         # than spill onto another), marked as taking no work.
         slots = [ClusterSlot(c.name, c.accelerator, depth[c.name], c.name not in self._resting) for c in clusters]
-        plan = plan_placement(self.ledger, self.config, slots, active, now, on_demand_work(self.ledger, self.sources))
+        free = sum(max(0, self.config.queue_depth - s.depth) for s in slots if s.accepting)
+        swappable = len(queued_jobs(active))
+        if not free and not swappable:
+            return  # nothing can be placed and nothing swapped: the pending list is not even read
+        # Only the head of each track's pending list can take a free place or a queued job's place
+        # this cycle, so only the head is read (a few times what is free, for tiers whose clusters
+        # are full); all of it when that head placed too little, or when a budget cap must see it.
+        head = None if has_caps(self.ledger, self.config) else max(64, 4 * (free + swappable))
+        on_demand = on_demand_work(self.ledger, self.sources)
+        plan = plan_placement(self.ledger, self.config, slots, active, now, on_demand, head)
+        if plan.cut and len(plan.assignments) < free:
+            plan = plan_placement(self.ledger, self.config, slots, active, now, on_demand)
         report.held += plan.held
         accelerator = {c.name: c.accelerator for c in clusters}
         chosen = [(plan.experiments[d.experiment_id], d.cluster) for d in plan.assignments if d.experiment_id]

@@ -9,8 +9,10 @@ controller continues from; `repair` is the safety net that finds any experiment 
 attempts still disagree.
 
     pending --start_attempt--> queued --mark_running--> running --finish_attempt--> done|crash|timeout
-       ^                         |                          |
+       ^                         |                          +--prune_attempt--> pruned (its job then cancelled)
        +--- requeue / abandon ---+--------------------------+   (cluster lost, job vanished, refused)
+    planned --fill_trial--> pending   (a search wave's trial, once its configuration is chosen;
+                                      `mark_told` once its finished runs' score is in the study)
 
 `Transitions` is mixed into `Ledger`, which provides `tx()` and `clock`.
 """
@@ -30,6 +32,7 @@ from fleet.core.ledger_rows import (
     ATTEMPT_SUBMITTING,
     ATTEMPT_WITHDRAWN,
     AttemptRow,
+    NewExperiment,
     decode_row,
 )
 from fleet.types import ClusterState, ExperimentState
@@ -117,6 +120,38 @@ class Transitions:
                  ExperimentState.HELD.value),
             ).rowcount > 0
 
+    def fill_trial(self, wave_id: str, trial: int, runs: list[NewExperiment]) -> int:
+        """Give a search trial's planned runs their configuration (one per seed): `planned` -> `pending`.
+
+        One transaction, and only rows still `planned`: filling the same trial again (a controller
+        that died after asking and restarted) changes nothing. Returns how many runs it filled.
+        """
+        now = self.clock()
+        filled = 0
+        with self.tx("fill_trial") as db:
+            for run in runs:
+                filled += db.execute(
+                    "UPDATE experiments SET config = ?, config_key = ?, description = ?, label = ?, snapshot = ?,"
+                    " code_snapshot = ?, base_snapshot = ?, seeding = ?, state = ?, updated_at = ?"
+                    " WHERE wave_id = ? AND trial = ? AND seed = ? AND state = ?",
+                    (json.dumps(run.config), run.config_key, run.description, run.label, run.snapshot,
+                     run.code_snapshot, run.base_snapshot, run.seeding, ExperimentState.PENDING.value, now,
+                     wave_id, trial, run.seed, ExperimentState.PLANNED.value),
+                ).rowcount
+        return filled
+
+    def mark_told(self, wave_id: str, trial: int) -> bool:
+        """A search trial's score is in its study (told after its runs finished, or nothing to tell).
+
+        Until then the ledger has unfinished work, so a controller killed between a trial's last
+        result and telling its study is started again to tell it. Idempotent.
+        """
+        with self.tx("mark_told") as db:
+            return db.execute("UPDATE experiments SET told = 1 WHERE wave_id = ? AND trial = ? AND told = 0",
+                              (wave_id, trial)).rowcount > 0
+
+    # --- attempts ----------------------------------------------------------------------------
+
     # --- attempts ----------------------------------------------------------------------------
     def start_attempt(self, experiment_id: str, cluster: str, accelerator: str,
                       log_path_for: Callable[[int], str]) -> AttemptRow | None:
@@ -177,6 +212,20 @@ class Transitions:
         with self.tx("cancel_attempt") as db:
             return db.execute(f"UPDATE attempts SET state = 'cancelled', ended_at = ? WHERE id = ? AND state IN {_ACTIVE}",
                               (self.clock(), attempt.id)).rowcount > 0
+
+    def prune_attempt(self, attempt: AttemptRow, outcome: Outcome) -> bool:
+        """Early stopping: record the running experiment's result as pruned while its job still runs.
+
+        Conditional on the attempt still being active and the experiment running: a job that finished
+        (or was lost) meanwhile keeps its own outcome. The job is cancelled afterwards, as for a user's
+        cancel (`cancel_attempt`). Returns True if the result was recorded.
+        """
+        with self.tx("prune_attempt") as db:
+            live = db.execute(
+                f"SELECT 1 FROM attempts a JOIN experiments e ON e.id = a.experiment_id"
+                f" WHERE a.id = ? AND a.state IN {_ACTIVE} AND e.state = ?",
+                (attempt.id, ExperimentState.RUNNING.value)).fetchone()
+            return live is not None and self._insert_result(db, attempt.experiment_id, attempt.id, outcome)
 
     def finish_attempt(self, attempt: AttemptRow, job_state: str, outcome: Outcome | None, *,
                        started_at: float | None = None, ended_at: float | None = None,

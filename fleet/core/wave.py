@@ -16,6 +16,10 @@ experiments:              # explicit override sets on top of `env`; each may car
   - {description: baseline}
   - {MATRIX_LR: 0.06, description: hot}
   - {code: my-branch}     # a code variant: a git ref's workload, or `patch: idea.diff`; the grid runs on it too
+search:                   # an adaptive search (fleet.core.wave_search): `trials` configurations chosen by a sampler
+  trials: 24
+  space: {WEIGHT_DECAY: {low: 0.0, high: 0.2}}
+early_stop: {at: [0.25], margin: 0.1}   # stop runs whose loss trails the baseline's at 25% of the budget
 ```
 
 `load_wave` reads and validates a file (I/O at the edge). Expanding the resulting `WaveSpec` into
@@ -47,8 +51,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from fleet.core import wave_search
 from fleet.core.expand import RESERVED_KNOBS, duplicate_warnings
-from fleet.core.wave_spec import ExplicitExperiment, KnobValue, Scalar, WaveSpec
+from fleet.core.wave_search import EarlyStopFile, SearchFile, SpaceDimFile
+from fleet.core.wave_spec import EarlyStop, ExplicitExperiment, KnobValue, Scalar, SearchDim, SearchSpec, WaveSpec
 from fleet.errors import InputError, field_path
 
 # Single '-' or '_' between runs of letters and digits: job names (`<wave>-001.a1`) must pass
@@ -130,6 +136,10 @@ class ExperimentEntry(BaseModel):
         return self
 
 
+class SearchBlock(SearchFile):
+    space: dict[KnobName, SpaceDimFile] = Field(..., min_length=1, description="knob -> range or choices")
+
+
 class WaveFile(BaseModel):
     """The wave file as the user writes it (the JSON schema of `fleet schema`)."""
 
@@ -154,6 +164,16 @@ class WaveFile(BaseModel):
                                  description="higher starts first within its track (default: the tier's priority)")
     track: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, strict=True,
                               description="the fair-share track the wave runs on, e.g. one per agent")
+    search: SearchBlock | None = Field(None, description="an adaptive search: configurations chosen by a sampler")
+    early_stop: EarlyStopFile | None = Field(None, description="stop runs whose training loss clearly trails")
+
+    @model_validator(mode="after")
+    def _searched_or_gridded(self) -> "WaveFile":
+        both = sorted(set(self.grid or {}) & set(self.search.space if self.search else {}))
+        if both:
+            raise PydanticCustomError("grid_and_search", "{knob} is in both `grid` and `search.space`; a knob is "
+                                      "either gridded or searched: remove it from one", {"knob": both[0]})
+        return self
 
     @field_validator("tier")
     @classmethod
@@ -195,9 +215,10 @@ HINTS = {
     "grid": "allowed: a mapping of knob names to non-empty lists of values (e.g. `grid: {MATRIX_LR: [0.03, 0.04]}`)",
     "experiments": "allowed: a list of mappings of knob overrides, each may carry `description`, and `code` "
     "(a git ref) or `patch` (a diff file) (e.g. `- {MATRIX_LR: 0.06, description: hot}`)",
+    **wave_search.HINTS,
 }
 CUSTOM_ERRORS = {"finite_scalar", "scalar_nul", "scalar_type", "reserved_knob", "knob_name", "unknown_tier",
-                 "value_list", "one_variant"}
+                 "value_list", "one_variant", "grid_and_search", *wave_search.CUSTOM_ERRORS}
 
 
 _SHORT = reprlib.Repr()
@@ -225,6 +246,15 @@ def _describe(err: dict[str, Any]) -> tuple[tuple, str]:
         close = difflib.get_close_matches(str(loc[0]), TOP_LEVEL_KEYS, n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
         return loc, f"`{where}` is not a known field; {hint}valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+    nested = wave_search.valid_keys_at(loc[:-1]) if kind == "extra_forbidden" else None
+    if nested is not None:
+        close = difflib.get_close_matches(str(loc[-1]), nested, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return loc, f"`{where}` is not a known field; {hint}valid keys: {', '.join(nested)}"
+    if kind == "missing" and root in wave_search.HINTS:
+        return loc, f"`{where}` is missing; {wave_search.hint_for(loc) or HINTS[root]}"
+    if kind == "too_short" and loc[-1:] == ("choices",):
+        return loc, f"`{where}` is empty; give at least one value (e.g. `choices: [6, 8]`) or a range (`low`, `high`)"
     if kind == "knob_name" and root == "experiments" and difflib.get_close_matches(str(loc[-1]), ["description"]):
         return loc, f"`{where}` is not a knob name; did you mean `description`?"
     prefix = f"`{where}`" if is_key else f"`{where}` = {_shown(value)}"
@@ -237,9 +267,12 @@ def _describe(err: dict[str, Any]) -> tuple[tuple, str]:
         return loc, f"`{where}` is an empty list; give at least one value (e.g. `{loc[1]}: [0.03, 0.04]`) or remove it"
     if root == "experiments" and len(loc) == 1 and kind == "too_short":
         return loc, f"`experiments` is an empty list; {HINTS['experiments']}, or remove `experiments`"
+    if kind == "grid_and_search":
+        return loc, err["msg"]
     if kind in CUSTOM_ERRORS:
         return loc, f"{prefix}: {err['msg']}"
     hint = HINTS["description" if loc[-1:] == ("description",) else str(root)] if root in HINTS else ""
+    hint = wave_search.hint_for(loc) or hint
     if root == "name":
         return loc, f"{prefix}: not a valid wave name; {hint}"
     if root == "experiments" and len(loc) == 2 and kind == "model_type":
@@ -352,12 +385,24 @@ def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
                                code=e.code, patch=e.patch)
             for e in (model.experiments or [])
         ],
+        search=_search_spec(model.search),
+        early_stop=None if model.early_stop is None else EarlyStop(tuple(float(f) for f in model.early_stop.at),
+                                                                   float(model.early_stop.margin)),
         source=source,
     )
     warnings = duplicate_warnings(spec)
     if warnings:
         spec = replace(spec, warnings=tuple(warnings))
     return spec
+
+
+def _search_spec(block: SearchBlock | None) -> SearchSpec | None:
+    if block is None:
+        return None
+    space = {name: SearchDim(low=d.low, high=d.high, log=d.log,
+                             choices=None if d.choices is None else tuple(d.choices))
+             for name, d in block.space.items()}
+    return SearchSpec(block.trials, space, block.sampler, block.seed, block.startup_trials)
 
 
 __all__ = ["TOP_LEVEL_KEYS", "WaveFile", "load_wave", "wave_json_schema"]

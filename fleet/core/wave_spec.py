@@ -30,6 +30,50 @@ class ExplicitExperiment:
 
 
 @dataclass(frozen=True)
+class SearchDim:
+    """One knob of a search space: a range (`low`..`high`, optionally on a log scale) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[KnobValue, ...] | None = None
+    kind: str = ""  # "float" | "int" | "choice", from the knob's type in the workload (set on submit)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"choices": list(self.choices), "kind": self.kind or "choice"}
+        return {"low": self.low, "high": self.high, "log": self.log, **({"kind": self.kind} if self.kind else {})}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A wave's `search:` block: how many configurations to try, chosen by which sampler, over which space."""
+
+    trials: int
+    space: dict[str, SearchDim]
+    sampler: str = "tpe"
+    seed: int = 0
+    startup_trials: int | None = None  # random configurations before the sampler models (None: from `trials`)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trials": self.trials, "sampler": self.sampler, "seed": self.seed,
+                "startup_trials": self.startup_trials, "space": {k: d.to_json() for k, d in self.space.items()}}
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """`early_stop:`: compare each run's training loss at these fractions of its budget with the wave's
+    baseline (or median) run at the same fractions; stop it when worse by more than `margin`."""
+
+    at: tuple[float, ...]
+    margin: float
+    warmdown_default: float | None = None  # the workload's WARMDOWN_RATIO default (set on submit); None: no warmdown
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": list(self.at), "margin": self.margin, "warmdown_default": self.warmdown_default}
+
+
+@dataclass(frozen=True)
 class WaveSpec:
     """A validated wave, as plain data."""
 
@@ -43,6 +87,8 @@ class WaveSpec:
     env: dict[str, KnobValue] = field(default_factory=dict)
     grid: dict[str, list[KnobValue]] = field(default_factory=dict)
     experiments: list[ExplicitExperiment] = field(default_factory=list)
+    search: SearchSpec | None = None
+    early_stop: EarlyStop | None = None
     source: str = ""  # the file it came from, for messages
     warnings: tuple[str, ...] = ()  # not fatal (duplicate configurations); the CLI prints them on stderr
 
@@ -54,6 +100,8 @@ class WaveSpec:
             "env": dict(self.env),
             "grid": {k: list(v) for k, v in self.grid.items()},
             "experiments": [_entry_json(e) for e in self.experiments],
+            **({"search": self.search.to_json()} if self.search else {}),
+            **({"early_stop": self.early_stop.to_json()} if self.early_stop else {}),
         }
 
 

@@ -36,8 +36,8 @@ def spend(usages: Iterable[Usage], prices: Mapping[str, float]) -> dict:
 
 
 def ledger_usages(ledger: Ledger, wave: str | None = None) -> list[Usage]:
-    return [Usage(r.accelerator or "unknown", r.gpu_seconds) for r in ledger.results(wave=wave).values()
-            if r.gpu_seconds is not None]
+    """GPU time per accelerator (one Usage per wave and accelerator, summed in SQL)."""
+    return [Usage(acc, seconds) for _, acc, seconds in ledger.gpu_seconds(wave)]
 
 
 def cost_summary(ledger: Ledger, config: FleetConfig, wave: str | None = None, now: float | None = None) -> dict:
@@ -62,11 +62,9 @@ def spend_by_wave(usages: Mapping[str, Iterable[Usage]], prices: Mapping[str, fl
 
 
 def ledger_usages_by_wave(ledger: Ledger) -> dict[str, list[Usage]]:
-    wave_of = {e.id: e.wave_id for e in ledger.experiments()}
     out: dict[str, list[Usage]] = {w.id: [] for w in ledger.waves()}
-    for r in ledger.results().values():
-        if r.gpu_seconds is not None and r.experiment_id in wave_of:
-            out[wave_of[r.experiment_id]].append(Usage(r.accelerator or "unknown", r.gpu_seconds))
+    for wave_id, acc, seconds in ledger.gpu_seconds():
+        out.setdefault(wave_id, []).append(Usage(acc, seconds))
     return out
 
 

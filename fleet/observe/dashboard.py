@@ -100,6 +100,7 @@ class FleetSnapshot:
     utilization: Utilization
     cost: dict = field(default_factory=dict)  # fleet.observe.cost.spend() plus cap_gpu_hours
     configs: tuple[ConfigRow, ...] = ()  # configurations by their mean over runs, best first
+    efficiency: str = ""  # fleet.observe.efficiency.describe(): the best per GPU-hour and the waste
 
 
 # --- utilization ---------------------------------------------------------------------------------
@@ -110,6 +111,21 @@ def overlap(a: Interval, b: Interval) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
+def utilization_spans(now: float, window_s: float = UTILIZATION_WINDOW_S,
+                      bucket_s: float = UTILIZATION_BUCKET_S) -> list[Interval]:
+    """The whole window first, then its buckets, oldest first."""
+    start = now - window_s
+    n = max(1, round(window_s / bucket_s))
+    return [(start, now)] + [(start + i * bucket_s, min(now, start + (i + 1) * bucket_s)) for i in range(n)]
+
+
+def utilization_from(busy: Sequence[float], capacity: Sequence[float], window_s: float = UTILIZATION_WINDOW_S,
+                     bucket_s: float = UTILIZATION_BUCKET_S) -> Utilization:
+    """Utilization from the busy and the available GPU-seconds in each of `utilization_spans`."""
+    ratios = [None if cap <= 0 else min(1.0, b / cap) for b, cap in zip(busy, capacity)]
+    return Utilization(ratios[0], tuple(ratios[1:]), window_s, bucket_s)
+
+
 def utilization(
     busy: Sequence[Interval], available: Sequence[Interval], now: float,
     window_s: float = UTILIZATION_WINDOW_S, bucket_s: float = UTILIZATION_BUCKET_S,
@@ -118,19 +134,12 @@ def utilization(
 
     `busy` are attempts' (start, end) on a GPU (a running one ends `now`); `available` are
     clusters' (up since, gone at or `now`), so a fleet brought up ten minutes ago is not reported
-    as idle for the fifty minutes before it existed.
+    as idle for the fifty minutes before it existed. (`fleet watch` sums the busy time in SQL and
+    calls `utilization_from` with the sums.)
     """
-    start = now - window_s
-    n = max(1, round(window_s / bucket_s))
-    edges = [(start + i * bucket_s, min(now, start + (i + 1) * bucket_s)) for i in range(n)]
-
-    def ratio(span: Interval) -> float | None:
-        cap = sum(overlap(a, span) for a in available)
-        if cap <= 0:
-            return None
-        return min(1.0, sum(overlap(b, span) for b in busy) / cap)
-
-    return Utilization(ratio((start, now)), tuple(ratio(e) for e in edges), window_s, bucket_s)
+    spans = utilization_spans(now, window_s, bucket_s)
+    return utilization_from([sum(overlap(b, span) for b in busy) for span in spans],
+                            [sum(overlap(a, span) for a in available) for span in spans], window_s, bucket_s)
 
 
 def sparkline(values: Sequence[float | None]) -> str:
@@ -211,7 +220,8 @@ def render_waves(snap: FleetSnapshot) -> RenderableType:
         gpu = f"{w.gpu_hours:.2f}" + (f"/{w.cap_gpu_hours:g}" if w.cap_gpu_hours else "")
         kind = _t("backfill", "dim") if w.backfill else _t(w.kind)  # its id says what (backfill-…-more, -recheck)
         table.add_row(_t(w.id), kind, _t(w.tier), bar, str(n.get("done", 0)), str(n.get("running", 0)),
-                      str(n.get("pending", 0) + n.get("queued", 0)), str(n.get("crash", 0) + n.get("timeout", 0)),
+                      str(n.get("pending", 0) + n.get("queued", 0) + n.get("planned", 0)),
+                      str(n.get("crash", 0) + n.get("timeout", 0)),
                       Text(str(held), style="yellow" if held else ""), str(w.cancelled), gpu, f"{w.dollars:.2f}")
     return table
 
@@ -260,6 +270,8 @@ def render_footer(snap: FleetSnapshot) -> RenderableType:
         if cap and snap.cost["gpu_hours"] >= cap:
             spend.stylize("red")
         lines.append(spend)
+    if snap.efficiency:
+        lines.append(Text.assemble(("efficiency ", "bold"), snap.efficiency))
     held = sum(w.counts.get("held", 0) for w in snap.waves)
     if held:
         noun, them = ("experiment is", "it") if held == 1 else ("experiments are", "them")

@@ -146,7 +146,9 @@ def verdict_status(experiments: Sequence[ExperimentRow], verdicts: Mapping[tuple
     for exp in experiments:
         if not exp.state.finished or exp.state == ExperimentState.CANCELLED:
             continue
-        if exp.state != ExperimentState.DONE:
+        if exp.state == ExperimentState.PRUNED:
+            out[exp.id] = "pruned"  # stopped early for trailing the baseline: not a crash, and never a verdict
+        elif exp.state != ExperimentState.DONE:
             out[exp.id] = "crash"
         elif (exp.code, exp.config_key) in verdicts:
             verdict = verdicts[(exp.code, exp.config_key)]

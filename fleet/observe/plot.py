@@ -40,7 +40,7 @@ class Point:
 @dataclass(frozen=True)
 class PlotData:
     points: tuple[Point, ...]
-    crashes: tuple[tuple[float, str], ...]  # (x, experiment) of crashed or timed-out experiments
+    crashes: tuple[tuple[float, str], ...]  # (x, experiment) of crashed, timed-out or pruned experiments
     best: tuple[tuple[float, float, str], ...]  # the best configuration's mean after each change: (x, y, label)
     x_end: float  # the last finished experiment's x (the step line runs to it)
     xlabel: str
@@ -54,21 +54,30 @@ def plot_data(
     normalized: Mapping[str, float | None] | None = None, promoted: frozenset[str] = frozenset(),
     verdicts: Mapping[str, str] | None = None, x: str = "order", origin: float | None = None,
 ) -> PlotData:
-    """Finished experiments in the order they finished; `x` is "order" (1, 2, ...) or "time" (minutes).
+    """Finished experiments in the order they finished; `x` is "order" (1, 2, ...), "time" (minutes) or
+    "gpu_hours" (GPU-hours spent by then: the running best is the frontier, the best found per GPU-hour).
 
     With `normalized`, y is the hardware-normalized val_bpb and runs without one are skipped (and
     counted). `promoted` are experiment ids of promote waves; `verdicts` maps experiment id to its
     configuration's verdict.
     """
-    if x not in ("order", "time"):
-        raise ValueError(f"x must be 'order' or 'time', not {x!r}")
+    if x not in ("order", "time", "gpu_hours"):
+        raise ValueError(f"x must be 'order', 'time' or 'gpu_hours', not {x!r}")
     verdicts = verdicts or {}
     finished = sorted((e for e in experiments if e.state.finished and e.state != ExperimentState.CANCELLED),
                       key=lambda e: (e.finished_at or 0.0, e.id))
     if origin is None:
         origin = min((e.created_at for e in experiments), default=0.0)
 
+    spent, total = {}, 0.0  # GPU-hours by the time each finished run ended, every run counted
+    for exp in finished:
+        res = results.get(exp.id)
+        total += max(0.0, (res.gpu_seconds or 0.0) if res else 0.0) / 3600
+        spent[exp.id] = total
+
     def x_of(i: int, exp: ExperimentRow) -> float:
+        if x == "gpu_hours":
+            return spent[exp.id]
         return float(i) if x == "order" else ((exp.finished_at or origin) - origin) / 60
 
     points, crashes, best, skipped = [], [], [], 0
@@ -99,9 +108,10 @@ def plot_data(
     title = f"{metric} of {len(finished)} finished experiments"
     if best:
         title += f" — best {best[-1][1]:.4f}"
-    return PlotData(tuple(points), tuple(crashes), tuple(best), x_end,
-                    "experiment (in the order they finished)" if x == "order" else "minutes since the first wave",
-                    metric + " (lower is better)", title, skipped)
+    xlabel = {"order": "experiment (in the order they finished)", "time": "minutes since the first wave",
+              "gpu_hours": "GPU-hours spent (every finished run counted)"}[x]
+    return PlotData(tuple(points), tuple(crashes), tuple(best), x_end, xlabel, metric + " (lower is better)", title,
+                    skipped)
 
 
 def _styles(accelerators: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -243,7 +253,7 @@ def render_png(data: PlotData, path: Path, dpi: int = 120) -> None:
                for p in kept.values()]
     if data.crashes:
         ax.scatter([c[0] for c in data.crashes], [top] * len(data.crashes), marker="x", c="red", s=36,
-                   label=f"crash / timeout ({len(data.crashes)})", zorder=5)
+                   label=f"no result: crash, timeout, pruned ({len(data.crashes)})", zorder=5)
     if any(p.y > top for p in data.points):
         ax.axhline(top, color="0.6", linewidth=0.6, linestyle=":")
         ax.text(0.995, top, "off scale ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",

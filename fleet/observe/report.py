@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleet.observe.dashboard import WaveLine
+from fleet.observe.efficiency import IMPROVEMENT_UNIT, Efficiency
 from fleet.observe.leaderboard import ConfigRow, Row
 from fleet.plain_text import plain
 
@@ -95,11 +96,34 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Seque
     return lines
 
 
+def render_efficiency(eff: Efficiency, top: int = 15) -> list[str]:
+    """The frontier (GPU-hours until each new best), the cost of improvement and the waste, as Markdown lines."""
+    if not eff.frontier:
+        return ["No finished result yet."]
+    lines = ["GPU-hours spent (every finished run counted, crashed and pruned ones too) until each new best:", ""]
+    shown = list(eff.frontier)[-top:]
+    lines += _table(["experiment", "configuration", "value", "GPU-hours by then", "$ by then"],
+                    [[f"`{p.experiment}`", p.label or "(base)", p.value, f"{p.gpu_hours:.3f}", f"{p.dollars:.2f}"]
+                     for p in shown], right=(2, 3, 4))
+    lines.append("")
+    if eff.gpu_hours_per_unit is not None:
+        lines.append(f"**Cost of improvement:** {eff.gpu_hours_per_unit:.3f} GPU-hours (${eff.dollars_per_unit:.2f}) "
+                     f"per {IMPROVEMENT_UNIT:g} of improvement ({eff.improvement:.4f} in all, over the first finished "
+                     f"result, in {eff.frontier[-1].gpu_hours:.2f} GPU-hours).")
+    else:
+        lines.append("**Cost of improvement:** no improvement over the first finished result yet.")
+    waste = ", ".join(f"{k} {100 * v:.1f}% ({eff.waste_gpu_hours[k]:.2f} h)" for k, v in eff.waste.items())
+    lines.append(f"**GPU time that taught nothing new:** {waste} of {eff.gpu_hours:.2f} GPU-hours "
+                 "(duplicate: a configuration, seed and code that had already finished).")
+    return lines
+
+
 def render_report(
     *, generated: str, scope: str, waves: Sequence[WaveLine], rows: Sequence[Row], sorted_by: str,
     calibration: str, verdicts: Sequence[ConfigVerdict], cost: Mapping, plot_file: str | None,
     plot_note: str = "", top: int = 10, configs: Sequence[ConfigRow] = (),
     adopted: Sequence[AdoptedChange] = (), ablations: Sequence[AblationLine] = (), backfill_waves: frozenset[str] = frozenset(),
+    efficiency: Efficiency | None = None,
 ) -> str:
     """The report as Markdown; `plot_file` is the PNG's path relative to the report (or None).
 
@@ -191,6 +215,9 @@ def render_report(
     lines += ["", "## Progress", ""]
     lines.append(f"![val_bpb of every experiment and the best configuration's mean]({plot_file})" if plot_file
                  else plot_note or "No plot.")
+
+    if efficiency is not None:
+        lines += ["", "## Efficiency", ""] + render_efficiency(efficiency)
 
     lines += ["", "## Spend", ""]
     by_acc = cost.get("by_accelerator") or {}

@@ -83,18 +83,30 @@ class StepView:
     summary: str  # one line for people: the slope, where it comes from, what it removed
 
 
-def corrected_for(ledger: Ledger, higher_is_better: bool = False, fleet_slope: float | None = None) -> StepView:
-    """Each finished run's value corrected for step noise within its accelerator (`step_noise`), lower is better."""
-    experiments = ledger.experiments(states=[ExperimentState.DONE])
-    results = research_results(ledger.results(), higher_is_better)
+def corrected_for(ledger: Ledger, higher_is_better: bool = False, fleet_slope: float | None = None,
+                  replicated_only: bool = False) -> StepView:
+    """Each finished run's value corrected for step noise within its accelerator (`step_noise`), lower is better.
+
+    With `replicated_only`, only the runs that share their group with another are read (picked in
+    SQL): the same fit, summary and corrected values, and the value of every other finished run is
+    its own (absent from `values`), so a view of a few rows does not read the whole ledger.
+    """
     ids, runs = [], []
-    for e in experiments:
-        res = results.get(e.id)
-        if res is None or res.val_bpb is None or not math.isfinite(res.val_bpb):
-            continue
-        group = f"{e.code}/{e.config_key}/{res.accelerator or 'unknown'}/{e.config.get('TIME_BUDGET', '')}"
-        ids.append(e.id)
-        runs.append(StepRun(group, res.val_bpb, res.num_steps))
+    if replicated_only:
+        sign = -1.0 if higher_is_better else 1.0
+        for experiment_id, group, value, steps in ledger.replicated_runs():
+            ids.append(experiment_id)
+            runs.append(StepRun(group, sign * value, steps))
+    else:
+        experiments = ledger.experiments(states=[ExperimentState.DONE])
+        results = research_results(ledger.results(), higher_is_better)
+        for e in experiments:
+            res = results.get(e.id)
+            if res is None or res.val_bpb is None or not math.isfinite(res.val_bpb):
+                continue
+            group = f"{e.code}/{e.config_key}/{res.accelerator or 'unknown'}/{e.config.get('TIME_BUDGET', '')}"
+            ids.append(e.id)
+            runs.append(StepRun(group, res.val_bpb, res.num_steps))
     fit = choose_slope(runs, fleet_slope)
     corrected = correct(runs, fit)
     values = {ids[i]: v for i, v in corrected.values.items()}
@@ -106,3 +118,12 @@ def corrected_for(ledger: Ledger, higher_is_better: bool = False, fleet_slope: f
         if removed is not None:
             summary += f"; correcting it removed {100 * removed:.0f}% of the variance of repeated configurations"
     return StepView(values, fit, removed, summary)
+
+
+def comparable_values(ledger: Ledger, reference: str, higher_is_better: bool = False) -> dict[str, float | None]:
+    """Each finished run's value as runs are compared (a search's tells, the efficiency frontier): normalized
+    across hardware when the fleet is mixed, raw otherwise (a run with no normalized value keeps its raw
+    one); lower is better either way, as `research_results`."""
+    raw = {k: r.val_bpb for k, r in research_results(ledger.results(), higher_is_better).items()}
+    norm = normalized_for(ledger, reference, higher_is_better).values
+    return {k: norm[k] if norm.get(k) is not None else v for k, v in raw.items()}

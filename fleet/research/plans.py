@@ -39,7 +39,8 @@ from fleet.research.verdicts import Rule
 from fleet.types import ExperimentState
 
 BASELINE_DESCRIPTION = "baseline"
-UNFINISHED = (ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING, ExperimentState.HELD)
+UNFINISHED = (ExperimentState.PLANNED, ExperimentState.PENDING, ExperimentState.QUEUED, ExperimentState.RUNNING,
+              ExperimentState.HELD)
 Keyer = Callable[[Mapping[str, str]], str]
 
 

@@ -10,6 +10,10 @@ Behaviour that matters to the backend, kept faithful:
   the request's exception (same class names as `sky.exceptions`). `FAKE_SKY_LATENCY_S` adds a
   delay to every request, so concurrency is measurable: on the server for most, but `exec` and
   `queue` make their caller wait before the request id comes back, as the real blocking POSTs do.
+  `FAKE_SKY_LATENCIES` (`exec=5,queue=1,job_status=1,tail_logs=1,launch=30`) sets it per call, and
+  `FAKE_SKY_START_GAP_S` (`2-3`) is the wait before a cluster starts its next queued job (the job
+  stays PENDING meanwhile), as SkyPilot's scheduler and job driver take: `bench/fleet_throughput.py`
+  models a real fleet with them.
 - `tail_logs(preload_content=False)` never raises for the cluster (the real one never calls get()).
 - Each cluster has a FIFO job queue with integer ids (a `SlotQueue`: jobs run one at a time as
   local processes, detached from the caller, and survive it).
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import threading
 import time
@@ -93,16 +98,37 @@ def _check_api() -> None:
         raise exceptions.ApiServerConnectionError(API_URL)
 
 
-def _latency() -> None:
-    delay = float(os.environ.get("FAKE_SKY_LATENCY_S", "0") or 0)
+def latency_of(call: str) -> float:
+    """Seconds a request costs: its entry in FAKE_SKY_LATENCIES (`exec=5,queue=1,tail_logs=1`),
+    else FAKE_SKY_LATENCY_S (every call), else nothing."""
+    for item in os.environ.get("FAKE_SKY_LATENCIES", "").split(","):
+        name, _, seconds = item.partition("=")
+        if name.strip() == call:
+            return float(seconds)
+    return float(os.environ.get("FAKE_SKY_LATENCY_S", "0") or 0)
+
+
+def _latency(call: str) -> None:
+    delay = latency_of(call)
     if delay > 0:
         time.sleep(delay)
+
+
+def _start_gap() -> float:
+    """The wait between a cluster's queue reaching a job and the job starting (FAKE_SKY_START_GAP_S,
+    seconds or a `low-high` range drawn uniformly): SkyPilot's scheduler and job driver take a couple
+    of seconds to start the next queued job."""
+    text = os.environ.get("FAKE_SKY_START_GAP_S", "").strip()
+    if not text:
+        return 0.0
+    low, _, high = text.partition("-")
+    return random.uniform(float(low), float(high or low))
 
 
 _BLOCKING_POSTS = ("exec", "queue")
 
 
-def _blocking_post() -> None:
+def _blocking_post(call: str) -> None:
     """The part of a request the caller waits for before it gets a request id.
 
     The real `sky.exec` validates the task (POST /validate), uploads the workdir to a remote API
@@ -111,7 +137,7 @@ def _blocking_post() -> None:
     latency is spent here, where the caller waits, instead of on the server.
     """
     _check_api()
-    _latency()
+    _latency(call)
 
 
 # --- requests: ids, a thread pool, get() ----------------------------------------------------------
@@ -132,7 +158,7 @@ def _submit(name: str, fn, *args: Any, **kwargs: Any) -> str:
 
         def run() -> Any:
             if server_latency:
-                _latency()
+                _latency(name)
             return fn(*args, **kwargs)
 
         _requests[request_id] = _pool.submit(run)
@@ -216,11 +242,12 @@ def _enqueue(cluster_name: str, task: Task) -> int:
         if forced:
             # The job fails outside the experiment's code (setup or driver), as the injection asked.
             script = f"echo 'injected {forced[0]} on {cluster_name}' >&2; exit 1"
-        next_id = (queue.job_ids() or [0])[-1] + 1
+        next_id = queue.peek_next_id()  # no other exec can take it: this cluster's exec lock is held
         env = {**state.cluster_env(), **task.envs, **task.secrets, "SKYPILOT_TASK_ID": f"fake-{cluster_name}-{next_id}",
                "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_CLUSTER_NAME": cluster_name}
         log = str(state.cluster_dir(cluster_name) / "logs" / f"{next_id}.log")
-        job_id = queue.submit(task.name or "sky-cmd", script, str(state.workdir(cluster_name)), env, NO_TIMEOUT_S, log)
+        job_id = queue.submit(task.name or "sky-cmd", script, str(state.workdir(cluster_name)), env, NO_TIMEOUT_S, log,
+                              start_delay_s=_start_gap())
         if forced:
             state.record_forced_outcome(cluster_name, job_id, forced)
         return job_id
@@ -236,7 +263,7 @@ def launch(task: Task, cluster_name: str | None = None, retry_until_up: bool = F
 
 def exec(task: Task, cluster_name: str | None = None, dryrun: bool = False, down: bool = False,  # noqa: A001
          backend: Any = None) -> str:
-    _blocking_post()  # validate, upload the workdir, POST /exec: all before the request id comes back
+    _blocking_post("exec")  # validate, upload the workdir, POST /exec: all before the request id comes back
     hold = state.take_hold(cluster_name)
 
     def run() -> tuple:
@@ -261,7 +288,7 @@ def _job_records(cluster_name: str) -> list[Record]:
     _require_up(cluster_name)
     outcomes = state.job_outcomes(cluster_name)
     records = []
-    for job in state.job_queue(cluster_name).jobs():
+    for job in state.job_queue(cluster_name).jobs(archived=True):  # `sky queue` lists finished jobs too
         if job.state == state.DETACHED:
             job_id, setup = job.job_id, state.detached_job(cluster_name, job.job_id)
             job = dataclasses.replace(setup, job_id=job_id) if setup else dataclasses.replace(job, state="failed")
@@ -277,7 +304,7 @@ def _job_records(cluster_name: str) -> list[Record]:
 
 
 def queue(cluster_name: str, skip_finished: bool = False, all_users: bool = False) -> str:
-    _blocking_post()
+    _blocking_post("queue")
 
     def run() -> list[Record]:
         records = _job_records(cluster_name)
@@ -308,7 +335,7 @@ def tail_logs(cluster_name: str, job_id: int | None, follow: bool, tail: int = 0
     if output_stream is not None and not preload_content:
         raise ValueError("output_stream cannot be specified when preload_content is False")
     _check_api()
-    _latency()
+    _latency("tail_logs")
     try:
         _require_up(cluster_name)
     except Exception:
@@ -332,7 +359,7 @@ def tail_logs(cluster_name: str, job_id: int | None, follow: bool, tail: int = 0
 
 def download_logs(cluster_name: str, job_ids: list[str] | None) -> dict[str, str]:
     _check_api()
-    _latency()
+    _latency("download_logs")
     _require_up(cluster_name)
     out = {}
     ids = [int(j) for j in job_ids] if job_ids else [j.job_id for j in state.job_queue(cluster_name).jobs()[-1:]]

@@ -115,12 +115,12 @@ def add_detached_job(cluster_name: str, job_name: str, script: str, cwd: str, en
     queue = job_queue(cluster_name)
     queue.jobs_dir.mkdir(parents=True, exist_ok=True)
     with queue._lock():  # noqa: SLF001 - the queue's own id allocation, as SlotQueue.submit does it
-        ids = queue.job_ids()
-        job_id = (ids[-1] + 1) if ids else 1
-        log = str(cluster_dir(cluster_name) / "logs" / f"{job_id}.log")
-        write_json(queue._state(job_id), {"state": DETACHED})  # noqa: SLF001
+        job_id = queue._allocate_id()  # noqa: SLF001
+        log, now = str(cluster_dir(cluster_name) / "logs" / f"{job_id}.log"), time.time()
         write_json(queue._spec(job_id), {"name": job_name, "script": "true", "cwd": cwd, "env": {},  # noqa: SLF001
-                                         "timeout_s": timeout_s, "log": log, "submitted_at": time.time()})
+                                         "timeout_s": timeout_s, "log": log, "submitted_at": now})
+        write_json(queue._state(job_id), {"state": DETACHED, "name": job_name, "log": log,  # noqa: SLF001
+                                          "submitted_at": now})
     setup_id = setup_queue(cluster_name).submit(job_name, script, cwd, env, timeout_s, log)
     set_meta(cluster_name, setup_jobs={**(meta(cluster_name) or {}).get("setup_jobs", {}), str(job_id): setup_id})
     return job_id
@@ -129,7 +129,7 @@ def add_detached_job(cluster_name: str, job_name: str, script: str, cwd: str, en
 def detached_job(cluster_name: str, job_id: int) -> Any:
     """The setup-queue job behind a detached entry of the cluster's queue (a QueuedJob), or None."""
     setup_id = (meta(cluster_name) or {}).get("setup_jobs", {}).get(str(job_id))
-    return next((j for j in setup_queue(cluster_name).jobs() if j.job_id == setup_id), None)
+    return None if setup_id is None else setup_queue(cluster_name).job(setup_id)
 
 
 # A cluster's own login environment: what its jobs see besides the task's envs and secrets. Taken
@@ -148,13 +148,12 @@ def workdir(name: str) -> Path:
 
 def log_path(cluster_name: str, job_id: int | None) -> Path | None:
     """The log of a job (None: the latest one)."""
-    jobs = job_queue(cluster_name).jobs()
-    if job_id is None and jobs:
-        job_id = jobs[-1].job_id
-    for job in jobs:
-        if job.job_id == job_id:
-            return Path(job.log)
-    return None
+    queue = job_queue(cluster_name)
+    if job_id is None:
+        live = queue.jobs()  # the latest job is never compacted away
+        job_id = live[-1].job_id if live else None
+    job = None if job_id is None else queue.job(job_id)
+    return None if job is None else Path(job.log)
 
 
 def capacity(accelerator: str) -> int:

@@ -121,7 +121,9 @@ def memory_growth():
 @pytest.mark.skipif(sys.platform != "linux", reason="counts resident memory the way Linux's glibc allocates it")
 def test_evaluation_never_holds_batch_by_seq_by_vocab_fp32_logits(memory_growth):
     logits = memory_growth["logits_mib"]
-    assert memory_growth["full_logits"] > 0.9 * logits, memory_growth  # the probe does see such a tensor
+    # the probe does see such a tensor: peak RSS grows from the training step's peak, which may already hold a
+    # few MiB of it, so three quarters is the bar; the chunked evaluation must stay under a quarter
+    assert memory_growth["full_logits"] > 0.75 * logits, memory_growth
     assert memory_growth["evaluation"] < 0.25 * logits, memory_growth
 
 
