@@ -242,3 +242,22 @@ def test_choose(rooms, options, made, cap, chosen):
 ])
 def test_over_cap(pending, spent, committed, cap, cancelled):
     assert over_cap(pending, spent, committed, cap) == cancelled
+
+
+def test_a_place_a_search_will_take_is_not_room_for_backfill(tmp_path):
+    """A search wave makes its trials when the scheduler gives it a slot: its planned trials count as
+    work, so backfill does not queue on the places they will take, and does on places left over."""
+    from fleet.core.ledger_rows import NewExperiment
+
+    workspace = Workspace(tmp_path).ensure()
+    ledger = Ledger(workspace.ledger_path)
+    ledger.upsert_cluster("c1", "fifo", "H100", ClusterState.UP)
+    config = load_config(tmp_path)  # defaults: queue depth 2
+    trials = [NewExperiment({}, f"t{i}", 0, "", f"trial {i}", trial=i) for i in range(2)]
+    ledger.add_wave("search", "screen", {}, "s", trials, kind="search")
+    assert {e.state for e in ledger.experiments()} == {ExperimentState.PLANNED}
+    _, rooms, _ = Backfill._rooms(ledger, config)
+    assert rooms == []  # the search takes both places
+    ledger.upsert_cluster("c2", "fifo", "H100", ClusterState.UP)
+    _, rooms, _ = Backfill._rooms(ledger, config)
+    assert sum(r.free for r in rooms) == 2  # a second cluster: the two places the search's two trials leave

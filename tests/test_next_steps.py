@@ -257,3 +257,10 @@ def test_the_most_promising_screen_is_promoted_first_and_a_screen_nothing_beat_i
     assert ("promote", "fleet promote c") not in got
     only_c = replace(s, waves=(s.waves[2],))
     assert kinds(only_c)[0] == ("fill", "fleet wave waves/009-next.yaml")
+
+
+def test_a_finished_search_is_promoted_like_a_screen():
+    search = replace(wave("tpe", "search"), promotable=True, screen_gain=0.02)
+    s = state(clusters=[cluster()], waves=[search])
+    assert kinds(s)[0] == ("fill", "fleet promote tpe")
+    ids_exist(s)

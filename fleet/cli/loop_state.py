@@ -9,19 +9,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet.cli.context import Context
+from fleet.cli.results_view import (
+    ablation_reports,
+    leaderboard_payload,
+    validation_reports,
+)
 from fleet.cli.verdict_inputs import grid_report, seeded_grid
-from fleet.errors import InputError
-from fleet.cli.results_view import ablation_reports, leaderboard_payload, validation_reports
 from fleet.core import knob_block
 from fleet.core.budget import budget_left
 from fleet.core.drain import drain_forecast
 from fleet.core.ledger_rows import ExperimentRow, WaveRow
 from fleet.core.schedule import ClusterSlot, eligible_clusters
 from fleet.core.workload import workload_for
+from fleet.errors import InputError
 from fleet.observe.cost import cost_summary
-from fleet.observe.report import AdoptedChange
 from fleet.observe.next_steps import (
     HORIZON_S,
+    SCREEN_KINDS,
     Adopted,
     AdoptTarget,
     Budget,
@@ -31,6 +35,7 @@ from fleet.observe.next_steps import (
     LoopState,
     WaveView,
 )
+from fleet.observe.report import AdoptedChange
 from fleet.research.backfill import backfill_spend
 from fleet.research.plans import BASELINE_DESCRIPTION
 from fleet.types import ClusterState, ExperimentState
@@ -130,7 +135,7 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
                 ablations = {r["wave"]: r for r in ablation_reports(ctx)}
             drop = tuple(ablations[w.id]["drop"])
         base_keys = {e.config_key for e in mine if e.description.strip().lower() == BASELINE_DESCRIPTION}
-        promotable = w.kind == "grid" and any(e.state == ExperimentState.DONE and e.config_key not in base_keys
+        promotable = w.kind in SCREEN_KINDS and any(e.state == ExperimentState.DONE and e.config_key not in base_keys
                                               for e in mine)
         eta = every.wave_eta.get(w.id) if unfinished else None
         views.append(WaveView(
@@ -201,7 +206,7 @@ def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow],
                         configs: list[dict[str, Any]]) -> tuple[ConfigView | None, float | None]:
     """The latest screen's `baseline` configuration (the code the agent's next ideas are compared with),
     and when a screen's baseline last finished."""
-    screens = {w.id for w in waves if w.kind == "grid" and not w.backfill}
+    screens = {w.id for w in waves if w.kind in SCREEN_KINDS and not w.backfill}
     runs = [e for e in experiments if e.wave_id in screens and e.state == ExperimentState.DONE
             and e.description.strip().lower() == BASELINE_DESCRIPTION]
     if not runs:

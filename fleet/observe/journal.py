@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.observe.next_steps import LoopState, NextReport, unread
+from fleet.observe.next_steps import SCREEN_KINDS, LoopState, NextReport, unread
 from fleet.observe.report import AdoptedChange
 from fleet.plain_text import plain
 
@@ -49,7 +49,7 @@ def tried_ideas(waves: Sequence[Any], rows: Sequence[Mapping[str, Any]], reports
     adopted_keys = {(code.get(e, ""), key_of[e]) for e in adopted if e in key_of}
     out = []
     for wave in waves:
-        if wave.kind != "grid" or wave.backfill:
+        if wave.kind not in SCREEN_KINDS or wave.backfill:
             continue
         mine = [r for r in rows if r["wave"] == wave.id]
         base = [r["val_bpb"] for r in mine if r["experiment"] in baselines and r["val_bpb"] is not None]

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from fleet.research.promote import pairs_to_add
 
+SCREEN_KINDS = ("grid", "search")  # waves that screen ideas: their best are promoted
 RECHECK_EVERY = 3  # adopted changes between re-checks of the current best against the original baseline
 HORIZON_S = 300.0  # a cluster that runs dry within this is "soon idle"
 
@@ -183,7 +184,7 @@ def _promotable(state: LoopState) -> list[WaveView]:
     promising first (the largest gain of their best configuration over their baseline; unknown last)."""
     promoted = {w.parent for w in state.waves if w.kind == "promote" and not w.recheck and not w.backfill}
     # a screen whose best did not beat its baseline has nothing to validate (its ideas stay `screened`)
-    found = [w for w in state.waves if w.kind == "grid" and not w.backfill and w.promotable and not w.unfinished
+    found = [w for w in state.waves if w.kind in SCREEN_KINDS and not w.backfill and w.promotable and not w.unfinished
              and w.id not in promoted and (w.screen_gain is None or w.screen_gain > 0)]
     return sorted(found, key=lambda w: (w.screen_gain is None, -(w.screen_gain or 0.0), -w.created_at))
 

@@ -38,14 +38,29 @@ from fleet.core.expand import PlannedExperiment
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ExperimentRow, WaveRow, decode_row
 from fleet.core.materialize import CodeStore, choices_from, prepare_experiments
-from fleet.core.schedule import ClusterSlot, PendingExperiment, assign, eligible_clusters
+from fleet.core.schedule import (
+    ClusterSlot,
+    PendingExperiment,
+    assign,
+    eligible_clusters,
+)
 from fleet.core.workload import workload_for
 from fleet.errors import FleetError
 from fleet.research.normalize_view import normalized_for, research_results
-from fleet.research.plans import BASELINE_DESCRIPTION, WavePlan, current_best, original_baseline, plan_continuation, \
-    plan_recheck
+from fleet.research.plans import (
+    BASELINE_DESCRIPTION,
+    WavePlan,
+    current_best,
+    original_baseline,
+    plan_continuation,
+    plan_recheck,
+)
 from fleet.research.promote import rule_from_spec
-from fleet.research.verdict_report import is_validation, most_promising_inconclusive, promotion_report
+from fleet.research.verdict_report import (
+    is_validation,
+    most_promising_inconclusive,
+    promotion_report,
+)
 from fleet.research.verdicts import Rule
 from fleet.types import ClusterState, ExperimentState
 from fleet.workspace import Workspace
@@ -292,6 +307,16 @@ def backfill_spend(ledger: Ledger) -> Spend:
     return Spend(spent, committed, pending)
 
 
+def planned_trials(ledger: Ledger, limit: int) -> list[PendingExperiment]:
+    """A search wave's planned trials as work for the free places: the search makes them when the
+    scheduler gives it a slot, so a place a search will take is not idle."""
+    rows = ledger.select(
+        "SELECT e.id AS id, e.tier AS tier, w.priority AS priority, w.track AS track FROM experiments e"
+        " JOIN waves w ON w.id = e.wave_id WHERE e.state = ? ORDER BY e.seq LIMIT ?",
+        (ExperimentState.PLANNED.value, limit))
+    return [PendingExperiment(r["id"], r["tier"], 0.0, r["priority"], r["track"]) for r in rows]
+
+
 class Backfill:
     """The controller's cycle hook (`fleet.core.hooks`): queue backfill where a cluster would go idle."""
 
@@ -341,8 +366,11 @@ class Backfill:
         if all(d >= config.queue_depth for d in depth.values()):
             return slots, [], {}
         tiers = {name: tier.accelerators for name, tier in config.tiers.items()}
+        # the head of each track is as much as the free places could take (not a 10,000-run wave whole)
+        room = sum(config.queue_depth - d for d in depth.values() if d < config.queue_depth)
         pending = [PendingExperiment(r.experiment.id, r.experiment.tier, 0.0, r.priority, r.track, r.backfill)
-                   for r in pending_work(ledger)]
+                   for r in pending_work(ledger, per_track=room)]
+        pending += planned_trials(ledger, room)
         return slots, free_rooms(slots, pending, config.queue_depth, tiers), tiers
 
     @staticmethod
@@ -389,4 +417,4 @@ class Backfill:
 backfill = Backfill()  # what `fleet.cli.context.CONTROLLER_HOOKS` names
 
 __all__ = ["BACKFILL_PRIORITY", "Backfill", "Option", "Room", "backfill", "backfill_spend", "choose", "free_rooms",
-           "over_cap", "pair_options", "recheck_option", "validation_reports"]
+           "over_cap", "pair_options", "planned_trials", "recheck_option", "validation_reports"]
