@@ -57,3 +57,25 @@ def test_the_controller_backs_the_ledger_up_when_it_starts_and_every_interval(tm
     assert controller.run(poll_s=0.2, idle_exit_s=BACKUP_EVERY_S, sleep=sleep) == "idle"
     elapsed = now[0] - 1_000_000.0
     assert len(backups(ledger.path)) == min(3, 1 + int(elapsed // BACKUP_EVERY_S))
+
+
+def test_a_controller_that_cannot_load_its_hooks_says_so_and_the_wait_ends(tmp_path, monkeypatch, capsys):
+    """A controller that dies before its first cycle (here: a hook's module missing, as when a dependency
+    is not installed) records why; `fleet wave --wait` reports it instead of starting controller after
+    controller until its timeout."""
+    from fleet_cli import make_project, teardown
+
+    from fleet.cli import wait_cmds, wave_cmds
+
+    runner = make_project(tmp_path, monkeypatch, capsys)
+    try:
+        broken = ("fleet_no_such_module:hook",)
+        monkeypatch.setattr(wave_cmds, "CONTROLLER_HOOKS", broken)
+        monkeypatch.setattr(wait_cmds, "CONTROLLER_HOOKS", broken)
+        runner.write("w.yaml", "name: w\nexperiments:\n  - {description: baseline}\n")
+        code, _, err = runner("wave", "w.yaml", "--wait", "--timeout", "120")
+        assert code != 0
+        assert "the controller stopped: cannot load the controller's hooks" in err, err
+        assert "fleet_no_such_module" in err and "gave up waiting" not in err
+    finally:
+        teardown(runner)

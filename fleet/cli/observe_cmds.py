@@ -128,7 +128,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
         crashes=crashes, utilization=utilization_from(busy, capacity), cost=status["cost"],
         configs=tuple(ConfigRow(**c) for c in board["configs"]),
-        efficiency=describe_efficiency(efficiency_for(ctx)) if results else "",
+        efficiency=describe_efficiency(efficiency_for(ctx)) if board["rows"] else "",  # once something finished
     )
 
 

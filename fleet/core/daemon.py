@@ -110,6 +110,17 @@ def record_exit(ledger: Ledger, reason: str) -> None:
         log.error("could not record why the controller exits (%s): %s", reason, exc)
 
 
+def record_start_failure(workspace: Workspace, problem: str) -> None:
+    """A controller that cannot start records why as the controller's error (best effort)."""
+    try:
+        ledger = Ledger(workspace.ledger_path)
+        ledger.set_meta("controller_error", problem)
+        ledger.set_meta("controller_error_at", str(time.time()))
+        record_exit(ledger, f"crashed: {problem}")
+    except Exception as exc:  # noqa: BLE001 - the disk or the ledger may be the problem; the log still has it
+        log.error("could not record why the controller did not start (%s): %s", problem, exc)
+
+
 def _previous_exit(ledger: Ledger) -> None:
     """Say when the last controller died without recording why (SIGKILL, power loss)."""
     pid = ledger.get_meta("controller_pid")
@@ -186,9 +197,16 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, terminate_on_signal)  # a `kill` is recorded as the reason, not lost
     args = sys.argv[1:]
-    hooks = [load_hook(a.split("=", 1)[1]) for a in args if a.startswith("--hook=")]
     paths = [a for a in args if not a.startswith("--hook=")]
     root = Path(paths[0]) if paths else Path.cwd()
+    try:
+        hooks = [load_hook(a.split("=", 1)[1]) for a in args if a.startswith("--hook=")]
+    except Exception as exc:
+        # e.g. a dependency missing from the environment: say so where `fleet wait` and `fleet status`
+        # look, or a waiter would start controller after controller that die before their first cycle
+        record_start_failure(Workspace(root.resolve()), f"cannot load the controller's hooks: {exc!r}; "
+                                                        "reinstall (`bash scripts/install.sh`) and wait again")
+        raise
     started = time.time()
     try:
         return run_controller(Workspace(root.resolve()), hooks=hooks)
