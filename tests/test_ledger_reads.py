@@ -154,3 +154,26 @@ def test_the_pending_head_is_each_tracks_first_rows_in_priority_order(tmp_path):
     assert [r.experiment.id for r in pending_work(ledger, per_track=5) if r.track == "main"] == \
         ["b-001", "b-002", "b-003", "b-004", "a-001"]  # the higher priority first
     assert {r.expected_s for r in whole} == {160.0}  # each wave's default budget, read once per wave
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_efficiency_from_the_lean_rows_is_the_accounting_over_every_record(tmp_path, direction):
+    """`fleet status` and `fleet watch` account GPU time from one lean join; it must be what the
+    accounting over the decoded records (and the research layer's values) gives."""
+    from fleet.cli.results_view import efficiency_for
+    from fleet.observe.efficiency import efficiency, runs_from
+    from fleet.research.normalize_view import comparable_values
+
+    (tmp_path / "fleet.yaml").write_text(f"metric: {{name: val_bpb, direction: {direction}}}\n")
+    ledger = build(tmp_path, "H100", random.Random(5))
+    _, rows = ledger.add_wave("more", "screen", {}, "snap", [new(i) for i in range(3)])
+    finish(ledger, rows[0].id, None, state=ExperimentState.PRUNED, gpu_seconds=4.0)
+    ledger.set_state(rows[1].id, ExperimentState.CANCELLED, "user")
+    ctx = Context(Workspace(tmp_path), Sink("human"))
+    sign = -1.0 if direction == "maximize" else 1.0
+    for wave in (None, "b", "more"):
+        values = comparable_values(ledger, ctx.config.reference_accelerator, direction == "maximize")
+        whole = efficiency(runs_from(ledger.experiments(wave=wave), ledger.results(wave=wave), values),
+                           ctx.config.prices, sign=sign)
+        assert efficiency_for(ctx, wave) == whole
+        assert whole.waste.get("pruned", 0.0) > 0 or wave == "b"

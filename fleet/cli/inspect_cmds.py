@@ -28,6 +28,7 @@ from fleet.core.ledger_rows import SEEDED
 from fleet.core.results import ANSI
 from fleet.errors import InputError
 from fleet.observe.cost import cost_summary, describe_spend, dollars_for
+from fleet.observe.efficiency import Efficiency
 from fleet.observe.leaderboard import verdict_status
 from fleet.plain_text import plain
 from fleet.types import ClusterState, job_name
@@ -55,8 +56,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_logs)
 
 
-def status_payload(ctx: Context, track: str | None = None, board: dict | None = None) -> dict:
-    """What `fleet status` shows; `board` is a leaderboard payload already read (its best is reused)."""
+def status_payload(ctx: Context, track: str | None = None, board: dict | None = None,
+                   efficiency: Efficiency | None = None) -> dict:
+    """What `fleet status` shows; `board` is a leaderboard payload and `efficiency` the accounting already
+    read (reused, not read again)."""
     ledger = ctx.ledger
     now = time.time()
     attempts = ledger.attempts(active=True)
@@ -108,7 +111,7 @@ def status_payload(ctx: Context, track: str | None = None, board: dict | None = 
             "normalized": best["normalized"], "accelerator": ", ".join(best["accelerators"])},
         "sorted_by": board["sorted_by"],
         "cost": cost_summary(ledger, ctx.config),
-        "efficiency": efficiency_for(ctx).compact(),
+        "efficiency": (efficiency or efficiency_for(ctx)).compact(),
     }
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 from fleet.cli.context import Context
 from fleet.cli.inspect_cmds import status_payload
 from fleet.cli.loop_state import adopted_changes
-from fleet.cli.results_view import ablation_reports, efficiency_for, leaderboard_payload, validation_reports
+from fleet.cli.results_view import (
+    ablation_reports,
+    efficiency_for,
+    leaderboard_payload,
+    validation_reports,
+)
 from fleet.core.drain import start_overhead_s
 from fleet.core.ledger import Ledger
 from fleet.errors import FleetError, InputError
@@ -40,7 +45,6 @@ from fleet.observe.report import (
 )
 from fleet.research.normalize_view import normalized_for
 from fleet.types import ClusterState, ExperimentState
-
 
 LEADERBOARD_TOP = 10  # rows `fleet watch` shows (and reads)
 CRASHES_SHOWN = 10
@@ -94,7 +98,8 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
     now = time.time() if now is None else now
     ledger = ctx.ledger
     board = leaderboard_payload(ctx, None, limit=LEADERBOARD_TOP)
-    status = status_payload(ctx, board=board)
+    efficiency = efficiency_for(ctx)
+    status = status_payload(ctx, board=board, efficiency=efficiency)
     running = {a.cluster: a for a in ledger.attempts(active=True) if a.state == "running"}
     experiments = ledger.experiments_by_id([a.experiment_id for a in running.values()])
     waves = {w.id: w for w in ledger.waves()}
@@ -128,7 +133,7 @@ def collect_snapshot(ctx: Context, now: float | None = None) -> FleetSnapshot:
         reference_accelerator=board["reference_accelerator"], calibration=board["calibration"],
         crashes=crashes, utilization=utilization_from(busy, capacity), cost=status["cost"],
         configs=tuple(ConfigRow(**c) for c in board["configs"]),
-        efficiency=describe_efficiency(efficiency_for(ctx)) if board["rows"] else "",  # once something finished
+        efficiency=describe_efficiency(efficiency) if board["rows"] else "",  # once something finished
     )
 
 

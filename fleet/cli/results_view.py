@@ -10,7 +10,7 @@ from rich.text import Text
 
 from fleet.cli.context import Context
 from fleet.core.ledger_rows import ExperimentRow, ResultRow
-from fleet.observe.efficiency import Efficiency, efficiency, runs_from
+from fleet.observe.efficiency import Efficiency, efficiency, runs_from_rows
 from fleet.observe.leaderboard import ConfigRow, Row, build_configs, build_rows
 from fleet.plain_text import plain
 from fleet.research.normalize_view import comparable_values, corrected_for, normalized_for, research_results
@@ -140,9 +140,13 @@ def efficiency_for(ctx: Context, wave: str | None = None) -> Efficiency:
     """The frontier, cost of improvement and waste of the ledger (or one wave), from its results."""
     ledger = ctx.ledger
     metric = ctx.config.metric
-    values = comparable_values(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
-    runs = runs_from(ledger.experiments(wave=wave), ledger.results(wave=wave), values)
-    return efficiency(runs, ctx.config.prices, sign=-1.0 if metric.higher_is_better else 1.0)
+    rows = ledger.finished_runs(wave)
+    if len(ledger.done_accelerators()) > 1:  # a mixed fleet: values normalized across hardware (every run read)
+        values = comparable_values(ledger, ctx.config.reference_accelerator, metric.higher_is_better)
+    else:  # one kind of hardware: the raw values, lower is better (as `research_results`), from the same rows
+        sign = -1.0 if metric.higher_is_better else 1.0
+        values = {r["experiment"]: None if r["val_bpb"] is None else sign * r["val_bpb"] for r in rows}
+    return efficiency(runs_from_rows(rows, values), ctx.config.prices, sign=-1.0 if metric.higher_is_better else 1.0)
 
 
 def _fmt(value, digits: int = 4) -> str:

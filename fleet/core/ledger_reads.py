@@ -56,6 +56,23 @@ class LedgerReads:
             out.setdefault(r["wave_id"], {})[r["state"]] = r["n"]
         return out
 
+    def finished_runs(self, wave: str | None = None) -> list[sqlite3.Row]:
+        """Finished experiments with a result (cancelled ones never record one), as GPU-time accounting
+        reads them (`fleet.observe.efficiency`): the few columns it needs in one join, no JSON decoded.
+        Columns: experiment, finished_at, state, seeding, code, config_key, seed, label, gpu_seconds,
+        accelerator, val_bpb."""
+        finished = [s.value for s in ExperimentState if s.finished and s != ExperimentState.CANCELLED]
+        sql = ("SELECT e.id AS experiment, COALESCE(e.finished_at, r.recorded_at) AS finished_at, e.state AS state,"
+               " e.seeding AS seeding, COALESCE(e.code_snapshot, e.snapshot) AS code, e.config_key AS config_key,"
+               " e.seed AS seed, COALESCE(NULLIF(e.label, ''), e.description) AS label,"
+               " r.gpu_seconds AS gpu_seconds, r.accelerator AS accelerator, r.val_bpb AS val_bpb"
+               f" FROM experiments e JOIN results r ON r.experiment_id = e.id WHERE e.state IN ({_marks(finished)})")
+        args: list = list(finished)
+        if wave is not None:
+            sql += " AND e.wave_id = ?"
+            args.append(wave)
+        return self._query(sql, args)
+
     def done_accelerators(self) -> set[str]:
         """Accelerators that finished experiments ran on ("unknown" where none was recorded).
 

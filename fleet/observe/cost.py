@@ -96,8 +96,9 @@ def backfill_summary(ledger: Ledger, config: FleetConfig, now: float) -> dict:
     waves = ledger.select("SELECT COUNT(*) AS n FROM waves WHERE backfill = 1")[0]["n"]
     available = {c.name: (c.created_at, now if c.state.value in ("up", "provisioning") else c.updated_at)
                  for c in ledger.clusters()}
-    busy = [(a.cluster, a.started_at, a.ended_at if a.ended_at is not None else now)
-            for a in ledger.attempts() if a.started_at is not None]
+    busy = [(r["cluster"], r["s"], r["e"]) for r in ledger.select(  # every job's span: three columns, not records
+        "SELECT cluster, started_at AS s, COALESCE(ended_at, ?) AS e FROM attempts WHERE started_at IS NOT NULL",
+        (now,))]
     return {"enabled": config.backfill.enabled, "cap_gpu_hours": config.backfill.max_gpu_hours,
             "gpu_hours": spent, "waves": waves, "idle_gpu_hours": idle_gpu_hours(available, busy)}
 

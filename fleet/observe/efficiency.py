@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from fleet.core.ledger_rows import REPLICATE, ExperimentRow, ResultRow
 from fleet.types import ExperimentState
@@ -89,6 +90,18 @@ def runs_from(experiments: Sequence[ExperimentRow], results: Mapping[str, Result
         value = values.get(exp.id) if exp.state == ExperimentState.DONE else None
         out.append(Run(exp.id, exp.finished_at or res.recorded_at, exp.state, value, max(0.0, res.gpu_seconds or 0.0),
                        res.accelerator, key, exp.label or exp.description))
+    return out
+
+
+def runs_from_rows(rows: Sequence[Mapping[str, Any]], values: Mapping[str, float | None]) -> list[Run]:
+    """`runs_from` over the ledger's lean rows (`Ledger.finished_runs`): the same runs, no records decoded."""
+    out = []
+    for row in rows:
+        state = ExperimentState(row["state"])
+        key = None if row["seeding"] == REPLICATE else (row["code"], row["config_key"], row["seed"])
+        value = values.get(row["experiment"]) if state == ExperimentState.DONE else None
+        out.append(Run(row["experiment"], row["finished_at"], state, value, max(0.0, row["gpu_seconds"] or 0.0),
+                       row["accelerator"], key, row["label"] or ""))
     return out
 
 
