@@ -130,3 +130,14 @@ def test_a_diff_is_printed_without_padding():
     PlainConsole(file=out, width=120, force_terminal=True).print(diff_text(diff))
     lines = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue()).splitlines()
     assert lines == diff.splitlines()  # the same lines, none padded with spaces
+
+
+def test_status_with_idle_clusters_and_nothing_queued_points_to_fleet_next(fleet):
+    fleet.write("one.yaml", "name: one\nenv: {TIME_BUDGET: 0.05}\nexperiments:\n  - {description: baseline}\n")
+    code, _, err = fleet("status")
+    assert code == 0 and "fleet next" not in err  # nothing ran yet, no cluster is up: no hint
+    fleet.json("wave", "one.yaml", "--wait")
+    code, _, err = fleet("status")
+    assert code == 0 and "`fleet next` — 2 cluster(s) idle" in err
+    # and `fleet next` does name the action: here, a new wave (the screen had nothing to promote)
+    assert fleet.json("next")["actions"][0]["kind"] == "fill"

@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli.context import Context
-from fleet.cli.next_cmds import next_hint
 from fleet.cli.output import PlainConsole, styled
 from fleet.cli.results_view import (
     configuration_verdicts,
@@ -164,10 +163,13 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         raise InputError(f"--track {args.track!r} has no waves; tracks with waves: {known}")
     payload = status_payload(ctx, args.track)
     ctx.sink.data(payload, lambda c: render_status(c, payload))
-    if payload["idle_clusters"] and not any(w["finished"] < w["total"] for w in payload["waves"] if not w["backfill"]):
-        hint = next_hint(ctx, track)
-        if hint:
-            ctx.sink.hint(hint)
+    idle = payload["idle_clusters"]
+    if idle and not any(w["finished"] < w["total"] for w in payload["waves"] if not w["backfill"]):
+        # `fleet next` weighs every verdict and idea in the ledger (seconds at 10,000 runs); status stays
+        # a cheap view and names the command that decides
+        ctx.sink.hint(f"`fleet next{'' if track is None else f' --track {track}'}` — {len(idle)} cluster(s) idle "
+                      f"({', '.join(idle[:4])}{', …' if len(idle) > 4 else ''}) with none of your work queued: it "
+                      "names what to run next (a verdict to read, a change to adopt, a promotion or a new wave)")
     return 0
 
 
