@@ -79,7 +79,8 @@ def test_jobs_survive_the_runner_being_killed(tmp_path):
 
 
 def test_a_runner_dying_right_after_starting_a_job_does_not_start_it_twice(tmp_path):
-    from fleet.backends.slot_queue import SlotQueue, _Runner
+    from fleet.backends.slot_queue import SlotQueue
+    from fleet.backends.slot_runner import SlotRunner
 
     marks = tmp_path / "starts.txt"
     queue = SlotQueue(tmp_path / "slot")
@@ -87,7 +88,7 @@ def test_a_runner_dying_right_after_starting_a_job_does_not_start_it_twice(tmp_p
     queue.submit("exp-001.a1", f"echo start $$ >> {marks}; sleep 1", str(tmp_path), {}, 60, str(tmp_path / "job.log"))
     child = os.fork()
     if child == 0:  # a runner killed (OOM, kill -9) after it started the job, before it recorded that
-        runner = _Runner(tmp_path / "slot")
+        runner = SlotRunner(tmp_path / "slot")
         real_start = runner._start
 
         def start_then_die(job_id, spec):
@@ -111,7 +112,8 @@ def test_a_second_copy_started_before_the_first_claimed_the_job_follows_the_firs
     job's claim a moment before the first copy made it: it starts a second copy, which finds the
     job claimed and steps aside. The runner must follow the first copy to its end, not call the
     job failed (exit 97) while the first copy runs unsupervised."""
-    from fleet.backends.slot_queue import CLAIM_LOST, END_LINE, SlotQueue, _Runner
+    from fleet.backends.slot_queue import CLAIM_LOST, END_LINE, SlotQueue
+    from fleet.backends.slot_runner import SlotRunner
 
     marks = tmp_path / "starts.txt"
     queue = SlotQueue(tmp_path / "slot")
@@ -120,7 +122,7 @@ def test_a_second_copy_started_before_the_first_claimed_the_job_follows_the_firs
                           {"PATH": os.environ["PATH"]}, 60, str(tmp_path / "job.log"))
     child = os.fork()
     if child == 0:  # the first runner: starts the job, then dies before recording it
-        runner = _Runner(tmp_path / "slot")
+        runner = SlotRunner(tmp_path / "slot")
         runner._start(job_id, json.loads(runner._spec(job_id).read_text()))
         os._exit(137)
     os.waitpid(child, 0)
@@ -130,7 +132,7 @@ def test_a_second_copy_started_before_the_first_claimed_the_job_follows_the_firs
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
-    class LookedTooEarly(_Runner):
+    class LookedTooEarly(SlotRunner):
         def _claimed(self, job_id: int) -> bool:
             return False  # its check ran just before the first copy's mkdir
 

@@ -3,7 +3,7 @@
 Layer rule: may import only the base modules (`fleet.config`, `fleet.types`, `fleet.errors`,
 `fleet.workspace`, `fleet.task`), never `fleet.core` or anything above it.
 
-Kept import-free: the local slot runner starts as `python -m fleet.backends.slot_queue` for every
+Kept import-free: the local slot runner starts as `python -m fleet.backends.slot_runner` for every
 slot, and `fleet status` must never import SkyPilot.
 """
 from __future__ import annotations
