@@ -221,3 +221,14 @@ def test_replacements_show_in_status_and_watch(fleet):
     assert code == 0 and "clusters (2 of 2 up or launching)" in out and "up (replaces local-02)" in out
     code, out, _ = fleet("watch", "--once")
     assert code == 0 and "(replaces local-02)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("wait", "--timeout", "abc"), "--timeout is 'abc', but must be a positive number of seconds (e.g. --timeout 1200)"),
+    (("wait", "--until-idle", "-1"), "--until-idle is '-1', but must be a positive number of minutes"),
+    (("next", "--horizon", "inf"), "--horizon is 'inf', but must be a positive number of minutes (e.g. --horizon 5)"),
+    (("wave", "w.yaml", "--timeout", "0"), "--timeout is '0', but must be a positive number of seconds"),
+])
+def test_a_bad_duration_is_one_line_naming_the_flag_and_the_fix(fleet, args, message):
+    code, _, err = fleet(*args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
