@@ -177,3 +177,20 @@ def test_efficiency_from_the_lean_rows_is_the_accounting_over_every_record(tmp_p
                            ctx.config.prices, sign=sign)
         assert efficiency_for(ctx, wave) == whole
         assert whole.waste.get("pruned", 0.0) > 0 or wave == "b"
+
+
+def test_reads_inside_a_reading_block_are_decoded_once_and_forgotten_on_a_write(tmp_path):
+    ledger = Ledger(Workspace(tmp_path).ensure().ledger_path)
+    _, rows = ledger.add_wave("a", "screen", {}, "s", [new(i) for i in range(3)])
+    finish(ledger, rows[0].id, 1.0)
+    outside = (ledger.experiments(), ledger.results())
+    with ledger.reading():
+        first = ledger.experiments()
+        assert ledger.experiments() == first and ledger.experiments()[0] is first[0]  # decoded once
+        first.clear()  # a caller's list is its own
+        assert ledger.experiments() == outside[0] and ledger.results() == outside[1]
+        assert ledger.experiments(wave="a", states=[ExperimentState.DONE]) == [outside[0][0]]  # its own query
+        finish(ledger, rows[1].id, 0.9)  # a write: what was decoded is forgotten
+        assert set(ledger.results()) == {rows[0].id, rows[1].id}
+        assert [e.state for e in ledger.experiments()][:2] == [ExperimentState.DONE, ExperimentState.DONE]
+    assert ledger._memo is None

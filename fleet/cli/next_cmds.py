@@ -103,7 +103,8 @@ def render_next(console: Console, payload: dict[str, Any]) -> None:
 
 def cmd_next(ctx: Context, args: argparse.Namespace) -> int:
     _check_track(ctx, args.track)
-    g = gather(ctx, args.track, horizon_s=args.horizon * 60)
+    with ctx.ledger.reading():  # read-only: every experiment and result decoded once
+        g = gather(ctx, args.track, horizon_s=args.horizon * 60)
     report = next_actions(g.state)
     payload = next_payload(g, report)
     ctx.sink.data(payload, lambda c: render_next(c, payload))
@@ -114,7 +115,8 @@ def cmd_next(ctx: Context, args: argparse.Namespace) -> int:
 
 def next_hint(ctx: Context, track: str | None = None) -> str | None:
     """The first action `fleet next` would suggest, as a hint line (None: nothing to do)."""
-    report = next_actions(gather(ctx, track).state)
+    with ctx.ledger.reading():
+        report = next_actions(gather(ctx, track).state)
     if not report.actions:
         return None
     first = report.actions[0]
@@ -126,7 +128,8 @@ def next_hint(ctx: Context, track: str | None = None) -> str | None:
 
 def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     _check_track(ctx, args.track)
-    g = gather(ctx, args.track)
+    with ctx.ledger.reading():
+        g = gather(ctx, args.track)
     report = next_actions(g.state)
     code = {e.id: e.code for e in g.experiments}
     baselines = {e.id for e in g.experiments if e.description.strip().lower() == "baseline"}

@@ -132,6 +132,7 @@ class Ledger(Transitions, LedgerReads, AgentRecords):
         False (bookkeeping such as the controller's heartbeat, whose count depends on timing).
         A full or read-only disk becomes a DiskProblem that names the ledger.
         """
+        self.forget_reads()  # what a `reading()` block decoded may change now
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -263,23 +264,6 @@ class Ledger(Transitions, LedgerReads, AgentRecords):
         return [r["track"] for r in self._query("SELECT DISTINCT track FROM waves ORDER BY track")]
 
     # --- experiments -------------------------------------------------------------------------
-    def experiments(
-        self, wave: str | None = None, states: Iterable[ExperimentState] | None = None, track: str | None = None,
-    ) -> list[ExperimentRow]:
-        sql, args = "SELECT e.* FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE 1=1", []
-        if wave is not None:
-            sql += " AND e.wave_id = ?"
-            args.append(wave)
-        if track is not None:
-            sql += " AND w.track = ?"
-            args.append(track)
-        if states is not None:
-            states = [s.value for s in states]
-            sql += f" AND e.state IN ({','.join('?' * len(states))})"
-            args += states
-        sql += " ORDER BY w.created_at, w.rowid, e.seq"
-        return [decode_row(ExperimentRow, r) for r in self._query(sql, args)]
-
     def finished_since(self, since: float, wave: str | None = None) -> list[ExperimentRow]:
         """Experiments (of a wave) that finished after `since`, oldest first: what progress lines show."""
         sql, args = "SELECT * FROM experiments WHERE finished_at > ?", [since]
@@ -334,13 +318,6 @@ class Ledger(Transitions, LedgerReads, AgentRecords):
     def result(self, experiment_id: str) -> ResultRow | None:
         rows = self._query("SELECT * FROM results WHERE experiment_id = ?", (experiment_id,))
         return decode_row(ResultRow, rows[0]) if rows else None
-
-    def results(self, wave: str | None = None) -> dict[str, ResultRow]:
-        sql, args = "SELECT r.* FROM results r JOIN experiments e ON e.id = r.experiment_id", []
-        if wave is not None:
-            sql += " WHERE e.wave_id = ?"
-            args.append(wave)
-        return {r["experiment_id"]: decode_row(ResultRow, r) for r in self._query(sql, args)}
 
     # --- clusters ----------------------------------------------------------------------------
     def upsert_cluster(self, name: str, backend: str, accelerator: str, state: ClusterState,

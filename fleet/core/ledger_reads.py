@@ -7,9 +7,11 @@ inherits them; everything here is read-only.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleet.core.ledger_rows import ExperimentRow, ResultRow, decode_row
 from fleet.types import ExperimentState
@@ -34,6 +36,56 @@ class LedgerReads:
 
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:  # provided by Ledger
         raise NotImplementedError
+
+    _memo: dict | None = None  # whole reads decoded inside a `reading()` block, by their query
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Inside this block the whole reads (`experiments()`, `results()`) are decoded once per query:
+        for a read-only command that builds several views of one ledger (`fleet next` reads every
+        experiment five times over). Any write forgets them (`Ledger.tx`)."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
+
+    def forget_reads(self) -> None:
+        if self._memo is not None:
+            self._memo.clear()
+
+    def _decoded(self, key: tuple, read: Callable[[], Any]) -> Any:
+        if self._memo is None:
+            return read()
+        if key not in self._memo:
+            self._memo[key] = read()
+        return self._memo[key]  # callers copy the container; the records are frozen
+
+    def experiments(
+        self, wave: str | None = None, states: Iterable[ExperimentState] | None = None, track: str | None = None,
+    ) -> list[ExperimentRow]:
+        sql, args = "SELECT e.* FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE 1=1", []
+        if wave is not None:
+            sql += " AND e.wave_id = ?"
+            args.append(wave)
+        if track is not None:
+            sql += " AND w.track = ?"
+            args.append(track)
+        if states is not None:
+            states = [s.value for s in states]
+            sql += f" AND e.state IN ({','.join('?' * len(states))})"
+            args += states
+        sql += " ORDER BY w.created_at, w.rowid, e.seq"
+        return list(self._decoded(("experiments", sql, tuple(args)),
+                                  lambda: [decode_row(ExperimentRow, r) for r in self._query(sql, args)]))
+
+    def results(self, wave: str | None = None) -> dict[str, ResultRow]:
+        sql, args = "SELECT r.* FROM results r JOIN experiments e ON e.id = r.experiment_id", []
+        if wave is not None:
+            sql += " WHERE e.wave_id = ?"
+            args.append(wave)
+        return dict(self._decoded(("results", sql, tuple(args)),
+                                  lambda: {r["experiment_id"]: decode_row(ResultRow, r) for r in self._query(sql, args)}))
 
     def experiments_by_id(self, ids: Sequence[str]) -> dict[str, ExperimentRow]:
         out: dict[str, ExperimentRow] = {}
