@@ -232,3 +232,15 @@ def test_replacements_show_in_status_and_watch(fleet):
 def test_a_bad_duration_is_one_line_naming_the_flag_and_the_fix(fleet, args, message):
     code, _, err = fleet(*args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unknown_knob_names_its_line_and_never_offers_seed(real_workload):
+    fleet = real_workload
+    fleet.write("w.yaml", "name: w\nenv: {TIME_BUDGET: 8}\ngrid:\n  MATRIX_LRR: [0.03]\n")
+    code, _, err = fleet("wave", "w.yaml", "--dry-run")
+    assert code == 2 and "w.yaml:4: `grid.MATRIX_LRR`: unknown knob; did you mean MATRIX_LR?" in err, err
+    valid = err.split("(valid: ")[1].rstrip(")\n").split(", ")
+    assert "MATRIX_LR" in valid and "SEED" not in valid  # the fleet sets SEED; a wave cannot
+    fleet.write("s.yaml", "name: s\nexperiments:\n  - {SEED: 3}\n")
+    code, _, err = fleet("wave", "s.yaml", "--dry-run")
+    assert code == 2 and "s.yaml:3: `experiments[0].SEED`: SEED is set by the fleet" in err, err

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet.core.expand import PlannedExperiment, config_key, knob_values
+from fleet.core.expand import RESERVED_KNOBS, PlannedExperiment, config_key, knob_values
 from fleet.errors import InputError, format_validation_error
 
 DEFAULT_SCRIPT = "train/train.py"
@@ -137,7 +137,7 @@ def load_knob_listing(snapshot_root: Path, script: str = DEFAULT_SCRIPT) -> Knob
 
 def unknown_knob_errors(planned: list[PlannedExperiment], listing: KnobListing, source: str) -> list[str]:
     """One message per unknown knob name, at the first place the wave uses it (pure)."""
-    valid = listing.names
+    valid = [n for n in listing.names if n not in RESERVED_KNOBS]  # SEED is the fleet's to set, not a wave's
     out: dict[str, str] = {}
     for exp in planned:
         for name in knob_values(exp.config):  # a code variant (`code`, `patch`) is no knob

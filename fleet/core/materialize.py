@@ -231,7 +231,7 @@ def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave
     for code, group in by_code.items():
         problems += knob_problems(group, codes, code, source, spec)
     if problems:
-        unique = list(dict.fromkeys(problems))
+        unique = list(dict.fromkeys(_with_lines(problems, source, spec)))
         shown = unique[:MAX_REPORTED] + ([f"... and {len(unique) - MAX_REPORTED} more"]
                                          if len(unique) > MAX_REPORTED else [])
         raise InputError("\n".join(shown))
@@ -255,6 +255,18 @@ def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave
         news.append(NewExperiment(exp.config, exp.config_key, exp.seed, exp.description, exp.label, snapshot,
                                   choice.code, choice.base, SEEDED if seeded else REPLICATE))
     return Prepared(news, codes.mode(wave_snapshot), _default_budget(codes.listing(wave_snapshot)))
+
+
+def _with_lines(problems: list[str], source: str, spec: WaveSpec | None) -> list[str]:
+    """`w.yaml: `grid.K`: …` -> `w.yaml:4: `grid.K`: …`: the line of the field, where the wave file has it."""
+    if spec is None or not spec.lines:
+        return problems
+    out = []
+    for problem in problems:
+        match = re.match(rf"{re.escape(source)}: `([^`]+)`", problem)
+        line = spec.lines.get(match.group(1)) if match else None
+        out.append(problem.replace(f"{source}: ", f"{source}:{line}: ", 1) if line else problem)
+    return out
 
 
 def _default_budget(listing: KnobListing) -> float | None:

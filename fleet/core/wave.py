@@ -257,6 +257,8 @@ def _describe(err: dict[str, Any]) -> tuple[tuple, str]:
         return loc, f"`{where}` is empty; give at least one value (e.g. `choices: [6, 8]`) or a range (`low`, `high`)"
     if kind == "knob_name" and root == "experiments" and difflib.get_close_matches(str(loc[-1]), ["description"]):
         return loc, f"`{where}` is not a knob name; did you mean `description`?"
+    if kind == "reserved_knob":  # the key is the problem, not its value
+        return loc, f"`{where}`: {err['msg']}"
     prefix = f"`{where}`" if is_key else f"`{where}` = {_shown(value)}"
     if root == "grid" and len(loc) == 1 and kind == "too_short":
         return loc, f"`grid` is empty; {HINTS['grid']}, or remove `grid`"
@@ -389,6 +391,7 @@ def load_wave(path: Path, tiers: Collection[str]) -> WaveSpec:
         early_stop=None if model.early_stop is None else EarlyStop(tuple(float(f) for f in model.early_stop.at),
                                                                    float(model.early_stop.margin)),
         source=source,
+        lines={field_path(loc): line for loc, line in lines.items()},
     )
     warnings = duplicate_warnings(spec)
     if warnings:

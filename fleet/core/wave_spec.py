@@ -4,6 +4,7 @@ Kept apart from both so that the file validator and the pure expansion depend on
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -91,6 +92,7 @@ class WaveSpec:
     early_stop: EarlyStop | None = None
     source: str = ""  # the file it came from, for messages
     warnings: tuple[str, ...] = ()  # not fatal (duplicate configurations); the CLI prints them on stderr
+    lines: Mapping[str, int] = field(default_factory=dict)  # field path ("grid.MATRIX_LR") -> its line in the file
 
     def to_json(self) -> dict[str, Any]:
         """The wave as the user meant it, JSON-ready (for the ledger and `--json` output)."""
