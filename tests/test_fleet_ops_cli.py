@@ -144,8 +144,10 @@ def test_until_idle_returns_when_a_cluster_runs_dry_soon_and_waits_while_it_does
     # 4 runs of 10+ minutes on 2 slots: no slot runs dry within a minute
     code, _, err = fleet("wait", "--until-idle", "1", "--timeout", "2")
     assert code == 1 and "gave up waiting after 2s; the first cluster runs dry in" in err
-    soon = fleet.json("wait", "--until-idle", "60")
+    code, out, err = fleet("wait", "--until-idle", "60", "--json")
+    soon = json.loads(out)
     assert {c["cluster"] for c in soon["idle_soon"]} == {"local-01", "local-02"}
+    assert "running dry within 60 min" in err  # the hint's `fleet next` looks as far ahead as the wait did
     assert all(10 * 60 <= c["dry_in_s"] <= 60 * 60 for c in soon["idle_soon"])
     fleet("cancel", "--wave", "long")
     fleet.wait_until(lambda: not fleet.ledger.has_unfinished_work())

@@ -113,10 +113,10 @@ def cmd_next(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def next_hint(ctx: Context, track: str | None = None) -> str | None:
-    """The first action `fleet next` would suggest, as a hint line (None: nothing to do)."""
+def next_hint(ctx: Context, track: str | None = None, horizon_s: float = HORIZON_S) -> str | None:
+    """The first action `fleet next` would suggest (with the same horizon), as a hint line (None: nothing to do)."""
     with ctx.ledger.reading():
-        report = next_actions(gather(ctx, track).state)
+        report = next_actions(gather(ctx, track, horizon_s=horizon_s).state)
     if not report.actions:
         return None
     first = report.actions[0]

@@ -207,7 +207,8 @@ def wait_until_idle(ctx: Context, minutes: float, timeout: float | None) -> int:
                        "pending": counts.get("pending", 0), "running": counts.get("running", 0)}
             ctx.sink.data(payload, lambda c: [c.print(Text(plain(f"{n}  runs dry in {s / 60:.1f} min")))
                                               for s, n in soon])
-            ctx.sink.hint(next_hint(ctx) or f"{len(soon)} clusters run out of work within {minutes:g} min")
+            ctx.sink.hint(next_hint(ctx, horizon_s=minutes * 60)
+                          or f"{len(soon)} clusters run out of work within {minutes:g} min")
             return 0
         if ledger.has_unfinished_work() and not controller_running(ctx.workspace):
             if spawned_at is None or time.time() - spawned_at > 10:
