@@ -144,6 +144,7 @@ def test_fields_of_a_clear_win():
     assert v.n == 8 and v.gain == pytest.approx(0.010 - np.mean(JITTER), abs=1e-9) and v.delta == -v.gain
     assert v.low < v.delta < v.high < 0
     assert v.decided_at == 3  # the first look
+    assert "at 8 pairs (decided at 3;" in v.reason  # the reason names both, so they cannot seem to disagree
     assert v.p_value < 1e-5 and v.power is not None and 0 < v.power <= 1
     assert v.baseline_mean == pytest.approx(np.mean(BASE)) and v.pairing == "seed"
 

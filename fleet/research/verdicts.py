@@ -311,7 +311,8 @@ def _verdict(comp: Comparison, s: _Series, tests: Sequence[_Test], note: StepNot
         base = replace(base, low=max(b[1] for b in bounds), high=min(b[0] for b in bounds))
     interval = f"interval [{base.low:+.4f}, {base.high:+.4f}]" if base.low is not None else "no interval yet"
     if kept_at is not None:
-        why = (f"better by {-delta:.4f} ({interval}) at {n} pairs: significant at alpha {level:.3g} "
+        pairs = f"{n} pairs" if kept_at == n else f"{n} pairs (decided at {kept_at}; later pairs finished anyway)"
+        why = (f"better by {-delta:.4f} ({interval}) at {pairs}: significant at alpha {level:.3g} "
                f"(Holm over {k} candidate{'s' if k > 1 else ''}) and at least min_effect {rule.min_effect:g}")
         return replace(base, label="keep", reason=why + unpaired + _step_text(note), decided_at=kept_at)
     event, at = _first_event(tests, n, level, rule, comp.closed)
