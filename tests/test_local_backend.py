@@ -143,3 +143,26 @@ def test_a_second_copy_started_before_the_first_claimed_the_job_follows_the_firs
     assert marks.read_text() == "start\n"  # the job's body ran once
     log = (tmp_path / "job.log").read_text()
     assert log.count("finished") == 1 and log.rstrip().endswith(END_LINE.format(code=0))
+
+
+def test_a_torn_down_slots_runner_exits_at_once_and_the_slot_works_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEET_RUNNER_IDLE_S", "600")  # without the tear-down it would idle for ten minutes
+    backend, workspace, names = make_local(tmp_path, slots=1)
+    from fleet.backends.slot_queue import SlotQueue
+
+    queue = SlotQueue(workspace.local / names[0])
+    snap = snapshot(workspace, "v1")
+    job_id = backend.submit(names[0], JobSpec("exp-1", 1, snap, {"SLEEP": "30"}, timeout_s=60))
+    deadline = time.monotonic() + 10
+    while not any(j.state == JobState.RUNNING for j in backend.queues(names)[names[0]]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    backend.down(names)
+    deadline = time.monotonic() + 15
+    while queue.runner_alive():
+        assert time.monotonic() < deadline, "the runner outlived the tear-down"
+        time.sleep(0.05)
+    assert queue.job(job_id).state == "cancelled"
+    backend.up(names, ["cpu"])  # up again: a new job runs (the tear-down's mark does not stop it)
+    again = backend.submit(names[0], JobSpec("exp-2", 1, snap, {}, timeout_s=60))
+    assert wait_terminal(backend, names[0], [again], timeout=30)[again].state == JobState.SUCCEEDED

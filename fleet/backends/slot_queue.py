@@ -51,6 +51,7 @@ IDLE_EXIT_S = float(os.environ.get("FLEET_RUNNER_IDLE_S", "120"))
 # and waking it; normally a client's wake-up byte starts the job at once.
 WAKE_S = float(os.environ.get("FLEET_RUNNER_WAKE_S", "1.0"))
 POLL_S = 0.02  # re-adopting a job another runner started: how often to look for its pid and exit
+STOP = "stop"  # a file: the slot was torn down; its runner exits as soon as it has nothing to run
 KEEP_FINISHED = 16  # finished jobs left in jobs/: a reader that polls sees each one finish
 COMPACT_AT = 2 * KEEP_FINISHED  # jobs/ entries past which the runner compacts (amortized: many at once)
 
@@ -217,6 +218,7 @@ class SlotQueue:
         scheduler gap, as `fleet.testing.fake_sky` uses for SkyPilot's). With `start=False` the caller
         calls `ensure_runner()` itself, once after a batch."""
         self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / STOP).unlink(missing_ok=True)  # the slot is in use again
         with self._lock():
             job_id = self._allocate_id()
             now = time.time()
@@ -297,7 +299,9 @@ class SlotQueue:
         log.close()
 
     def kill_all(self) -> None:
-        """Cancel every queued job and kill the running one (tear-down)."""
+        """Cancel every queued job and kill the running one (tear-down); the runner exits once idle,
+        rather than after its idle timeout."""
+        (self.root / STOP).touch()
         self.cancel([j.job_id for j in self.jobs() if j.state in ("pending", "running")])
         for job_id in self.job_ids():
             state = _read_json(self._state(job_id)) or {}

@@ -23,6 +23,7 @@ from fleet.backends.slot_queue import (
     IDLE_EXIT_S,
     KILL_GRACE_S,
     POLL_S,
+    STOP,
     WAKE_S,
     SlotQueue,
     _pid_alive,
@@ -49,7 +50,7 @@ class SlotRunner(SlotQueue):
                     job_id = self._next_job()
                     if job_id is None:
                         left = IDLE_EXIT_S - (time.monotonic() - idle_since)
-                        if left <= 0:
+                        if left <= 0 or (self.root / STOP).exists():  # idle too long, or torn down
                             return
                         self._sleep(wake, min(left, WAKE_S))
                         continue
