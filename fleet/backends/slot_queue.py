@@ -301,7 +301,8 @@ class SlotQueue:
     def kill_all(self) -> None:
         """Cancel every queued job and kill the running one (tear-down); the runner exits once idle,
         rather than after its idle timeout."""
-        (self.root / STOP).touch()
+        if self.root.is_dir():  # a slot never used has no runner to stop
+            (self.root / STOP).touch()
         self.cancel([j.job_id for j in self.jobs() if j.state in ("pending", "running")])
         for job_id in self.job_ids():
             state = _read_json(self._state(job_id)) or {}
