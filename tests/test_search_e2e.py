@@ -168,3 +168,32 @@ early_stop: {at: [0.2, 0.5], margin: 0.2}
     assert code == 0 and "efficiency" in out
     plot = fleet.json("plot", "--x", "gpu-hours", "-o", "frontier.png")
     assert plot["best"] == pytest.approx(eff["best"]) and (fleet.root / "frontier.png").stat().st_size > 0
+
+
+def test_a_promote_of_a_search_wave_is_judged_on_the_trials_own_runs(fleet):
+    # WARMDOWN_RATIO: 1 is spelled "1.0" once defaults are filled in, and DEPTH 2 is the default: the keys of the
+    # trials' runs must be those a promote wave's runs get, or its verdict finds no pair of runs at all.
+    fleet.write("k.yaml", """\
+name: k
+env: {TIME_BUDGET: 0.3, WARMDOWN_RATIO: 1}
+experiments:
+  - {description: baseline}
+search:
+  trials: 3
+  seed: 1
+  space:
+    MATRIX_LR: {low: 0.004, high: 0.4, log: true}
+    DEPTH: {choices: [2, 4]}
+""")
+    fleet.json("wave", "k.yaml", "--wait")
+    trials = [e for e in fleet.ledger.experiments(wave="k") if e.trial is not None]
+    assert {e.state for e in trials} == {ExperimentState.DONE}
+    plan = fleet.json("promote", "k", "--top", "1", "--max-seeds", "3", "--min-effect", "0.01")
+    (candidate,) = plan["candidates"]
+    fleet.json("wait", plan["wave"], "--timeout", "120")
+    report = fleet.json("verdict", plan["wave"])
+    (judged,) = report["candidates"]
+    assert judged["config_key"] == candidate["config_key"]
+    runs = [e for e in fleet.ledger.experiments(wave=plan["wave"]) if e.config_key == candidate["config_key"]]
+    assert runs and judged["n"] == len(runs)  # every run of the candidate is one pair of the verdict
+    assert judged["verdict"] in {"keep", "discard", "inconclusive"} and report["complete"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.core.expand import config_key, env_value
-from fleet.core.knobs import KnobInfo
+from fleet.core.knobs import KnobInfo, KnobListing, canonical_config
 from fleet.core.wave_spec import KnobValue, SearchDim, SearchSpec
 from fleet.types import ExperimentState
 
@@ -117,8 +117,11 @@ def trial_label(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={env_value(rounded(v))}" for k, v in params.items())
 
 
-def trial_key(params: Mapping[str, Any], env: Mapping[str, KnobValue]) -> str:
-    return config_key(trial_config(params, env))
+def trial_key(params: Mapping[str, Any], env: Mapping[str, KnobValue], listing: KnobListing) -> str:
+    """The trial's configuration key with defaults filled in, as every other wave's experiments are keyed
+    (`fleet.core.knobs.canonicalize`): `fleet promote` and its verdict find the trial's runs by it, so
+    `TIME_BUDGET: 8` (spelled "8.0" once canonical) must key alike here and there."""
+    return config_key(canonical_config(trial_config(params, env), listing))
 
 
 def default_startup_trials(trials: int) -> int:

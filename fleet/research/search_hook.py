@@ -178,10 +178,11 @@ class SearchDriver:
         """Give each trial's planned runs its configuration (one transaction per trial); a trial whose
         configuration the workload refuses ends as a crash with the reason (it is told `fail`)."""
         env = wave.spec.get("env") or {}
+        listing = self._code_store().listing(wave.snapshot)
         planned: dict[int, list[PlannedExperiment]] = {}
         for number, params in fills.items():
             config = trial_config(params, env)
-            planned[number] = [PlannedExperiment(config, r.seed, "", trial_key(params, env), trial_label(params),
+            planned[number] = [PlannedExperiment(config, r.seed, "", trial_key(params, env, listing), trial_label(params),
                                                  {k: f"search.space.{k}" for k in params})
                                for r in runs[number] if r.state == ExperimentState.PLANNED]
         try:  # one knob check for the whole batch (it runs the workload once)
