@@ -181,3 +181,36 @@ def test_cycle_hooks_see_what_finished_and_may_add_work(tmp_path):
     assert calls[0] is None  # the first cycle looks at everything (a controller may have died mid-way)
     assert calls[1:] == [["w-001"], ["w-002"], ["w-003"]]
     assert [e.state for e in ledger.experiments()] == [ExperimentState.DONE] * 3  # the added runs ran too
+
+
+class PlannedSearch:
+    """A wave source like a search's: each slot it is given fills its next planned experiment."""
+
+    def capacity(self, wave):
+        return sum(e.state == ExperimentState.PLANNED for e in self.ledger.experiments(wave=wave.id))
+
+    def produce(self, ledger, wave, count):
+        planned = [e for e in ledger.experiments(wave=wave.id) if e.state == ExperimentState.PLANNED][:count]
+        for e in planned:
+            ledger.fill_trial(wave.id, e.trial, [NewExperiment(e.config, e.config_key, e.seed, "", "", "snap", "snap", "snap")])
+        return [ledger.experiment(e.id) for e in planned]
+
+
+def test_an_older_search_wave_is_placed_before_newer_waves_of_its_priority(tmp_path):
+    times = iter(float(t) for t in range(1000, 2000))
+    backend = ScriptedBackend()
+    workspace = Workspace(tmp_path).ensure()
+    ledger = Ledger(workspace.ledger_path, clock=lambda: next(times))
+    ledger.upsert_cluster("c1", backend.name, "H100", ClusterState.UP)
+    ledger.upsert_cluster("c2", backend.name, "H100", ClusterState.UP)
+    _, trials = ledger.add_wave("search", "screen", {"timeout_s": 60}, "snap",
+                                [NewExperiment({"T": str(i)}, f"t{i}", 0, "", "", trial=i)
+                                 for i in range(6)], kind="search")
+    for name in ("g1", "g2", "g3"):  # the agent keeps submitting
+        ledger.add_wave(name, "screen", {"timeout_s": 60}, "snap",
+                        [NewExperiment({"I": str(i)}, f"k{i}", 0, "", "") for i in range(4)])
+    source = PlannedSearch()
+    source.ledger = ledger
+    Controller(workspace, ledger, backend, FleetConfig(queue_depth=2), sources={"search": source}).cycle()
+    placed = {a.experiment_id for a in ledger.attempts()}
+    assert placed == {t.id for t in trials[:4]}  # the search's trials took all four places

@@ -94,6 +94,26 @@ def test_on_demand_waves_get_slots_after_pending_work_of_their_priority():
     assert out == [Assignment(None, "c1", "search-2"), Assignment("s1", "c2")]
 
 
+def test_an_older_search_wave_goes_before_a_newer_wave_of_its_priority_and_track():
+    # An agent that keeps submitting must not starve its search: the search's trials take their wave's place.
+    search = OnDemand("search", "screen", count=10, wave_order=1.0)
+    newer = [PendingExperiment(f"g{i}", "screen", 0.1, wave_order=2.0) for i in range(6)]
+    out = assign([C("c1"), C("c2")], newer, 2, TIERS, on_demand=[search])
+    assert out == [Assignment(None, c, "search") for c in ("c1", "c2", "c1", "c2")]  # every place: one ask each
+    # ... and a newer search waves behind an older wave's pending work, as any newer wave does.
+    later = OnDemand("search", "screen", count=10, wave_order=3.0)
+    out = assign([C("c1"), C("c2")], newer[:3], 2, TIERS, on_demand=[later])
+    assert out == [Assignment("g0", "c1"), Assignment("g1", "c2"), Assignment("g2", "c1"),
+                   Assignment(None, "c2", "search")]
+    # Priority still comes first, and other tracks keep their fair share.
+    urgent = [PendingExperiment("v1", "screen", 0.1, priority=5, wave_order=2.0)]
+    out = assign([C("c1")], urgent, 2, TIERS, on_demand=[search])
+    assert out == [Assignment("v1", "c1"), Assignment(None, "c1", "search")]
+    other = [PendingExperiment("o1", "screen", 0.1, track="b", wave_order=0.0)]
+    out = assign([C("c1")], other, 2, TIERS, on_demand=[OnDemand("search", "screen", 10, track="a", gpu_hours=0.1, wave_order=1.0)])
+    assert sorted(placed(out), key=str) == sorted([("o1", "c1"), (None, "c1")], key=str)
+
+
 def test_on_demand_never_asks_for_more_than_the_free_slots():
     out = assign([C("c1", depth=1)], [], 2, TIERS, on_demand=[OnDemand("search-1", "screen", count=50)])
     assert out == [Assignment(None, "c1", "search-1")]

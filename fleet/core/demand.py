@@ -29,6 +29,7 @@ class PendingRow:
     track: str
     expected_s: float = 0.0  # how long it is expected to run, start to end
     backfill: bool = False  # of a wave the fleet queued itself for idle clusters
+    wave_created: float = 0.0  # its wave's submission time (the scheduler's order within a priority)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def pending_work(ledger: Ledger, per_track: int | None = None) -> list[PendingRo
         data, extra = _extra(row)
         exp = decode_row(ExperimentRow, data)
         out.append(PendingRow(exp, extra["priority"], extra["track"],
-                              expected_seconds(exp.config, budgets[exp.wave_id]), bool(extra["backfill"])))
+                              expected_seconds(exp.config, budgets[exp.wave_id]), bool(extra["backfill"]),
+                              extra["created"]))
     return out
 
 

@@ -60,7 +60,7 @@ def on_demand_work(ledger: Ledger, sources: Mapping[str, WaveSource]) -> list[On
             continue
         count = source.capacity(wave)
         if count > 0:
-            out.append(OnDemand(wave.id, wave.tier, count, wave.priority, wave.track))
+            out.append(OnDemand(wave.id, wave.tier, count, wave.priority, wave.track, wave_order=wave.created_at))
     return out
 
 
@@ -73,7 +73,7 @@ def plan_placement(ledger: Ledger, config: FleetConfig, slots: Sequence[ClusterS
     if not rows and not on_demand:
         return Placement()
     pending = [PendingExperiment(r.experiment.id, r.experiment.tier, expected_gpu_hours(r.experiment), r.priority,
-                                 r.track, r.backfill) for r in rows]
+                                 r.track, r.backfill, r.wave_created) for r in rows]
     pending, held = apply_budget(ledger, config, pending)
     if not pending and not on_demand:
         return Placement(held=held)

@@ -10,7 +10,9 @@ Two rules order the work:
   plus the cluster-time its queued and running jobs still need. Counting jobs instead would favour
   tracks with long experiments; counting only what is committed would favour short ones.
 - **Priorities order the work within a track.** Higher priority first (validation and promote
-  waves before screens, `fleet bump`), then submission order. A queued-but-not-started job of a
+  waves before screens, `fleet bump`), then the waves' submission order: a wave that makes its
+  experiments on demand (a search) takes its place in that order too, so an older search is not
+  starved by newer waves that keep coming. A queued-but-not-started job of a
   lower priority may be taken back (`preemptions`) so higher-priority work of its track does not
   wait behind it in a cluster's FIFO queue.
 - **Backfill comes last.** Work the fleet queued itself for idle clusters (`backfill`) only gets the
@@ -40,14 +42,16 @@ class PendingExperiment:
     priority: int = 0
     track: str = ""
     backfill: bool = False  # the fleet's own filler: placed after all other work
+    wave_order: float = 0.0  # its wave's submission time: within a priority, older waves' work first
 
 
 @dataclass(frozen=True)
 class OnDemand:
     """A wave that creates its experiments when a slot frees (a search): it can produce `count` more.
 
-    It competes like pending experiments of its priority and track, after the pending experiments
-    of equal priority; an Assignment with `experiment_id` None asks the caller to create one.
+    It competes like pending experiments of its priority and track, in its wave's submission order
+    (`wave_order`; after pending experiments of a wave of the same order); an Assignment with
+    `experiment_id` None asks the caller to create one.
     """
 
     wave_id: str
@@ -56,6 +60,7 @@ class OnDemand:
     priority: int = 0
     track: str = ""
     gpu_hours: float = 0.0
+    wave_order: float = 0.0  # its submission time, comparable with `PendingExperiment.wave_order`
 
 
 @dataclass(frozen=True)
@@ -110,15 +115,17 @@ class _Candidate:
 
 def _by_track(pending: Sequence[PendingExperiment], on_demand: Sequence[OnDemand],
               free_slots: int) -> dict[str, list[_Candidate]]:
-    """Each track's work in the order it should start: priority, then pending before on-demand, then input order."""
+    """Each track's work in the order it should start: priority, then wave order (pending before on-demand
+    of the same order), then input order. Ordering on-demand work by its wave, not after all pending
+    work, is what keeps a search going while newer waves keep arriving."""
     keyed: dict[str, list[tuple[tuple, _Candidate]]] = {}
     for i, exp in enumerate(pending):
         keyed.setdefault(exp.track, []).append(
-            ((-exp.priority, 0, i), _Candidate(exp.tier, exp.gpu_hours, exp.experiment_id, None)))
+            ((-exp.priority, exp.wave_order, 0, i), _Candidate(exp.tier, exp.gpu_hours, exp.experiment_id, None)))
     for i, wave in enumerate(on_demand):
         for k in range(min(wave.count, free_slots)):  # never more than could be placed now
             keyed.setdefault(wave.track, []).append(
-                ((-wave.priority, 1, i, k), _Candidate(wave.tier, wave.gpu_hours, None, wave.wave_id)))
+                ((-wave.priority, wave.wave_order, 1, i, k), _Candidate(wave.tier, wave.gpu_hours, None, wave.wave_id)))
     return {track: [c for _, c in sorted(items, key=lambda item: item[0])] for track, items in keyed.items()}
 
 
