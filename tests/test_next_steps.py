@@ -222,6 +222,14 @@ def test_tried_ideas_say_how_each_came_out():
     assert "base" not in got  # the baseline is not an idea
 
 
+def test_a_searchs_trials_not_chosen_yet_are_not_ideas_tried():
+    rows = [row("s1-001", "base", 1.00), row("s1-002", "lr05", None, state="pending", label="MATRIX_LR=0.05")]
+    rows += [row(f"s1-00{k + 3}", "", None, state="planned", label=f"trial {k + 1} (not chosen yet)") for k in range(4)]
+    code = {e["experiment"]: "c0" for e in rows}
+    ideas = tried_ideas([W("s1", "search")], rows, {}, set(), code, {"s1-001"})
+    assert [(i.idea, i.outcome) for i in ideas] == [("MATRIX_LR=0.05", "running")]  # asked, not yet run; no crash
+
+
 def test_a_keep_whose_code_predates_an_adoption_of_its_knob_is_not_suggested():
     """Its promotion came after the adoption, but its screen took the code before it: adopt would conflict."""
     old = replace(wave("p", "promote", read=True, created=9.0, candidates=[cand("p-002", gain=0.01, code="c1")]),

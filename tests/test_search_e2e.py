@@ -8,9 +8,10 @@ import signal
 import pytest
 from fleet_cli import SEARCHWORK, make_project, teardown
 
+from fleet.core.ledger_rows import NewExperiment
 from fleet.core.wave_spec import SearchSpec
 from fleet.research.study import WaveStudy, preview_asks, study_path
-from fleet.types import ExperimentState
+from fleet.types import ClusterState, ExperimentState
 from fleet.workspace import Workspace
 
 SEARCH = """\
@@ -197,3 +198,25 @@ search:
     runs = [e for e in fleet.ledger.experiments(wave=plan["wave"]) if e.config_key == candidate["config_key"]]
     assert runs and judged["n"] == len(runs)  # every run of the candidate is one pair of the verdict
     assert judged["verdict"] in {"keep", "discard", "inconclusive"} and report["complete"]
+
+
+def test_a_searchs_planned_trials_are_work_left_for_next_and_the_journal(fleet):
+    # Right after submitting: one trial chosen (pending), five not chosen yet (planned), on two idle slots.
+    ledger = fleet.ledger
+    for name in ("cpu-0", "cpu-1"):
+        ledger.upsert_cluster(name, "local", "cpu", ClusterState.UP)
+    ledger.add_wave("s", "screen", {"env": {"TIME_BUDGET": 60}}, "snap",
+                    [NewExperiment({}, "", 0, "", f"trial {k} (not chosen yet)", trial=k) for k in range(6)],
+                    kind="search")
+    ledger.fill_trial("s", 0, [NewExperiment({"TIME_BUDGET": "60", "MATRIX_LR": "0.05"}, "k0", 0, "", "MATRIX_LR=0.05",
+                                             "snap", "snap", "snap", trial=0)])
+    nxt = fleet.json("next", "--horizon", "5")
+    (wave,) = nxt["in_flight"]
+    assert (wave["wave"], wave["finished"], wave["total"]) == ("s", 0, 6)
+    # six runs of 60 s plus a minute's start-up each, three after another on each of the two slots
+    assert wave["eta_s"] == pytest.approx(3 * 120, abs=1)
+    assert all(c["dry_in_s"] == pytest.approx(3 * 120, abs=1) for c in nxt["clusters"])
+    assert "fill" not in [a["kind"] for a in nxt["actions"]]  # the search keeps both slots busy past the horizon
+    fleet.json("journal")
+    text = (fleet.root / "journal.md").read_text()
+    assert "not chosen yet" not in text and "crashed" not in text

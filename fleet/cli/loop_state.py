@@ -40,7 +40,7 @@ from fleet.research.backfill import backfill_spend
 from fleet.research.plans import BASELINE_DESCRIPTION
 from fleet.types import ClusterState, ExperimentState
 
-UNFINISHED = ("pending", "queued", "running")
+UNFINISHED = ("planned", "pending", "queued", "running")  # planned: a search's trials not chosen yet, work left
 
 
 @dataclass

@@ -62,30 +62,44 @@ def _extra(row) -> tuple[dict, dict]:
     return data, {k[2:]: data.pop(k) for k in list(data) if k.startswith("x_")}
 
 
-def pending_work(ledger: Ledger, per_track: int | None = None) -> list[PendingRow]:
+def pending_work(ledger: Ledger, per_track: int | None = None, planned: bool = False) -> list[PendingRow]:
     """Pending experiments, each with its wave's priority and track; best first within a track, backfill last.
 
     With `per_track`, only the first `per_track` of each track: the head that a cycle can place or
-    swap in, picked in SQL, so a 10,000-experiment wave is not read whole every cycle.
+    swap in, picked in SQL, so a 10,000-experiment wave is not read whole every cycle. With `planned`,
+    a search's planned runs too, in their wave's place (forecasts: they are work left, though not yet
+    placeable), each expected to run as long as its wave's `env` says.
     """
+    states = [ExperimentState.PENDING.value] + ([ExperimentState.PLANNED.value] if planned else [])
+    marks = ",".join("?" * len(states))
     sql = ("SELECT * FROM (SELECT e.*, w.priority AS x_priority, w.track AS x_track, w.created_at AS x_created,"
            " w.rowid AS x_wave_row, w.backfill AS x_backfill, ROW_NUMBER() OVER (PARTITION BY w.track"
            " ORDER BY w.backfill, w.priority DESC, w.created_at, w.rowid, e.seq) AS x_k"
-           " FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE e.state = ?)")
-    args: list = [ExperimentState.PENDING.value]
+           f" FROM experiments e JOIN waves w ON w.id = e.wave_id WHERE e.state IN ({marks}))")
+    args: list = list(states)
     if per_track is not None:
         sql += " WHERE x_k <= ?"
         args.append(per_track)
     rows = ledger.select(sql + " ORDER BY x_backfill, x_priority DESC, x_created, x_wave_row, seq", args)
     budgets = _default_budgets(ledger, {row["wave_id"] for row in rows})
+    envs = _wave_envs(ledger, {row["wave_id"] for row in rows if row["state"] == ExperimentState.PLANNED.value})
     out = []
     for row in rows:
         data, extra = _extra(row)
         exp = decode_row(ExperimentRow, data)
+        config = {**envs[exp.wave_id], **exp.config} if exp.state == ExperimentState.PLANNED else exp.config
         out.append(PendingRow(exp, extra["priority"], extra["track"],
-                              expected_seconds(exp.config, budgets[exp.wave_id]), bool(extra["backfill"]),
+                              expected_seconds(config, budgets[exp.wave_id]), bool(extra["backfill"]),
                               extra["created"]))
     return out
+
+
+def _wave_envs(ledger: Ledger, wave_ids: set[str]) -> dict[str, dict]:
+    """Each wave's `env` (a planned run has no configuration yet; its wave's env sets its TIME_BUDGET)."""
+    ids = sorted(wave_ids)
+    marks = ",".join("?" * len(ids))
+    return {r["id"]: json.loads(r["spec"] or "{}").get("env") or {}
+            for r in (ledger.select(f"SELECT id, spec FROM waves WHERE id IN ({marks})", ids) if ids else [])}
 
 
 def _default_budgets(ledger: Ledger, wave_ids: set[str]) -> dict[str, float | None]:

@@ -3,7 +3,8 @@
 `dry_in` is pure: it plays the controller forward over the clusters' queued and running work and the
 pending experiments (each to the eligible cluster that frees first, best priority first) and says
 when each cluster would be left with nothing to do, and when each wave's last run would end.
-`drain_estimate` and `drain_forecast` read their inputs from the ledger; an experiment's expected
+`drain_estimate` and `drain_forecast` read their inputs from the ledger (a search's planned runs are
+work left, in their wave's place, as the scheduler gives them slots); an experiment's expected
 length is its TIME_BUDGET plus the start-up and evaluation time the fleet's recent runs took beyond
 their budgets.
 """
@@ -125,6 +126,6 @@ def drain_forecast(ledger: Ledger, tiers: Mapping[str, Sequence[str]], now: floa
         wave = row.attempt.experiment_id.rsplit("-", 1)[0]
         active_ends[wave] = max(active_ends.get(wave, 0.0), busy[row.attempt.cluster])
     pending = [PendingRun(p.experiment.tier, p.expected_s - START_OVERHEAD_S + overhead, p.experiment.wave_id)
-               for p in pending_work(ledger) if backfill or not p.backfill]
+               for p in pending_work(ledger, planned=True) if backfill or not p.backfill]
     work = [ClusterWork(c.name, c.accelerator, busy[c.name]) for c in clusters]
     return Forecast(dry_in(work, pending, tiers), wave_ends(work, pending, tiers, active_ends))

@@ -51,7 +51,8 @@ def tried_ideas(waves: Sequence[Any], rows: Sequence[Mapping[str, Any]], reports
     for wave in waves:
         if wave.kind not in SCREEN_KINDS or wave.backfill:
             continue
-        mine = [r for r in rows if r["wave"] == wave.id]
+        # A search's planned runs are trials not chosen yet: no idea was tried there (their wave is in flight).
+        mine = [r for r in rows if r["wave"] == wave.id and r["state"] != "planned"]
         base = [r["val_bpb"] for r in mine if r["experiment"] in baselines and r["val_bpb"] is not None]
         base_keys = {r["config_key"] for r in mine if r["experiment"] in baselines}
         groups: dict[str, list[Mapping[str, Any]]] = {}

@@ -71,7 +71,7 @@ class WaveView:
     backfill: bool
     parent: str | None
     total: int
-    unfinished: int  # pending, queued or running
+    unfinished: int  # planned (a search's trials to choose), pending, queued or running
     done: int
     failed: int  # crash or timeout
     cancelled: int
