@@ -192,7 +192,8 @@ class PlannedSearch:
     def produce(self, ledger, wave, count):
         planned = [e for e in ledger.experiments(wave=wave.id) if e.state == ExperimentState.PLANNED][:count]
         for e in planned:
-            ledger.fill_trial(wave.id, e.trial, [NewExperiment(e.config, e.config_key, e.seed, "", "", "snap", "snap", "snap")])
+            filled = NewExperiment(e.config, e.config_key, e.seed, "", "", "snap", "snap", "snap")
+            ledger.fill_trial(wave.id, e.trial, [filled])
         return [ledger.experiment(e.id) for e in planned]
 
 

@@ -110,7 +110,8 @@ def test_an_older_search_wave_goes_before_a_newer_wave_of_its_priority_and_track
     out = assign([C("c1")], urgent, 2, TIERS, on_demand=[search])
     assert out == [Assignment("v1", "c1"), Assignment(None, "c1", "search")]
     other = [PendingExperiment("o1", "screen", 0.1, track="b", wave_order=0.0)]
-    out = assign([C("c1")], other, 2, TIERS, on_demand=[OnDemand("search", "screen", 10, track="a", gpu_hours=0.1, wave_order=1.0)])
+    search_a = OnDemand("search", "screen", 10, track="a", gpu_hours=0.1, wave_order=1.0)
+    out = assign([C("c1")], other, 2, TIERS, on_demand=[search_a])
     assert sorted(placed(out), key=str) == sorted([("o1", "c1"), (None, "c1")], key=str)
 
 

@@ -182,7 +182,8 @@ class SearchDriver:
         planned: dict[int, list[PlannedExperiment]] = {}
         for number, params in fills.items():
             config = trial_config(params, env)
-            planned[number] = [PlannedExperiment(config, r.seed, "", trial_key(params, env, listing), trial_label(params),
+            key = trial_key(params, env, listing)
+            planned[number] = [PlannedExperiment(config, r.seed, "", key, trial_label(params),
                                                  {k: f"search.space.{k}" for k in params})
                                for r in runs[number] if r.state == ExperimentState.PLANNED]
         try:  # one knob check for the whole batch (it runs the workload once)
