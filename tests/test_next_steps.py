@@ -5,7 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from fleet.observe.journal import BEGIN, END, merge, tried_ideas
+from fleet.cli.loop_state import _committed_baseline
+from fleet.core.ledger_rows import ExperimentRow, WaveRow
+from fleet.observe.journal import BEGIN, END, merge, render_section, tried_ideas
 from fleet.observe.next_steps import (
     Adopted,
     AdoptTarget,
@@ -16,6 +18,7 @@ from fleet.observe.next_steps import (
     WaveView,
     next_actions,
 )
+from fleet.types import ExperimentState
 
 BUDGET = Budget(1.0, None, None, True, 0.0, 4.0)
 
@@ -37,7 +40,7 @@ def cand(exp, verdict="keep", gain=0.01, knobs=None, code="c0", key=None, n=3, p
 
 
 def state(clusters=(), waves=(), adopted=(), **kw):
-    return LoopState(tuple(clusters), tuple(waves), 2, None, None, kw.pop("baseline_ran_at", None), tuple(adopted),
+    return LoopState(tuple(clusters), tuple(waves), 2, None, kw.pop("baseline", None), kw.pop("baseline_code_at", None), tuple(adopted),
                      kw.pop("budget", BUDGET), **kw)
 
 
@@ -164,7 +167,7 @@ def test_backfill_alone_in_flight_is_not_work_to_wait_for():
 
 @pytest.mark.parametrize("make, expected", [
     (lambda: state(waves=[wave("s1", promotable=False)], adopted=[Adopted("p-002", 50.0, "c", "k", "gpu", ("A",))],
-                   baseline_ran_at=40.0), "stale baseline"),
+                   baseline_code_at=40.0), "stale baseline"),
     (lambda: state(waves=[wave("p", "promote", read=True, candidates=[cand("p-002", "discard", gain=-0.1, flagged=2)])]),
      "noisy step counts: 2 seed pair(s) in p"),
     (lambda: state(clusters=[cluster("c1", state="lost")]), "cluster c1 was lost and is not replaced"),
@@ -180,8 +183,50 @@ def test_warnings(make, expected):
 
 def test_no_stale_warning_when_the_baseline_ran_after_the_adoption():
     s = state(waves=[wave("s1", promotable=False)], adopted=[Adopted("p-002", 50.0, "c", "k", "gpu", ("A",))],
-              baseline_ran_at=60.0)
+              baseline_code_at=60.0)
     assert not any("stale" in w for w in next_actions(s).warnings)
+
+
+def _screen(id: str, created: float) -> WaveRow:
+    return WaveRow(id, id, "screen", "grid", {}, {}, f"code-{id}", None, None, created)
+
+
+def _baseline_run(wave: WaveRow, finished: float) -> ExperimentRow:
+    return ExperimentRow(f"{wave.id}-001", wave.id, 1, {}, "kb", 0, "baseline", "baseline", wave.snapshot, "screen",
+                         ExperimentState.DONE, 1, "", wave.created_at, finished, finished)
+
+
+def _config(code: str) -> dict:
+    return {"label": "baseline", "val_bpb": 1.85, "std": None, "n": 1, "experiments": ["x"], "code": code,
+            "config_key": "kb"}
+
+
+def test_the_baseline_is_fresh_by_when_its_code_was_taken_not_when_it_finished():
+    """A baseline queued before an adoption that finishes after it ran the old code: still stale."""
+    adopted = [Adopted("p-002", 50.0, "c", "k", "cpu", ("FINAL_LR_FRAC",))]
+    old = _screen("s-old", 10.0)
+    waves, runs = [old], [_baseline_run(old, 100.0)]  # finished after the adoption, on code taken before it
+    base, code_at = _committed_baseline(waves, runs, [_config("code-s-old")], {w.id: w for w in waves})
+    assert base.experiment == "s-old-001" and code_at == 10.0
+    s = state(waves=[wave("s-old", promotable=False)], adopted=adopted, baseline_code_at=code_at, baseline=base)
+    assert any("stale baseline: 1 change(s) adopted" in w for w in next_actions(s).warnings)
+    journal = render_section(generated="now", state=s, report=next_actions(s), ideas=[], adoptions=[])
+    assert "stale: its code predates 1 adoption(s) (latest `p-002`)" in journal
+
+    new = _screen("s-new", 60.0)  # a screen after the adoption: its baseline is the committed one, whenever it finished
+    waves, runs = [old, new], [_baseline_run(old, 100.0), _baseline_run(new, 80.0)]
+    base, code_at = _committed_baseline(waves, runs, [_config("code-s-old"), _config("code-s-new")],
+                                        {w.id: w for w in waves})
+    assert base.experiment == "s-new-001" and base.code == "code-s-new" and code_at == 60.0
+    s = state(waves=[wave("s-old", promotable=False)], adopted=adopted, baseline_code_at=code_at, baseline=base)
+    assert not any("stale" in w for w in next_actions(s).warnings)
+    assert "stale" not in render_section(generated="now", state=s, report=next_actions(s), ideas=[], adoptions=[])
+
+    # a promotion's baseline runs reuse their screen's code: they do not make the baseline fresh
+    promote = WaveRow("s-old-promote", "s-old-promote", "validate", "promote", {}, {}, "code-s-old", "s-old", None, 70.0)
+    _, code_at = _committed_baseline([old, promote], [_baseline_run(old, 100.0), _baseline_run(promote, 110.0)],
+                                     [_config("code-s-old")], {"s-old": old, "s-old-promote": promote})
+    assert code_at == 10.0
 
 
 # ---- the journal -------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
     in_track = {e.id for e in experiments if e.wave_id in {w.id for w in waves}}
     configs = [c for c in board["configs"] if c["rank"] is not None and (track is None or in_track & set(c["experiments"]))]
     best = _config_view(configs[0] if configs else None)
-    baseline, ran_at = _committed_baseline(waves, experiments, board["configs"])
+    baseline, code_at = _committed_baseline(waves, experiments, board["configs"], by_id)
     results = ledger.results()
     workload = workload_for(ctx.workspace.root, config)
     script = f"{workload.prefix}/{workload.script}" if workload.prefix else workload.script
@@ -169,7 +169,7 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
                     config.backfill.enabled, spend.spent, config.backfill.max_gpu_hours)
     screen = "screen" if "screen" in config.tiers else next(iter(config.tiers), "screen")
     state = LoopState(
-        tuple(clusters), tuple(views), config.queue_depth, best, baseline, ran_at, adopted, budget, targets,
+        tuple(clusters), tuple(views), config.queue_depth, best, baseline, code_at, adopted, budget, targets,
         validate_tier="validate" if "validate" in config.tiers else screen, screen_tier=screen,
         controller_error=(ledger.get_meta("controller_error") or None),
         next_wave_file=next_wave_file(ctx, not any(not w.backfill for w in all_waves)), track=track,
@@ -202,21 +202,22 @@ def _code_taken_at(wave: WaveRow, by_id: dict[str, WaveRow]) -> float:
     return wave.created_at
 
 
-def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow],
-                        configs: list[dict[str, Any]]) -> tuple[ConfigView | None, float | None]:
-    """The latest screen's `baseline` configuration (the code the agent's next ideas are compared with),
-    and when a screen's baseline last finished."""
-    screens = {w.id for w in waves if w.kind in SCREEN_KINDS and not w.backfill}
+def _committed_baseline(waves: list[WaveRow], experiments: list[ExperimentRow], configs: list[dict[str, Any]],
+                        by_id: dict[str, WaveRow]) -> tuple[ConfigView | None, float | None]:
+    """The `baseline` configuration on the latest code a screen took (the code the agent's next ideas are
+    compared with), and when that code was taken. By code, not by finish time: a baseline queued before an
+    adoption finishes after it on the old code."""
+    screens = {w.id: _code_taken_at(w, by_id) for w in waves if w.kind in SCREEN_KINDS and not w.backfill}
     runs = [e for e in experiments if e.wave_id in screens and e.state == ExperimentState.DONE
             and e.description.strip().lower() == BASELINE_DESCRIPTION]
     if not runs:
         return None, None
-    latest = max(runs, key=lambda e: (e.finished_at or 0.0, e.id))
+    latest = max(runs, key=lambda e: (screens[e.wave_id], e.finished_at or 0.0, e.id))
     match = next((c for c in configs if c["code"] == latest.code and c["config_key"] == latest.config_key), None)
     view = _config_view(match)
     if view is not None:  # name the screen's own run (its runs elsewhere are pooled into the mean)
         view = replace(view, experiment=latest.id)
-    return view, max(e.finished_at or 0.0 for e in runs)
+    return view, screens[latest.wave_id]
 
 
 def adopted_changes(rows: list, reports: dict[str, dict[str, Any]], experiments: list[ExperimentRow]) -> list[AdoptedChange]:

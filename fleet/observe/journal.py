@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.observe.next_steps import SCREEN_KINDS, LoopState, NextReport, unread
+from fleet.observe.next_steps import SCREEN_KINDS, LoopState, NextReport, adopted_since_baseline, unread
 from fleet.observe.report import AdoptedChange
 from fleet.plain_text import plain
 
@@ -98,8 +98,11 @@ def render_section(*, generated: str, state: LoopState, report: NextReport, idea
                  + (f" ± {b.std:.4f}" if b.std is not None else "") + f" (mean of n={b.n}), e.g. `{b.experiment}`"
                  if b else "- **Current best:** none yet")
     base = state.baseline
+    stale = adopted_since_baseline(state)
     lines.append(f"- **Committed baseline:** {metric} {base.mean:.4f}" + (f" ± {base.std:.4f}" if base.std is not None else "")
-                 + f" (n={base.n}), e.g. `{base.experiment}`" if base else "- **Committed baseline:** not run yet")
+                 + f" (n={base.n}), e.g. `{base.experiment}`"
+                 + (f" — stale: its code predates {len(stale)} adoption(s) (latest `{stale[-1].experiment}`)"
+                    if stale else "") if base else "- **Committed baseline:** not run yet")
     budget = state.budget
     spend = f"{budget.spent_gpu_hours:.2f} GPU-hours spent"
     if budget.cap_gpu_hours is not None:

@@ -136,8 +136,8 @@ class LoopState:
     waves: tuple[WaveView, ...]  # in submission order
     queue_depth: int
     best: ConfigView | None
-    baseline: ConfigView | None  # the committed baseline: the latest wave's `baseline` configuration
-    baseline_ran_at: float | None  # when that baseline last finished
+    baseline: ConfigView | None  # the committed baseline: the `baseline` configuration on the latest code a screen ran
+    baseline_code_at: float | None  # when that baseline's code was taken (its screen's submission), not when it ran
     adopted: tuple[Adopted, ...]
     budget: Budget
     adopt_targets: dict[str, AdoptTarget] = field(default_factory=dict)
@@ -353,16 +353,24 @@ def _continuations(state: LoopState) -> list[Action]:
     return out
 
 
+def adopted_since_baseline(state: LoopState) -> list[Adopted]:
+    """Adoptions the committed baseline's code does not have: made after its screen took the code. A baseline
+    that finishes after an adoption but was queued before it (or a promotion's baseline, which reuses its
+    screen's code) still runs the old code, so its finish time says nothing."""
+    if state.baseline_code_at is None:
+        return []
+    return [a for a in state.adopted if a.at > state.baseline_code_at]
+
+
 def warnings(state: LoopState) -> list[str]:
     out = []
     if state.controller_error:
         out.append(f"controller: {state.controller_error}")
-    if state.adopted and state.baseline_ran_at is not None:
-        after = [a for a in state.adopted if a.at > state.baseline_ran_at]
-        if after:
-            out.append(f"stale baseline: {len(after)} change(s) adopted since the baseline last ran "
-                       f"(latest {after[-1].experiment}); commit them and include `{{description: baseline}}` in the "
-                       "next wave so its candidates are compared with the new code")
+    after = adopted_since_baseline(state)
+    if after:
+        out.append(f"stale baseline: {len(after)} change(s) adopted since the baseline's code was taken "
+                   f"(latest {after[-1].experiment}); commit them and include `{{description: baseline}}` in the "
+                   "next wave so its candidates are compared with the new code")
     noisy = [(w, c) for w in state.waves if w.kind == "promote" for c in w.candidates if c.flagged]
     if noisy:
         pairs = sum(c.flagged for _, c in noisy)
@@ -389,5 +397,5 @@ def warnings(state: LoopState) -> list[str]:
     return out
 
 
-__all__ = ["Action", "Adopted", "AdoptTarget", "adoptable", "unread", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
+__all__ = ["Action", "Adopted", "adopted_since_baseline", "AdoptTarget", "adoptable", "unread", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
            "NextReport", "WaveView", "next_actions", "starving", "warnings"]
