@@ -73,6 +73,8 @@ def test_the_loops_bookkeeping(fleet):
     nxt = fleet.json("next")
     assert nxt["keeps_not_adopted"] == [] and nxt["adopted"][0]["experiment"] == keep["experiment"]
     assert any("stale baseline" in w for w in nxt["warnings"])  # adopted since the screen's baseline ran
+    code, _, err = fleet("verdict", wave)  # its hint follows the ledger's adoptions, as `fleet next` does
+    assert code == 0 and f"{keep['experiment']} is adopted already" in err and "fleet adopt" not in err
 
     # more seeds: refused while every candidate is decided, unless named; then a continuation wave
     code, _, err = fleet("promote", wave, "--add-seeds", "2")

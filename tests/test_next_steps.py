@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from fleet.cli.loop_state import _committed_baseline
+from fleet.cli.research_cmds import Advice, advice_from, verdict_hint
 from fleet.core.ledger_rows import ExperimentRow, WaveRow
 from fleet.observe.journal import BEGIN, END, merge, render_section, tried_ideas
 from fleet.observe.next_steps import (
@@ -16,6 +17,8 @@ from fleet.observe.next_steps import (
     ClusterView,
     LoopState,
     WaveView,
+    adopt_decisions,
+    knob_writes,
     next_actions,
 )
 from fleet.types import ExperimentState
@@ -119,6 +122,46 @@ def test_two_keeps_of_one_knob_are_not_both_adopted():
     later = wave("p2", "promote", read=True, created=6.0, candidates=[cand("p2-002", gain=0.005, code="c1")])
     s3 = replace(s2, waves=s2.waves + (later,))
     assert "fleet adopt p2-002" in [c for k, c in kinds(s3) if k == "adopt"]
+
+
+def test_each_keep_not_to_adopt_says_why_and_the_verdict_hint_follows_the_same_rule():
+    """The verdict's adopt hint comes from `adopt_decisions`, the rule `fleet next` follows: no adopt hint for a
+    keep adopted already, or judged against code an adoption of its knob changed since."""
+    a, b = cand("p-002", gain=0.02), cand("p-003", gain=0.03, key="k3")
+    other = cand("p-004", gain=0.01, knobs={"WEIGHT_DECAY": "0.1"})
+    p = wave("p", "promote", read=True, candidates=[a, b, other], created=2.0)
+    s = state(waves=[wave("s1", promotable=False), p])
+    why = {d.candidate.experiment: (d.why_not, d.instead) for d in adopt_decisions(s)}
+    assert why == {"p-003": (None, None), "p-004": (None, None),
+                   "p-002": ("p-003, a larger keep, changes MATRIX_LR too", "p-003")}
+    report = {"wave": "p", "unfinished": 0, "undecided": 0, "best_keep": "p-003", "candidates": []}
+
+    # adopted already: the hint says so instead of suggesting adopt again; the next keep of the wave is offered
+    s2 = replace(s, adopted=(Adopted("p-003", 5.0, "c0", "k3", "cpu", ("MATRIX_LR",)),))
+    assert adopt_decisions(s2)[0].why_not == "adopted already"
+    s3 = replace(s2, adopted=s2.adopted + (Adopted("p-004", 6.0, "c0", "k-p-004", "cpu", ("WEIGHT_DECAY",)),))
+    hint = verdict_hint(report, _advice(s3, "p"))
+    assert hint.startswith("p-003 is adopted already") and "fleet adopt" not in hint
+    assert verdict_hint(report, _advice(s2, "p")).startswith("`fleet adopt p-004` keeps a winner not adopted yet")
+
+    # an adoption of the same knob after the keep's code was taken: re-screen it, not adopt it
+    u = cand("g-002", gain=0.02, knobs={"UNEMBEDDING_LR": "0.016", "patch": "gelu-mlp.diff@95dbea2c"}, code="c9")
+    g = wave("g", "promote", read=True, candidates=[u], created=3.0)
+    s4 = state(waves=[g], adopted=(Adopted("x-002", 4.0, "c1", "kx", "cpu", ("UNEMBEDDING_LR",)),))
+    assert not [k for k, _ in kinds(s4) if k == "adopt"]
+    hint = verdict_hint({**report, "wave": "g", "best_keep": "g-002"}, _advice(s4, "g"))
+    assert hint == ("g-002 is kept but not to adopt: judged against code before the adoption of UNEMBEDDING_LR: "
+                    "re-screen it on the current code")
+    # not adopted yet, and no adoption since: adopt, the code variant named as a code change, not a knob
+    why = next(a.why for a in next_actions(replace(s4, adopted=())).actions if a.kind == "adopt")
+    assert "writes UNEMBEDDING_LR=0.016 " in why and "merges its code change (patch gelu-mlp.diff)" in why
+    assert "patch=" not in why
+    assert knob_writes({"patch": "gelu-mlp.diff@95dbea2c", "A": "1", "B": None}) == ("A=1", "patch gelu-mlp.diff")
+
+
+def _advice(s: LoopState, wave_id: str) -> Advice:
+    best = max((c for w in s.waves if w.id == wave_id for c in w.candidates), key=lambda c: c.gain or 0.0)
+    return advice_from(adopt_decisions(s), wave_id, best.experiment)
 
 
 def test_a_validated_keep_is_suggested_before_a_screens_larger_keep_of_the_same_knob():

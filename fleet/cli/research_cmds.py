@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.cli.ablation_cmds import print_ablation
@@ -21,12 +22,13 @@ from fleet.cli.research_common import (
     wave_of,
     with_metric,
 )
-from fleet.cli.loop_state import preset_of
+from fleet.cli.loop_state import gather, preset_of
 from fleet.cli.research_view import render_verdict
 from fleet.cli.wave_cmds import already_queued, block_until_done
 from fleet.core.ledger_rows import WaveRow
 from fleet.core.workload import workload_for
 from fleet.errors import InputError
+from fleet.observe.next_steps import AdoptDecision, adopt_decisions, knob_writes
 from fleet.research.promote import pairs_to_add
 from fleet.research.plans import (
     UNFINISHED,
@@ -263,7 +265,7 @@ def _grid_verdict(ctx: Context, wave: WaveRow) -> int:
     ctx.sink.data(report, lambda c: render_verdict(c, report))
     if report["complete"]:
         ctx.ledger.mark_read(wave.id)
-    ctx.sink.hint(verdict_hint(report, adopt_note(ctx, report)))
+    ctx.sink.hint(verdict_hint(report, adopt_advice(ctx, report)))
     return 0
 
 
@@ -280,19 +282,24 @@ def _print_verdict(ctx: Context, wave: WaveRow) -> int:
     ctx.sink.data(report, lambda c: render_verdict(c, report))
     if report["complete"]:
         ctx.ledger.mark_read(wave.id)  # `fleet next` stops listing it as unread
-    ctx.sink.hint(verdict_hint(report, adopt_note(ctx, report)))
+    ctx.sink.hint(verdict_hint(report, adopt_advice(ctx, report)))
     return 0
 
 
-def adopt_note(ctx: Context, report: Mapping[str, Any]) -> str:
-    """What adopting the report's best keep writes: its knob values, into which preset's defaults of which file."""
-    exp = ctx.ledger.experiment(report["best_keep"]) if report.get("best_keep") else None
-    if exp is None:
+def adopt_note(ctx: Context, report: Mapping[str, Any], experiment: str | None = None) -> str:
+    """What adopting ``experiment`` (default: the report's best keep) writes: its knob values, into which
+    preset's defaults of which file, and the code change it merges."""
+    exp_id = experiment or report.get("best_keep")
+    exp = ctx.ledger.experiment(exp_id) if exp_id else None
+    cand = next((c for c in report["candidates"] if exp is not None and c["experiment"] == exp.id), None)
+    if cand is None:
         return ""
-    cand = next(c for c in report["candidates"] if c["experiment"] == exp.id)
-    knobs = " ".join(f"{k}={v}" for k, v in cand["changes"].items() if v is not None)
+    knobs, code = knob_writes(cand["changes"])
     workload = workload_for(ctx.workspace.root, ctx.config)
     script = f"{workload.prefix}/{workload.script}" if workload.prefix else workload.script
+    merges = f"merges its code change ({code}) into {script}" if code else f"merges its code change into {script}"
+    if not knobs:
+        return merges
     wave = ctx.ledger.wave(exp.wave_id)
     if (wave.spec.get("knobs") if wave else "env") == "constants":
         where = f"the constants of {script}"
@@ -300,19 +307,58 @@ def adopt_note(ctx: Context, report: Mapping[str, Any]) -> str:
         preset = preset_of(exp, ctx.ledger.result(exp.id))
         where = (f"the `{preset}` preset's Knob(...) defaults in {script}" if preset
                  else f"{script} (the preset it ran with is unknown: add --preset gpu|cpu|tiny)")
-    return f"writes {knobs} into {where}" if knobs else f"merges its code change into {script}"
+    return f"writes {knobs} into {where}" + (f" and merges its code change ({code})" if code else "")
 
 
-def verdict_hint(report: Mapping[str, Any], adopt: str = "") -> str:
-    """The next step a verdict report calls for, with real ids; ``adopt`` says what adopting the keep writes."""
+def adopt_advice(ctx: Context, report: Mapping[str, Any]) -> Advice:
+    """What the verdict says about adopting its keeps, by the rule `fleet next` follows (`adopt_decisions`)."""
+    if not report.get("best_keep") or report.get("recheck"):
+        return Advice()
+    advice = advice_from(adopt_decisions(gather(ctx).state), report["wave"], report["best_keep"])
+    return replace(advice, note=adopt_note(ctx, report, advice.adopt)) if advice.adopt else advice
+
+
+@dataclass(frozen=True)
+class Advice:
+    adopt: str | None = None  # the keep to adopt (None: none of the report's keeps)
+    note: str = ""  # what adopting it writes
+    why_not: str | None = None  # why the best keep is not to adopt
+    instead: str | None = None  # the keep to adopt in its place
+
+
+def advice_from(decisions: Sequence[AdoptDecision], wave: str, best_keep: str) -> Advice:
+    """The wave's first keep to adopt, else why its best keep is not to adopt (adopted already, judged against
+    code an adoption of its knob changed since, a larger keep of the same knob) (pure)."""
+    mine = [d for d in decisions if d.wave.id == wave]
+    chosen = next((d for d in mine if d.why_not is None and d.candidate.experiment), None)
+    if chosen is not None:
+        return Advice(chosen.candidate.experiment)
+    best = next((d for d in mine if d.candidate.experiment == best_keep), None)
+    if best is None:  # not among the loop's keeps: what the report says
+        return Advice(best_keep)
+    return Advice(None, "", best.why_not, best.instead)
+
+
+def verdict_hint(report: Mapping[str, Any], advice: Advice | None = None) -> str:
+    """The next step a verdict report calls for, with real ids; ``advice`` is what `fleet next`'s rule says
+    about adopting its keeps (default: adopt the best keep)."""
     wave = report["wave"]
     if report["unfinished"] or report["undecided"]:
         return f"`fleet wait {wave}`: {report['undecided']} candidate(s) still need seed pairs; then `fleet verdict {wave}`"
     if report["best_keep"]:
         if report.get("recheck"):
             return f"the best still beats the original baseline; carry on from {report['best_keep']}"
-        return (f"`fleet adopt {report['best_keep']}` keeps the best winner" + (f" ({adopt})" if adopt else "")
-                + "; later, `fleet recheck` re-runs the current best against the original baseline")
+        advice = advice or Advice(report["best_keep"])
+        later = "; later, `fleet recheck` re-runs the current best against the original baseline"
+        if advice.adopt is not None:
+            winner = "the best winner" if advice.adopt == report["best_keep"] else "a winner not adopted yet"
+            return f"`fleet adopt {advice.adopt}` keeps {winner}" + (f" ({advice.note})" if advice.note else "") + later
+        if advice.instead is not None:
+            return f"{report['best_keep']} is kept but not to adopt: {advice.why_not} (`fleet adopt {advice.instead}`)"
+        if advice.why_not == "adopted already":
+            return (f"{report['best_keep']} is adopted already: screen new ideas on the adopted code "
+                    f"(`fleet next` names the file){later}")
+        return f"{report['best_keep']} is kept but not to adopt: {advice.why_not}"
     if report.get("recheck"):
         best = report["candidates"][0]
         return (f"the current best ({best['label']}) is not shown better than the original baseline here: its gains "

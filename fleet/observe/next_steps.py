@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from fleet.core.wave_spec import VARIANT_KEYS
 from fleet.research.promote import pairs_to_add
 
 SCREEN_KINDS = ("grid", "search")  # waves that screen ideas: their best are promoted
@@ -205,8 +206,21 @@ def _fill(state: LoopState, idle: Sequence[ClusterView], slots: int) -> Action:
                   "`{description: baseline}`) and submit it", (), slots)
 
 
+def knob_writes(changes: dict[str, str | None]) -> tuple[str, str]:
+    """What adopting a change writes, in words: its knob values (``A=1 B=2``), and its code change
+    (``patch gelu-mlp.diff``; a code variant is merged, not written as a knob; "" when none)."""
+    knobs = " ".join(f"{k}={v}" for k, v in changes.items() if v is not None and k not in VARIANT_KEYS)
+    code = ", ".join(f"{k} {v.split('@')[0] if k == 'patch' else v}" for k, v in changes.items()
+                     if v is not None and k in VARIANT_KEYS)
+    return knobs, code
+
+
 def _adopt_why(c: CandidateView, wave: WaveView, target: AdoptTarget | None) -> str:
-    knobs = " ".join(f"{k}={v}" for k, v in c.changes.items() if v is not None) or "its code change"
+    knobs, code = knob_writes(c.changes)
+    merges = f"merges its code change ({code})" if code else "merges its code change"
+    if not knobs:
+        gain = f", gain {c.gain:.4f} over {c.n} pairs" if c.gain is not None else ""
+        return f"{c.label} is kept in {wave.id}{gain}: it {merges}"
     where = ""
     if target is not None:
         if target.knobs == "env" and target.preset:
@@ -216,7 +230,7 @@ def _adopt_why(c: CandidateView, wave: WaveView, target: AdoptTarget | None) -> 
         else:
             where = f" as the constants' values in {target.script}"
     gain = f", gain {c.gain:.4f} over {c.n} pairs" if c.gain is not None else ""
-    return f"{c.label} is kept in {wave.id}{gain}: it writes {knobs}{where} and merges its code change"
+    return f"{c.label} is kept in {wave.id}{gain}: it writes {knobs}{where} and {merges}"
 
 
 def _adopted(state: LoopState, c: CandidateView) -> bool:
@@ -224,29 +238,56 @@ def _adopted(state: LoopState, c: CandidateView) -> bool:
                for a in state.adopted)
 
 
-def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
-    """Kept candidates worth adopting, validated ones first, then the largest gain: not adopted yet, and not changing a knob that
-    a larger keep changes too, or that an adoption changed since their code was taken (they were judged
-    against the code before it, and adopt would refuse the conflicting merge; two keeps of one knob
-    cannot both be the default)."""
+@dataclass(frozen=True)
+class AdoptDecision:
+    """Whether one kept candidate is to adopt, and if not, why (the `fleet next` action and the verdict's hint)."""
+
+    candidate: CandidateView
+    wave: WaveView
+    why_not: str | None = None  # None: adopt it
+    instead: str | None = None  # the keep adopted in its place (a larger keep of the same knob)
+
+
+def adopt_decisions(state: LoopState) -> list[AdoptDecision]:
+    """Every keep of a promote or seeded grid wave (not a re-check), validated ones first, then the largest gain:
+    to adopt unless already adopted, or changing a knob that a larger keep changes too, or that an adoption
+    changed since their code was taken (they were judged against the code before it, and adopt would refuse
+    the conflicting merge; two keeps of one knob cannot both be the default)."""
     keeps = [(c, w) for w in state.waves if w.kind in ("promote", "grid") and not w.recheck for c in w.candidates
-             if c.verdict == "keep" and c.experiment and not _adopted(state, c)]
-    out: list[tuple[CandidateView, WaveView]] = []
-    claimed: set[str] = set()
-    seen: set[tuple[str | None, str]] = set()
+             if c.verdict == "keep" and c.experiment]
+    out: list[AdoptDecision] = []
+    claimed: dict[str, str] = {}  # knob -> the keep to adopt that changes it
+    seen: dict[tuple[str | None, str], str] = {}
     # validated keeps (promote waves, on the validate tier with more pairs) before a seeded screen's keeps of the
     # same idea; within each, the largest gain first
     for c, w in sorted(keeps, key=lambda cw: (cw[1].kind != "promote", -(cw[0].gain or 0.0), cw[1].id,
                                               cw[0].config_key)):
-        knobs = {k for k in c.changes}
-        taken = w.code_at if w.code_at is not None else w.created_at
-        later = {k for a in state.adopted if a.at > taken for k in a.knobs}
-        if (c.code, c.config_key) in seen or knobs & (claimed | later):
+        if _adopted(state, c):
+            out.append(AdoptDecision(c, w, "adopted already"))
             continue
-        seen.add((c.code, c.config_key))
-        claimed |= knobs
-        out.append((c, w))
+        knobs = set(c.changes)
+        taken = w.code_at if w.code_at is not None else w.created_at
+        later = sorted({k for a in state.adopted if a.at > taken for k in a.knobs} & knobs)
+        if (c.code, c.config_key) in seen:
+            out.append(AdoptDecision(c, w, f"the same configuration as {seen[(c.code, c.config_key)]}",
+                                     seen[(c.code, c.config_key)]))
+        elif later:
+            out.append(AdoptDecision(c, w, f"judged against code before the adoption of {', '.join(later)}: "
+                                           "re-screen it on the current code"))
+        elif knobs & claimed.keys():
+            other = claimed[sorted(knobs & claimed.keys())[0]]
+            out.append(AdoptDecision(c, w, f"{other}, a larger keep, changes {', '.join(sorted(knobs & claimed.keys()))} "
+                                           "too", other))
+        else:
+            seen[(c.code, c.config_key)] = c.experiment or ""
+            claimed.update({k: c.experiment or "" for k in knobs})
+            out.append(AdoptDecision(c, w))
     return out
+
+
+def adoptable(state: LoopState) -> list[tuple[CandidateView, WaveView]]:
+    """Kept candidates worth adopting (`adopt_decisions` without a reason not to), in its order."""
+    return [(d.candidate, d.wave) for d in adopt_decisions(state) if d.why_not is None]
 
 
 def unread(state: LoopState) -> list[WaveView]:
@@ -397,5 +438,5 @@ def warnings(state: LoopState) -> list[str]:
     return out
 
 
-__all__ = ["Action", "Adopted", "adopted_since_baseline", "AdoptTarget", "adoptable", "unread", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
+__all__ = ["Action", "AdoptDecision", "adopt_decisions", "Adopted", "knob_writes", "adopted_since_baseline", "AdoptTarget", "adoptable", "unread", "Budget", "CandidateView", "ClusterView", "ConfigView", "LoopState",
            "NextReport", "WaveView", "next_actions", "starving", "warnings"]
