@@ -261,3 +261,39 @@ def test_a_place_a_search_will_take_is_not_room_for_backfill(tmp_path):
     ledger.upsert_cluster("c2", "fifo", "H100", ClusterState.UP)
     _, rooms, _ = Backfill._rooms(ledger, config)
     assert sum(r.free for r in rooms) == 2  # a second cluster: the two places the search's two trials leave
+
+
+def _promote_wave(wave_id: str) -> "WaveRow":
+    from fleet.core.ledger_rows import WaveRow
+
+    spec = {"name": wave_id, "source_wave": "s", "seeds": 3, "pooled": True,
+            "rule": {"alpha": 0.05, "min_effect": 0.0005, "max_seeds": 16, "first_look": 3, "design": "sequential"},
+            "baseline": {"config": {"A": "1"}, "config_key": "base", "source": "s"},
+            "candidates": [{"config_key": "k-a", "config": {"A": "2"}, "label": "A=2", "description": ""},
+                           {"config_key": "k-b", "config": {"A": "3"}, "label": "A=3", "description": ""}]}
+    return WaveRow(wave_id, wave_id, "validate", "promote", spec, {}, "snap", "s", None, 1.0)
+
+
+@pytest.mark.parametrize("a, b, continued", [
+    ((16, 40), None, True),  # 24 more pairs give 80% power: affordable
+    ((16, 35459), None, False),  # the verdict said move on: no affordable number of pairs settles it
+    ((16, 40), (16, 73692), False),  # one of the wave's promising candidates cannot be settled: move on (`fleet next` too)
+    ((16, 40), (16, -1), True),  # the other one has a negative gain: not a reason to stop
+])
+def test_more_pairs_only_where_an_affordable_number_can_settle_it(a, b, continued):
+    """Backfill's more pairs follow the rule `fleet next`'s continue action and the verdict's hint follow
+    (`pairs_to_settle`): never for a wave whose inconclusive candidates no affordable number of pairs settles."""
+    from fleet.core.ledger_rows import ExperimentRow
+    from fleet.research.backfill import pair_options
+
+    wave = _promote_wave("w-promote")
+    cands = [{"experiment": "w-promote-002", "config_key": "k-a", "label": "A=2", "verdict": "inconclusive",
+              "gain": 0.002, "n": a[0], "pairs_for_power": a[1]}]
+    if b is not None:
+        cands.append({"experiment": "w-promote-003", "config_key": "k-b", "label": "A=3", "verdict": "inconclusive",
+                      "gain": 0.001 if b[1] > 0 else -0.001, "n": b[0], "pairs_for_power": abs(b[1])})
+    runs = [ExperimentRow(c["experiment"], wave.id, i, {}, c["config_key"], 0, "", "", "snap", "validate",
+                          ExperimentState.DONE, 1, "", 1.0, 2.0, 2.0) for i, c in enumerate(cands)]
+    report = {"wave": wave.id, "complete": True, "recheck": False, "candidates": cands}
+    options = pair_options([wave], runs, {wave.id: report}, None)
+    assert [o.option.key for o in options] == (["pairs:snap:k-a"] if continued else [])

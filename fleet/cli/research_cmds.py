@@ -29,7 +29,7 @@ from fleet.core.ledger_rows import WaveRow
 from fleet.core.workload import workload_for
 from fleet.errors import InputError
 from fleet.observe.next_steps import AdoptDecision, adopt_decisions, knob_writes
-from fleet.research.promote import pairs_to_add
+from fleet.research.promote import pairs_to_settle, promising
 from fleet.research.plans import (
     UNFINISHED,
     Baseline,
@@ -371,13 +371,18 @@ def verdict_hint(report: Mapping[str, Any], advice: Advice | None = None) -> str
                     "or move on")
         return "nothing here is shown better than the baseline; screen new ideas (`fleet next` names the file)"
     if stuck and not report.get("recheck"):
-        adds = [pairs_to_add(c["n"], c["pairs_for_power"]) for c in stuck]
-        if any(a is None for a in adds):
-            need = max(c["pairs_for_power"] or 0 for c in stuck)
+        # the rule `fleet next` and backfill follow: only candidates with a positive estimated gain are worth pairs
+        hopeful = [c for c in stuck if promising(c["verdict"], c["gain"])]
+        add = pairs_to_settle((c["n"], c["pairs_for_power"]) for c in hopeful)
+        if add is None:
+            need = max(c["pairs_for_power"] or 0 for c in hopeful or stuck)
+            if not hopeful and pairs_to_settle((c["n"], c["pairs_for_power"]) for c in stuck) is not None:
+                return ("move on: no inconclusive candidate has a positive estimated gain; nothing here is shown "
+                        "better (screen new ideas: `fleet next` names the file)")
             return (f"move on: at this noise about {need} pairs would give 80% power to see a gain of "
                     f"{report['rule']['min_effect']:g}, more than more seeds are worth; nothing here is shown better "
                     "(screen new ideas: `fleet next` names the file)")
-        return (f"`fleet promote {wave} --add-seeds {max(adds)}` continues the inconclusive ones (their pairs so far "
+        return (f"`fleet promote {wave} --add-seeds {add}` continues the inconclusive ones (their pairs so far "
                 f"count); or move on: nothing here is shown better by {report['rule']['min_effect']:g}")
     return "no candidate is kept; screen new ideas (`fleet wave FILE`)"
 

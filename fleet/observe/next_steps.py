@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from fleet.core.wave_spec import VARIANT_KEYS
-from fleet.research.promote import pairs_to_add
+from fleet.research.promote import pairs_to_settle, promising
 
 SCREEN_KINDS = ("grid", "search")  # waves that screen ideas: their best are promoted
 RECHECK_EVERY = 3  # adopted changes between re-checks of the current best against the original baseline
@@ -378,14 +378,10 @@ def _continuations(state: LoopState) -> list[Action]:
         if w.kind != "promote" or w.recheck or not w.complete:
             continue
         following = set().union(*(later[v.id] for v in state.waves[i + 1:] if v.id in later)) if later else set()
-        stuck = [c for c in w.candidates if c.verdict == "inconclusive" and (c.gain or 0) > 0
-                 and (c.code, c.config_key) not in following]
-        if not stuck:
-            continue
-        adds = [pairs_to_add(c.n, c.pairs_for_power) for c in stuck]
-        if any(a is None for a in adds):
-            continue  # a gain of min_effect would take more pairs than it is worth at this noise
-        add = max(adds)
+        stuck = [c for c in w.candidates if promising(c.verdict, c.gain) and (c.code, c.config_key) not in following]
+        add = pairs_to_settle((c.n, c.pairs_for_power) for c in stuck)
+        if add is None:
+            continue  # none, or a gain of min_effect would take more pairs than it is worth at this noise
         labels = ", ".join(c.label for c in stuck)
         note = " (backfill does this by itself when clusters would idle)" if state.budget.backfill_enabled else ""
         out.append(Action("continue", f"fleet promote {w.id} --add-seeds {add}",

@@ -55,7 +55,7 @@ from fleet.research.plans import (
     plan_continuation,
     plan_recheck,
 )
-from fleet.research.promote import rule_from_spec
+from fleet.research.promote import pairs_to_settle, promising, rule_from_spec
 from fleet.research.verdict_report import (
     is_validation,
     most_promising_inconclusive,
@@ -178,6 +178,9 @@ def pair_options(waves: Sequence[WaveRow], experiments: Sequence[ExperimentRow],
         cand = most_promising_inconclusive(report)
         if cand is None or not cand["experiment"]:
             continue
+        if pairs_to_settle((c["n"], c["pairs_for_power"]) for c in report["candidates"]
+                           if promising(c["verdict"], c["gain"])) is None:
+            continue  # no affordable number of pairs settles it: its verdict said move on, and so does `fleet next`
         code = next(e.code for e in experiments if e.id == cand["experiment"])
         later = [w for w in waves if is_validation(w) and (w.created_at, w.id) > (wave.created_at, wave.id)]
         if any((code, cand["config_key"]) in _candidates_of(w, experiments) for w in later):

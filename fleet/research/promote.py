@@ -19,7 +19,7 @@ Two designs:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from fleet.core.ledger_rows import ExperimentRow
@@ -161,6 +161,22 @@ def pairs_to_add(pairs: int, pairs_for_power: int | None) -> int | None:
     if need > MAX_ADDED_PAIRS:
         return None
     return max(need, 4)
+
+
+def promising(verdict: str, gain: float | None) -> bool:
+    """An inconclusive candidate with a positive estimated gain: the only kind worth more pairs."""
+    return verdict == "inconclusive" and gain is not None and gain > 0
+
+
+def pairs_to_settle(needs: Iterable[tuple[int, int | None]]) -> int | None:
+    """The seed pairs to add to a wave's promising candidates, each given as (pairs so far, pairs for 80%
+    power): the most any needs (`pairs_to_add`), or None when one needs more than MAX_ADDED_PAIRS, or there is
+    none. None means no affordable number of pairs settles the wave: move on. `fleet next`'s continue action,
+    the verdict's hint and backfill's more pairs all follow this one rule."""
+    adds = [pairs_to_add(n, p) for n, p in needs]
+    if not adds or any(a is None for a in adds):
+        return None
+    return max(a for a in adds if a is not None)
 
 
 def planned_limit(rule: Rule) -> int:
