@@ -350,6 +350,11 @@ def test_the_current_best_and_the_original_baseline():
     reports = {"p1": {"best_keep": "p1-002"}, "p2": {"best_keep": None}, "r": {"best_keep": "r-002"}}
     assert current_best(waves, reports) == "p1-002"  # the latest keep; a recheck's own keep does not count
     assert current_best(waves, {}) is None
+    # after adoptions the committed stack is the latest adopted, not a later keep never adopted
+    later = [*waves, promote_wave("p3", 4.0, "p3-002")]
+    reports = {**reports, "p3": {"best_keep": "p3-002"}}
+    assert current_best(later, reports) == "p3-002"
+    assert current_best(later, reports, ["x-002", "p1-002"]) == "p1-002"
     first = original_baseline(list(reversed(waves)))
     assert first.config == {"A": "p1"} and first.snapshot == "old" and first.config_key == "k-p1"
     assert original_baseline([]) is None

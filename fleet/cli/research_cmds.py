@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser("recheck", parents=[common],
                        help="re-run the current best against the original baseline on fresh seeds")
-    p.add_argument("--best", metavar="EXP", help="the configuration to recheck (default: the latest kept candidate)")
+    p.add_argument("--best", metavar="EXP", help="the configuration to recheck (default: the latest adopted experiment, the "
+                        "committed stack; else the latest kept candidate)")
     p.add_argument("--baseline", metavar="EXP",
                    help="the reference (default: the first promotion's baseline, on its own code)")
     _add_rule(p)
@@ -395,7 +396,7 @@ def cmd_recheck(ctx: Context, args: argparse.Namespace) -> int:
     best = experiment_of(ctx, args.best, "--best")
     if best is None:
         reports = {w.id: verdict_payload(ctx, w) for w in waves if is_validation(w) and not w.spec.get("recheck")}
-        best_id = current_best(waves, reports)
+        best_id = current_best(waves, reports, [a.experiment_id for a in ledger.adoptions()])
         if best_id is None:
             raise InputError("no promotion has kept a candidate yet, so there is no current best to recheck; "
                              "name one with `fleet recheck --best EXP`")

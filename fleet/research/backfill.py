@@ -6,7 +6,8 @@ queues, in this order, the first of these that the free clusters can run:
 1. **more seed pairs** for the most promising inconclusive candidate (the largest estimated gain) of a
    validation wave: a continuation wave (`plans.plan_continuation`) whose verdict pools the pairs
    already run, with a cap of twice the original (or the pairs the verdict said 80% power needs);
-2. **a re-check** of the current best (the latest kept candidate) against the original baseline on
+2. **a re-check** of the current best (the latest adopted experiment, else the latest kept candidate) against
+   the original baseline on
    fresh seeds (`plans.plan_recheck`): several keeps each carry some luck;
 3. **calibration runs**: the configuration run most on the reference accelerator, run on an
    accelerator whose speed factor rests on no shared configuration (`normalize.needs_calibration`),
@@ -203,9 +204,10 @@ def pair_options(waves: Sequence[WaveRow], experiments: Sequence[ExperimentRow],
 
 
 def recheck_option(waves: Sequence[WaveRow], experiments: Sequence[ExperimentRow], reports: Mapping[str, dict],
-                   config: FleetConfig) -> Planned | None:
-    """The current best against the original baseline on fresh seeds, once per best."""
-    best_id = current_best(waves, {k: r for k, r in reports.items() if not r.get("recheck")})
+                   config: FleetConfig, adopted: Sequence[str] = ()) -> Planned | None:
+    """The current best (``adopted``: the ledger's adopted experiments, oldest first) against the original
+    baseline on fresh seeds, once per best."""
+    best_id = current_best(waves, {k: r for k, r in reports.items() if not r.get("recheck")}, adopted)
     baseline = original_baseline(waves)
     best = next((e for e in experiments if e.id == best_id), None)
     if best is None or baseline is None:
@@ -390,7 +392,7 @@ class Backfill:
         experiments = ledger.experiments()
         reports = validation_reports(ledger, config)
         candidates = pair_options(waves, experiments, reports, config)
-        recheck = recheck_option(waves, experiments, reports, config)
+        recheck = recheck_option(waves, experiments, reports, config, [a.experiment_id for a in ledger.adoptions()])
         candidates += [recheck] if recheck is not None else []
         candidates += calibration_options(ledger, waves, experiments, config)
         made = {w.spec.get("backfill", {}).get("key") for w in waves if w.backfill}

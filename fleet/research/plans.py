@@ -15,7 +15,8 @@ Rules
   each side on its own code.
 - **Pairing**: seeds pair runs across arms; replicates (a workload without a SEED knob, recorded as
   ``seeding == "replicate"``) are compared unpaired, and the report's ``rule.test`` says so.
-- **Recheck** (``plan_recheck``): the current best (the latest kept candidate) against the original
+- **Recheck** (``plan_recheck``): the current best (the latest adopted experiment, else the latest kept
+  candidate) against the original
   baseline (the first promotion's), on fresh seeds, judged on the recheck's own runs only: the runs
   that made the best look best are not evidence of it (the winner's curse).
 
@@ -172,11 +173,16 @@ def changes_vs(baseline: Mapping[str, str], config: Mapping[str, str]) -> dict[s
 # ---- recheck: the current best against the original baseline --------------------------------------------
 
 
-def current_best(waves: Sequence[WaveRow], reports: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The latest kept candidate's experiment: the promote wave made last whose report has a keep.
+def current_best(waves: Sequence[WaveRow], reports: Mapping[str, Mapping[str, Any]],
+                 adopted: Sequence[str] = ()) -> str | None:
+    """The committed stack's experiment: the latest adopted one (``adopted``: experiment ids, oldest adoption
+    first), else, when nothing was adopted, the latest kept candidate (the promote wave made last whose report
+    has a keep). A keep never adopted is not what the code now runs: re-checking it says nothing of the stack.
 
     ``reports`` are verdict reports by wave id (`verdict_report.promotion_report`); rechecks do not count.
     """
+    if adopted:
+        return adopted[-1]
     for wave in sorted(waves, key=lambda w: (w.created_at, w.id), reverse=True):
         report = reports.get(wave.id)
         if report and not wave.spec.get("recheck") and report.get("best_keep"):
