@@ -28,8 +28,13 @@ def row(key: str, normalized: float | None, raw: float = 1.0) -> LeaderboardRow:
 
 def test_select_candidates_takes_the_top_k_by_normalized_and_skips_the_baseline():
     ranked = [row("b", 0.99), row("base", 0.98), row("a", 0.97, raw=1.2), row("c", 1.01), row("u", None, raw=0.5)]
-    assert [r.config_key for r in select_candidates(ranked, 2, "base")] == ["a", "b"]
-    assert [r.config_key for r in select_candidates(ranked, 10, "base")] == ["a", "b", "c"]
+    # b (0.99) and c (1.01) did not beat the baseline (0.98) on the screen: not promoted by default
+    assert [r.config_key for r in select_candidates(ranked, 2, "base")] == ["a"]
+    assert [r.config_key for r in select_candidates(ranked, 2, "base", beat_baseline=False)] == ["a", "b"]
+    assert [r.config_key for r in select_candidates(ranked, 10, "base", beat_baseline=False)] == ["a", "b", "c"]
+    # a tie is not a win; a baseline that did not run on the screen cannot be compared with: nothing left out
+    assert [r.config_key for r in select_candidates([row("base", 0.97), *ranked[2:]], 3, "base")] == []
+    assert [r.config_key for r in select_candidates(ranked, 2, "elsewhere")] == ["a", "base"]
     with pytest.raises(InputError, match="positive integer"):
         select_candidates(ranked, 0, "base")
 

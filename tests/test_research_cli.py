@@ -127,7 +127,13 @@ def test_screen_promote_verdict(fleet):
 def test_sequential_validation_adds_pairs_until_each_candidate_is_decided(fleet):
     fleet.write("noisy.yaml", NOISY)
     fleet.json("wave", "noisy.yaml", "--wait")
-    report = fleet.json("promote", "noisy", "--max-seeds", "5", "--wait")
+    # neither idea beat the baseline on the screen: promote queues nothing by default, and says how to force them
+    waves = len(fleet.ledger.waves())
+    code, _, err = fleet("promote", "noisy", "--max-seeds", "5")
+    assert code == 2 and "beat its baseline on the screen" in err and len(fleet.ledger.waves()) == waves
+    chosen = err.split("`fleet promote --experiments ")[1].split("`")[0].split()
+    assert sorted(chosen) == sorted(e.id for e in fleet.ledger.experiments(wave="noisy") if e.description != "baseline")
+    report = fleet.json("promote", "--experiments", *chosen, "--max-seeds", "5", "--wait")
     cands = {c["label"]: c for c in report["candidates"]}
     worse, same = cands["clearly worse"], cands["about the same"]
     assert worse["verdict"] == "discard" and worse["decided_at"] == 3
@@ -328,6 +334,23 @@ def test_plan_promotion_pairs_seeds_and_refuses_empty_waves():
     pending = exp_row(3, {"A": "3"}, state=ExperimentState.PENDING)
     with pytest.raises(FleetError, match="still pending"):
         plan_promotion(wave_row(), [pending], {}, {}, baseline, top=3, rule=Rule())
+
+
+def test_promote_leaves_out_what_did_not_beat_the_baseline_on_the_screen():
+    """`fleet promote --top 2` of a screen whose baseline has 1.8511: 1.8605 is worse (lower is better), so only
+    the one that beat it is validated, and the plan says which were left out; none better: exit 2, nothing."""
+    base, good, worse = exp_row(1, {"A": "1"}, "baseline"), exp_row(2, {"A": "2"}), exp_row(3, {"A": "3"}, "hotter")
+    results = {base.id: result(base, 1.8511), good.id: result(good, 1.8400), worse.id: result(worse, 1.8605)}
+    baseline = resolve_baseline(wave_row(), [base, good, worse])
+    plan = plan_promotion(wave_row(), [base, good, worse], results, {}, baseline, top=2, rule=Rule())
+    assert [c["config_key"] for c in plan.spec["candidates"]] == [good.config_key]
+    assert plan.spec["not_better"] == [{"config_key": worse.config_key, "label": "hotter", "screen_value": 1.8605,
+                                        "experiment": worse.id}]
+    assert plan.spec["baseline"]["screen_value"] == 1.8511
+    with pytest.raises(InputError, match=r"no configuration of wave 'w' beat its baseline on the screen .*1\.8511.*"
+                                          r"nothing queued.*`fleet promote --experiments w-003`"):
+        plan_promotion(wave_row(), [base, worse], {k: results[k] for k in (base.id, worse.id)}, {}, baseline, top=2,
+                       rule=Rule())
 
 
 def test_a_candidate_equal_to_the_baseline_once_defaults_are_filled_in_is_never_promoted():

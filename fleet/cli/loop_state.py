@@ -178,13 +178,16 @@ def gather(ctx: Context, track: str | None = None, now: float | None = None, hor
 
 
 def _screen_gain(mine: list[ExperimentRow], rows: dict[str, dict[str, Any]], base_keys: set[str]) -> float | None:
-    """A screen's promise: its baseline's mean − its best other configuration's mean (normalized when every
-    run has a normalized value, else raw; lower is better); None without a finished baseline."""
+    """A screen's promise: its baseline's mean − its best other configuration's mean (lower is better); None
+    without a finished baseline. The column is `fleet promote`'s (`plans.rank_screen`): normalized when any run
+    has a normalized value (runs without one left out), else raw, so that a screen `fleet next` offers to promote
+    is one whose best `fleet promote` finds better than its baseline."""
     values: dict[str, list[float]] = {}
     runs = [rows[e.id] for e in mine if e.id in rows and rows[e.id]["val_bpb"] is not None]
-    column = "normalized" if runs and all(r["normalized"] is not None for r in runs) else "val_bpb"
+    column = "normalized" if any(r["normalized"] is not None for r in runs) else "val_bpb"
     for r in runs:
-        values.setdefault(r["config_key"], []).append(r[column])
+        if r[column] is not None:
+            values.setdefault(r["config_key"], []).append(r[column])
     base = [v for k in base_keys for v in values.get(k, [])]
     others = [sum(v) / len(v) for k, v in values.items() if k not in base_keys]
     if not base or not others:

@@ -149,6 +149,12 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     if unfinished:
         ctx.sink.warn(f"{unfinished} experiments of {wave.id} are unfinished; promoting from those that finished")
     warn_other_code(ctx, baseline, plan)
+    worse = plan.spec.get("not_better") or []
+    if worse:
+        names = ", ".join(f"{w['label']} ({w['screen_value']:.4f})" for w in worse)
+        ctx.sink.warn(f"promoting {len(plan.spec['candidates'])} of the top {args.top}: {names} did not beat the "
+                      f"baseline's {plan.spec['baseline']['screen_value']:.4f} on the screen (lower is better); to "
+                      f"validate them anyway: `fleet promote --experiments {' '.join(w['experiment'] for w in worse)}`")
     new = submit(ctx, plan, tier, kind="promote", parent=wave.id, base=dict(wave.base))
     how = (f"{rule.max_n} seed pairs each" if rule.design == "fixed"
            else f"{plan.spec['seeds']} seed pairs each to start, more as needed up to {rule.max_n}")

@@ -34,7 +34,7 @@ from fleet.errors import FleetError, InputError
 from fleet.research.ablate import find_changes
 from fleet.research.normalize import LeaderboardRow, NormalizedRecord, rank
 from fleet.research.normalize_view import run_record
-from fleet.research.promote import rule_from_spec, rule_spec, select_candidates
+from fleet.research.promote import rule_from_spec, rule_spec, screen_baseline, select_candidates
 from fleet.research.stats import finite
 from fleet.research.verdicts import Rule
 from fleet.types import ExperimentState
@@ -115,20 +115,32 @@ def plan_promotion(
                else f"{failed} crashed, timed out or were cancelled: `fleet results --wave {wave.id}` shows why")
         raise FleetError(f"wave {wave.id!r} has no finished results to promote ({why})")
     baseline_key = baseline.config_key or key(baseline.config)
-    chosen = select_candidates(ranked, top, baseline_key)
-    if not chosen:
+    any_top = select_candidates(ranked, top, baseline_key, beat_baseline=False)
+    if not any_top:
         raise InputError(f"wave {wave.id!r} has no finished configuration other than the baseline "
                          f"({baseline.source}) once defaults are filled in; nothing to promote")
+    chosen = select_candidates(ranked, top, baseline_key)
     by_key: dict[str, list[ExperimentRow]] = {}
     for e in mine:
         by_key.setdefault(e.config_key, []).append(e)
+    base_value = screen_baseline(ranked, baseline_key)
+    kept = {r.config_key for r in chosen}
+    worse = [{"config_key": r.config_key, "label": _label(baseline, by_key[r.config_key][0]),
+              "screen_value": r.normalized_mean, "experiment": by_key[r.config_key][0].id}
+             for r in any_top if r.config_key not in kept]  # the top ``top`` that did not beat the baseline
+    if not chosen:
+        best = worse[0]
+        raise InputError(
+            f"no configuration of wave {wave.id!r} beat its baseline on the screen ({sorted_by} mean {base_value:.4f}, "
+            f"lower is better; its best, {best['label']}, has {best['screen_value']:.4f}): nothing queued; to validate "
+            f"some anyway, name them: `fleet promote --experiments {' '.join(w['experiment'] for w in worse)}`")
     snapshot = wave.snapshot  # each candidate's own variant, if any, is found by the submission
     candidates = []
     for row in chosen:
         first = by_key[row.config_key][0]
         candidates.append({
             "config_key": row.config_key, "config": dict(first.config),
-            "label": first.label or first.description or _changes_label(baseline.config, first.config),
+            "label": _label(baseline, first),
             "description": first.description, "screen_value": row.normalized_mean,
             "screen_experiments": [e.id for e in by_key[row.config_key]],
         })
@@ -137,10 +149,15 @@ def plan_promotion(
         "name": f"{wave.id}-promote", "source_wave": wave.id, "seeds": seeds, "top": top, "sorted_by": sorted_by,
         "rule": rule_spec(rule), "pooled": True,
         "baseline": {"config": dict(baseline.config), "config_key": baseline_key, "source": baseline.source,
-                     "experiment": baseline.experiment},
+                     "experiment": baseline.experiment, "screen_value": base_value},
         "candidates": candidates,
+        "not_better": worse,  # of the top ``top``, those left out: their screen mean did not beat the baseline's
     }
     return WavePlan(planned_runs(spec, range(seeds)), spec, snapshot)
+
+
+def _label(baseline: Baseline, exp: ExperimentRow) -> str:
+    return exp.label or exp.description or _changes_label(baseline.config, exp.config)
 
 
 def planned_runs(spec: Mapping[str, Any], seeds: Iterable[int], only: set[str] | None = None,

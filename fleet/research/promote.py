@@ -57,18 +57,31 @@ def rule_from_spec(spec: Mapping[str, Any]) -> Rule:
                 first_look=int(r["first_look"]), design=r["design"], mismatch=float(r.get("step_mismatch", 0.1)))
 
 
-def select_candidates(ranked: Sequence[LeaderboardRow], k: int, baseline_key: str | None) -> list[LeaderboardRow]:
-    """Top ``k`` configurations by normalized mean (lowest first), never the baseline itself.
+def select_candidates(ranked: Sequence[LeaderboardRow], k: int, baseline_key: str | None,
+                      beat_baseline: bool = True) -> list[LeaderboardRow]:
+    """Top ``k`` configurations by normalized mean (lowest first), never the baseline itself, and (with
+    ``beat_baseline``) only those whose screen mean is below the baseline's own mean on the screen.
 
     ``config_key`` is the key of the configuration with defaults filled in, so a grid point that
     equals the baseline is the baseline and is never promoted (an A/A test). Rows without a
-    normalized value cannot be compared fairly and are skipped; the input order does not matter.
+    normalized value cannot be compared fairly and are skipped; the input order does not matter. A
+    configuration that did not beat the baseline on the screen is its screen's evidence against it:
+    validating it spends the validation tier on an idea whose own runs already say no. A baseline that
+    did not run on the screen cannot be compared with: then nothing is left out for it.
     """
     if k < 1:
         raise InputError(f"`k` is {k}, but must be a positive integer (e.g. `--top 3`)")
     eligible = [r for r in ranked if r.config_key != baseline_key and r.normalized_mean is not None]
+    base = screen_baseline(ranked, baseline_key)
+    if beat_baseline and base is not None:
+        eligible = [r for r in eligible if r.normalized_mean is not None and r.normalized_mean < base]
     eligible.sort(key=lambda r: (r.normalized_mean, r.config_key))
     return eligible[:k]
+
+
+def screen_baseline(ranked: Sequence[LeaderboardRow], baseline_key: str | None) -> float | None:
+    """The baseline's mean on the screen, in the ranking's column (None: it did not run there)."""
+    return next((r.normalized_mean for r in ranked if r.config_key == baseline_key), None)
 
 
 def plan_validation(
