@@ -7,6 +7,7 @@ noise per configuration and seed, for the waves that must keep adding seed pairs
 """
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -122,6 +123,19 @@ def test_screen_promote_verdict(fleet):
     code, out, err = fleet("verdict", "screen-promote")
     assert code == 0 and "keep" in out and "baseline" in out and "min_effect" in out
     assert f"fleet adopt {best['experiment']}" in err and "fleet recheck" in err
+
+
+def test_promote_takes_fewer_than_top_when_fewer_beat_the_baseline_and_says_so(fleet):
+    fleet.write("mixed.yaml", "name: mixed\ntier: screen\nenv: {TIME_BUDGET: 0.05}\ngrid:\n  MATRIX_LR: [0.01, 0.04]\n"
+                              "experiments:\n  - {MATRIX_LR: 0.02, description: baseline}\n")
+    fleet.json("wave", "mixed.yaml", "--wait")
+    code, out, err = fleet("promote", "mixed", "--top", "2", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert [c["config"]["MATRIX_LR"] for c in plan["candidates"]] == ["0.04"]  # 0.01 is worse on the screen
+    worse = next(e.id for e in fleet.ledger.experiments(wave="mixed") if e.config.get("MATRIX_LR") == "0.01")
+    assert "promoting 1 of the top 2: MATRIX_LR=0.01" in err and f"`fleet promote --experiments {worse}`" in err
+    fleet("cancel", "--wave", plan["wave"])
 
 
 def test_sequential_validation_adds_pairs_until_each_candidate_is_decided(fleet):
