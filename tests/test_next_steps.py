@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from fleet.cli.loop_state import _committed_baseline
+from fleet.cli.loop_state import _committed_baseline, _screen_gain
 from fleet.cli.research_cmds import Advice, advice_from, verdict_hint
 from fleet.core.ledger_rows import ExperimentRow, WaveRow
 from fleet.observe.journal import BEGIN, END, merge, render_section, tried_ideas
@@ -270,6 +270,21 @@ def test_the_baseline_is_fresh_by_when_its_code_was_taken_not_when_it_finished()
     _, code_at = _committed_baseline([old, promote], [_baseline_run(old, 100.0), _baseline_run(promote, 110.0)],
                                      [_config("code-s-old")], {"s-old": old, "s-old-promote": promote})
     assert code_at == 10.0
+
+
+def test_a_screens_gain_uses_the_column_promote_ranks_by():
+    """`fleet promote` ranks by normalized values when any run has one (`plans.rank_screen`); so does the gain
+    `fleet next` uses to offer a screen for promotion, or it would offer screens promote refuses."""
+    s1 = _screen("s1", 1.0)
+    base, idea, other = _baseline_run(s1, 2.0), replace(_baseline_run(s1, 2.0), id="s1-002", config_key="ki",
+                                                        description="idea"), \
+        replace(_baseline_run(s1, 2.0), id="s1-003", config_key="ko", description="other")
+    rows = {"s1-001": {"config_key": "kb", "val_bpb": 1.85, "normalized": 1.85},
+            "s1-002": {"config_key": "ki", "val_bpb": 1.80, "normalized": 1.90},  # raw better, normalized worse
+            "s1-003": {"config_key": "ko", "val_bpb": 1.70, "normalized": None}}  # unknown speed: left out
+    assert _screen_gain([base, idea, other], rows, {"kb"}) == pytest.approx(1.85 - 1.90)
+    raw = {k: {**r, "normalized": None} for k, r in rows.items()}
+    assert _screen_gain([base, idea, other], raw, {"kb"}) == pytest.approx(1.85 - 1.70)
 
 
 # ---- the journal -------------------------------------------------------------------------------------
