@@ -20,7 +20,7 @@ from fleet.config import load_config
 from fleet.core.controller import Controller
 from fleet.core.daemon import controller_lock
 from fleet.core.ledger import Ledger
-from fleet.core.ledger_rows import ATTEMPT_WITHDRAWN
+from fleet.core.ledger_rows import ATTEMPT_WITHDRAWN, WaveRow
 from fleet.core.schedule import ClusterSlot, PendingExperiment
 from fleet.research.backfill import Backfill, Option, Room, backfill_spend, choose, free_rooms, over_cap
 from fleet.research.sequential import extend_waves
@@ -263,9 +263,7 @@ def test_a_place_a_search_will_take_is_not_room_for_backfill(tmp_path):
     assert sum(r.free for r in rooms) == 2  # a second cluster: the two places the search's two trials leave
 
 
-def _promote_wave(wave_id: str) -> "WaveRow":
-    from fleet.core.ledger_rows import WaveRow
-
+def _promote_wave(wave_id: str) -> WaveRow:
     spec = {"name": wave_id, "source_wave": "s", "seeds": 3, "pooled": True,
             "rule": {"alpha": 0.05, "min_effect": 0.0005, "max_seeds": 16, "first_look": 3, "design": "sequential"},
             "baseline": {"config": {"A": "1"}, "config_key": "base", "source": "s"},
