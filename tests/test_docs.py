@@ -198,10 +198,10 @@ def test_readme_leads_with_the_two_setup_commands():
     first = doc_commands("README.md")[:2]
     assert [c.command for c in first] == [
         "bash scripts/install.sh && .venv/bin/fleet wave examples/quickstart.yaml --wait",
-        "bash scripts/install.sh && .venv/bin/python -m pytest -q",
+        "bash scripts/install.sh && .venv/bin/python -m pytest -q -n 2",
     ]
     ci = (REPO / ".ci" / "run").read_text()
-    assert ".venv/bin/python -m pytest -q" in ci  # CI runs the README's test command
+    assert ".venv/bin/python -m pytest -q -n 2" in ci  # CI runs the README's test command
 
 
 @pytest.mark.parametrize("doc", DOCS)
