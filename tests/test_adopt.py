@@ -94,6 +94,9 @@ def test_env_knobs_become_the_knob_block_default_of_the_preset_it_ran_with():
     ("X = Knob(8, 9, 8)\n", "cpu", 8, "X = Knob(8)\n"),
     ('X = Knob("a", choices=("a", "b"))\n', "gpu", "b", 'X = Knob("b", "a", choices=("a", "b"))\n'),
     ("X = Knob(True, False, False)\n", "cpu", True, "X = Knob(True, True, False)\n"),
+    # an expression default is a default like any other, and kept as written where it does not change
+    ("X = Knob(2**19, 4096, 1024, min=1)\n", "cpu", 1024, "X = Knob(2**19, 1024, min=1)\n"),
+    ("X = Knob(2**19, 4096, 1024)\n", "gpu", 2**18, "X = Knob(262144, 4096, 1024)\n"),
 ])
 def test_knob_block_defaults(source, preset, value, expected):
     decl = knob_declarations(source)["X"]

@@ -113,6 +113,14 @@ def _evaluate(node: ast.AST) -> Value:
     raise _NotConstant(type(node).__name__)
 
 
+def constant_value(node: ast.AST) -> tuple[bool, Value | None]:
+    """(True, value) for a constant expression (`0.04`, `2**19`, `-1`, `(1, 2)`), (False, None) otherwise."""
+    try:
+        return True, _evaluate(node)
+    except _NotConstant:
+        return False, None
+
+
 def _line_offsets(source: str) -> list[int]:
     offsets, total = [0], 0
     for line in source.splitlines(keepends=True):

@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.core.constants import render_value
+from fleet.core.constants import constant_value, render_value
 
 PRESETS = ("gpu", "cpu", "tiny")
 
@@ -39,7 +39,8 @@ def _offsets(source: str) -> list[int]:
 
 
 def knob_declarations(source: str) -> dict[str, KnobDecl]:
-    """Each module-level `NAME = Knob(<constant defaults>, ...)` (others are skipped)."""
+    """Each module-level `NAME = Knob(<constant defaults>, ...)`, defaults such as `2**19` included (others
+    are skipped)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -57,9 +58,10 @@ def knob_declarations(source: str) -> dict[str, KnobDecl]:
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Knob"):
             continue
         args = call.args[:3]
-        if not args or not all(isinstance(a, ast.Constant) for a in args):
+        evaluated = [constant_value(a) for a in args]  # `2**19` is as constant as `524288`
+        if not args or not all(ok for ok, _ in evaluated):
             continue
-        values = [a.value for a in args]
+        values = [value for _, value in evaluated]
         while len(values) < 3:
             values.append(values[-1])  # cpu falls back to gpu, tiny to cpu
         start, end = at(args[0].lineno, args[0].col_offset), at(args[-1].end_lineno, args[-1].end_col_offset)
