@@ -246,3 +246,14 @@ def test_an_unknown_knob_names_its_line_and_never_offers_seed(real_workload):
     fleet.write("s.yaml", "name: s\nexperiments:\n  - {SEED: 3}\n")
     code, _, err = fleet("wave", "s.yaml", "--dry-run")
     assert code == 2 and "s.yaml:3: `experiments[0].SEED`: SEED is set by the fleet" in err, err
+
+
+def test_on_cpu_slots_the_combination_check_is_the_cpu_presets(real_workload, monkeypatch):
+    """8 * the cpu preset's MAX_SEQ_LEN 128 = 1024: right for CPU slots, wrong for the gpu preset's 2048."""
+    fleet = real_workload
+    fleet.write("b.yaml", "name: b\nexperiments:\n  - {TOTAL_BATCH_SIZE: 1024, DEVICE_BATCH_SIZE: 8}\n")
+    code, _, err = fleet("wave", "b.yaml", "--dry-run")
+    assert code == 0, err  # this fleet's slots are CPU slots (FLEET_LOCAL_ACCELERATORS=cpu,cpu)
+    monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", "H100")
+    code, _, err = fleet("wave", "b.yaml", "--dry-run")
+    assert code == 2 and "DEVICE_BATCH_SIZE*MAX_SEQ_LEN=8*2048" in err, err

@@ -22,7 +22,8 @@ from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research c
     wait_for,
 )
 from fleet.config import TRACK_PATTERN, VALIDATION_PRIORITY
-from fleet.core.daemon import bring_up_local, ensure_controller
+from fleet.backends.local import default_slots
+from fleet.core.daemon import backend_name, bring_up_local, ensure_controller
 from fleet.core.fleet_size import fleet_target
 from fleet.core.expand import check_size, count_experiments, expand_wave, interleave_baseline, variant_entries
 from fleet.core.knobs import canonicalize
@@ -112,6 +113,19 @@ def checked_track(track: str, source: str) -> str:
     return track
 
 
+def assumed_device(ctx: Context) -> dict[str, str]:
+    """On a fleet of CPU slots only, a wave's knobs are checked as the runs will resolve them (DEVICE=cpu,
+    so the cpu preset's defaults), not also against the gpu preset no slot of this fleet runs."""
+    clusters = ctx.ledger.clusters([ClusterState.UP])
+    if clusters:
+        accelerators = {c.accelerator for c in clusters}
+    elif backend_name(ctx.ledger) == "local":
+        accelerators = set(default_slots(ctx.config))  # the slots the first wave brings up
+    else:
+        return {}
+    return {"DEVICE": "cpu"} if accelerators == {"cpu"} else {}
+
+
 def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", snapshot: str | None = None,
                     choices: dict | None = None, wave_spec: WaveSpec | None = None, kind: str = "grid"):
     """Snapshot the workload, check every knob and combination, write each experiment's code.
@@ -124,7 +138,7 @@ def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", 
     ctx.workspace.ensure()
     load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
     snapshot = snapshot or workload.snapshot(ctx.workspace.snapshots)
-    codes = CodeStore(workload, ctx.workspace.snapshots)
+    codes = CodeStore(workload, ctx.workspace.snapshots, assume=assumed_device(ctx))
     if choices is None:
         choices = choices_from(ctx.ledger.experiments())
     planned, merged = canonicalize(planned, lambda p: codes.listing(code_choice(p, snapshot, choices).code), source)

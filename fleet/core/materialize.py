@@ -53,9 +53,12 @@ class Prepared:
 class CodeStore:
     """Trees, knob scans and knob listings of code snapshots, each read once."""
 
-    def __init__(self, workload: Workload, store: Path) -> None:
+    def __init__(self, workload: Workload, store: Path, assume: Mapping[str, str] | None = None) -> None:
         self.workload = workload
         self.store = Path(store)
+        # knob values the runs will resolve to that a check cannot see from here (DEVICE=cpu on a fleet of
+        # CPU slots): added where a configuration does not set them, for checking only, never written
+        self.assume = dict(assume or {})
         self.files = cache(self._files)
         self.scan = cache(self._scan)
         self.listing = cache(self._listing)
@@ -209,7 +212,9 @@ def knob_problems(planned: list[PlannedExperiment], codes: CodeStore, code: str,
                   spec: WaveSpec | None = None) -> list[str]:
     """One line per knob name or value of `planned` that the code `code` would refuse (nothing is written)."""
     if codes.mode(code) == "env":
-        knobs_only = [dataclasses.replace(e, config=knob_values(e.config)) for e in planned]
+        listing = codes.listing(code)
+        assumed = {k: v for k, v in codes.assume.items() if k in listing.knobs}
+        knobs_only = [dataclasses.replace(e, config=_assuming(knob_values(e.config), assumed)) for e in planned]
         try:
             check_wave_knobs(knobs_only, codes.listing(code), snapshot_root(codes.store, code).parent, source,
                              codes.workload.script_path)
@@ -255,6 +260,12 @@ def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave
         news.append(NewExperiment(exp.config, exp.config_key, exp.seed, exp.description, exp.label, snapshot,
                                   choice.code, choice.base, SEEDED if seeded else REPLICATE))
     return Prepared(news, codes.mode(wave_snapshot), _default_budget(codes.listing(wave_snapshot)))
+
+
+def _assuming(config: dict[str, str], assumed: Mapping[str, str]) -> dict[str, str]:
+    if not assumed or "PRESET" in config or any(k in config for k in assumed):
+        return config  # the configuration says itself which preset or device it runs with
+    return {**config, **assumed}
 
 
 def _with_lines(problems: list[str], source: str, spec: WaveSpec | None) -> list[str]:
