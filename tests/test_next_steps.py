@@ -186,6 +186,10 @@ def test_recheck_after_three_adoptions_and_ablate_when_it_does_not_confirm():
     assert ("recheck", "fleet recheck") not in got  # re-checked since those adoptions
     assert ("ablate", "fleet ablate r-002") in got
     ids_exist(s2)
+    # cut short (runs cancelled) before it decided: no reason to take the best apart; run the re-check again
+    cut = replace(failed, cancelled=3)
+    got = kinds(replace(s, waves=tuple(base) + (cut,)))
+    assert ("ablate", "fleet ablate r-002") not in got and ("recheck", "fleet recheck") in got
 
 
 def test_inconclusive_candidates_that_promise_a_gain_can_be_continued():

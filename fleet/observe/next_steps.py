@@ -359,7 +359,14 @@ def _recheck_or_ablate(state: LoopState) -> list[Action]:
     if rechecks:
         latest = max(rechecks, key=lambda w: (w.created_at, w.id))
         best = latest.candidates[0] if latest.candidates else None
-        if latest.complete and best is not None and best.verdict != "keep" and best.experiment:
+        # a re-check that showed nothing because it was cut short (runs cancelled, undecided) is no reason
+        # to take the best apart: only one that ran to its end and did not confirm it is
+        cut_short = latest.cancelled > 0 and best is not None and best.verdict != "discard"
+        if latest.complete and cut_short and not any(a.kind == "recheck" for a in out):
+            out.append(Action("recheck", "fleet recheck",
+                              f"the re-check {latest.id} was cut short ({latest.cancelled} runs cancelled) before it "
+                              "decided: run it again", (latest.id,)))
+        if latest.complete and best is not None and best.verdict != "keep" and best.experiment and not cut_short:
             ablated = any(w.kind == "ablate" and w.created_at > latest.created_at for w in state.waves)
             if not ablated:
                 out.append(Action("ablate", f"fleet ablate {best.experiment}",
