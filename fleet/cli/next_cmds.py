@@ -22,7 +22,7 @@ from fleet.cli.output import styled
 from fleet.cli.arg_types import positive_minutes
 from fleet.errors import InputError
 from fleet.observe.journal import merge, render_section, tried_ideas
-from fleet.observe.next_steps import HORIZON_S, NextReport, next_actions, unread
+from fleet.observe.next_steps import HORIZON_S, NextReport, eta_text, next_actions, unread
 from fleet.plain_text import plain
 
 DEFAULT_JOURNAL = Path("journal.md")
@@ -87,7 +87,7 @@ def render_next(console: Console, payload: dict[str, Any]) -> None:
         console.print(styled(("baseline ", "bold"), f"{base['mean']:.4f} (n={base['n']}, {base['experiment']})"))
     for w in payload["in_flight"]:
         eta = "no cluster can run it" if w["stranded"] else (
-            "" if w["eta_s"] is None else f"ends in ~{max(1, round(w['eta_s'] / 60))} min")
+            "" if w["eta_s"] is None else f"ends in {eta_text(w['eta_s'])}")
         tag = " [backfill]" if w["backfill"] else ""
         console.print(Text(plain(f"in flight  {w['wave']}{tag}  {w['finished']}/{w['total']}  {eta}")))
     if payload["idle_clusters"]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.observe.next_steps import SCREEN_KINDS, LoopState, NextReport, adopted_since_baseline, unread
+from fleet.observe.next_steps import SCREEN_KINDS, LoopState, NextReport, adopted_since_baseline, eta_text, unread
 from fleet.observe.report import AdoptedChange
 from fleet.plain_text import plain
 
@@ -122,7 +122,7 @@ def render_section(*, generated: str, state: LoopState, report: NextReport, idea
     if flying:
         for w in flying:
             eta = "" if w.eta_s is None else (" (no cluster can run it)" if w.eta_s == float("inf")
-                                              else f", ends in ~{max(1, round(w.eta_s / 60))} min")
+                                              else f", ends in {eta_text(w.eta_s)}")
             tag = " [backfill]" if w.backfill else ""
             lines.append(f"- `{w.id}`{tag} ({w.kind}, tier {w.tier}{', track ' + w.track if w.track else ''}): "
                          f"{w.total - w.unfinished}/{w.total} finished{eta}")

@@ -192,8 +192,8 @@ def _promotable(state: LoopState) -> list[WaveView]:
 
 def _fill(state: LoopState, idle: Sequence[ClusterView], slots: int) -> Action:
     names = ", ".join(c.name for c in idle)
-    why = f"{len(idle)} cluster(s) idle or running dry within {state.horizon_s / 60:.0f} min ({names}) with nothing " \
-          f"queued for them"
+    why = f"{len(idle)} cluster(s) idle or running dry within {state.horizon_s / 60:.0f} min ({names}): what is " \
+          f"queued for them ends by then"
     screens = _promotable(state)
     can_validate = any(state.validate_tier in c.eligible_tiers for c in idle)
     if screens and can_validate:
@@ -344,7 +344,12 @@ def _eta(eta_s: float | None) -> str:
         return ""
     if math.isinf(eta_s):
         return " (no cluster can run its tier)"
-    return f" (ends in ~{max(1, round(eta_s / 60))} min)"
+    return f" (ends in {eta_text(eta_s)})"
+
+
+def eta_text(eta_s: float) -> str:
+    """`~40 s` under a minute (a CPU run's), `~3 min` beyond."""
+    return f"~{max(1, round(eta_s))} s" if eta_s < 60 else f"~{round(eta_s / 60)} min"
 
 
 def _recheck_or_ablate(state: LoopState) -> list[Action]:
