@@ -381,7 +381,7 @@ def test_a_finished_search_is_promoted_like_a_screen():
     ids_exist(s)
 
 
-@pytest.mark.parametrize("seconds, text", [(8.5, "~9 s"), (0.2, "~1 s"), (59.0, "~59 s"), (60.0, "~1 min"),
+@pytest.mark.parametrize("seconds, text", [(8.6, "~9 s"), (0.2, "~1 s"), (59.0, "~59 s"), (60.0, "~1 min"),
                                            (540.0, "~9 min")])
 def test_an_eta_under_a_minute_is_in_seconds(seconds, text):
     from fleet.observe.next_steps import eta_text
