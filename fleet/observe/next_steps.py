@@ -418,7 +418,7 @@ def warnings(state: LoopState) -> list[str]:
     after = adopted_since_baseline(state)
     if after:
         out.append(f"stale baseline: {len(after)} change(s) adopted since the baseline's code was taken "
-                   f"(latest {after[-1].experiment}); commit them and include `{{description: baseline}}` in the "
+                   f"(latest {after[-1].experiment}); include `{{description: baseline}}` (committed, if not yet) in the "
                    "next wave so its candidates are compared with the new code")
     noisy = [(w, c) for w in state.waves if w.kind == "promote" for c in w.candidates if c.flagged]
     if noisy:
