@@ -174,3 +174,31 @@ def test_add_experiments_appends_each_run_once_and_keeps_their_own_code(tmp_path
     assert len(ledger.experiments(wave="w")) == 4
     with pytest.raises(ValueError):
         ledger.add_experiments("nosuch", more)
+
+
+def test_a_passing_io_error_on_a_read_is_tried_again_and_one_that_stays_is_damage(tmp_path, monkeypatch):
+    import sqlite3
+
+    from fleet.core import ledger as ledger_module
+    from fleet.core.ledger import Ledger
+
+    monkeypatch.setattr(ledger_module.time, "sleep", lambda s: None)
+    ledger = Ledger(tmp_path / "ledger.db")
+    real = ledger._db
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def execute(self, sql, args=()):
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, args)
+
+    ledger._db = Flaky(ledger_module.READ_TRIES - 1)  # passes before the last try
+    assert ledger.waves() == []
+    ledger._db = Flaky(ledger_module.READ_TRIES)  # stays: the error reaches the caller (damage)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        ledger.waves()
+    ledger._db = real

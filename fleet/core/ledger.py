@@ -54,6 +54,9 @@ def retry_locked(call: Callable[[], T], tries: int = 50, sleep: Callable[[float]
     raise ValueError(f"tries is {tries}, but must be at least 1")
 
 
+READ_TRIES = 4  # a read that fails with an I/O error is tried again this many times in all (~0.6 s)
+
+
 class LedgerDamaged(FleetError):
     """The ledger file is not a readable SQLite database; the message names the backup to restore."""
 
@@ -154,7 +157,16 @@ class Ledger(Transitions, LedgerReads, AgentRecords):
             faults.point(f"after commit: {label}")
 
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, tuple(args)).fetchall()
+        # A read may meet a passing I/O error while another process recovers the WAL after a kill -9: a
+        # read is safe to repeat, and only an error that stays means damage (`is_damage`).
+        for attempt in range(READ_TRIES):
+            try:
+                return self._db.execute(sql, tuple(args)).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "disk i/o error" not in str(exc).lower() or attempt == READ_TRIES - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def select(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
         """A read for modules that build their own views of the ledger (`fleet.core.demand`)."""
