@@ -257,3 +257,13 @@ def test_on_cpu_slots_the_combination_check_is_the_cpu_presets(real_workload, mo
     monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", "H100")
     code, _, err = fleet("wave", "b.yaml", "--dry-run")
     assert code == 2 and "DEVICE_BATCH_SIZE*MAX_SEQ_LEN=8*2048" in err, err
+
+
+def test_results_takes_the_wave_as_an_argument_too(fleet):
+    fleet.write("w.yaml", "name: w\nenv: {TIME_BUDGET: 0.05}\nexperiments:\n  - {description: baseline}\n")
+    fleet.json("wave", "w.yaml", "--wait")
+    assert fleet.json("results", "w") == fleet.json("results", "--wave", "w")
+    code, _, err = fleet("results", "w", "--wave", "x")
+    assert code == 2 and "two waves asked for" in err
+    code, _, err = fleet("results", "nope")
+    assert code == 2 and "does not exist" in err

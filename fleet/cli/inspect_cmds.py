@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("results", parents=[common], help="the leaderboard (table, tsv or json)")
+    p.add_argument("wave_id", nargs="?", metavar="WAVE", help="only this wave (the same as --wave)")
     p.add_argument("--wave", help="only this wave (default: every wave)")
     p.add_argument("--format", choices=("table", "tsv", "json"), default=None, help="output format (default: table)")
     p.add_argument("--sort", choices=("normalized", "raw"), default="normalized",
@@ -207,6 +208,9 @@ def _render_results(console: Console, payload: dict, wave: str | None) -> None:
 
 
 def cmd_results(ctx: Context, args: argparse.Namespace) -> int:
+    if args.wave_id is not None and args.wave is not None and args.wave_id != args.wave:
+        raise InputError(f"two waves asked for ({args.wave_id!r} and --wave {args.wave!r}); name one")
+    args.wave = args.wave if args.wave is not None else args.wave_id
     if args.wave and ctx.ledger.wave(args.wave) is None:
         raise InputError(f"--wave {args.wave!r} does not exist; `fleet status` lists waves")
     if ctx.sink.json and args.format not in (None, "json"):
