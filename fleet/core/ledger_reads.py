@@ -34,8 +34,7 @@ class ConfigMean:
 class LedgerReads:
     """Read-only queries that let SQLite do the selecting (mixed into `Ledger`)."""
 
-    def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:  # provided by Ledger
-        raise NotImplementedError
+    _query: Callable[..., list[sqlite3.Row]]  # provided by Ledger
 
     _memo: dict | None = None  # whole reads decoded inside a `reading()` block, by their query
 
