@@ -1,11 +1,14 @@
 """Helpers for tests that drive the `fleet` CLI against a tiny workload on the local backend."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from fleet.cli.main import main
 from fleet.core.ledger import Ledger
@@ -81,3 +84,13 @@ def make_byo_project(tmp_path: Path, monkeypatch, capsys, slots: str = "cpu,cpu"
 
 def teardown(fleet: FleetRunner) -> None:
     fleet("down", "--all", "-y")
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script that is not a package module (a benchmark, a fixture's train.py) imported as `name`; it
+    is registered first, since dataclasses look their module up while being defined."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,25 +2,19 @@
 (normalization beats raw ranking, and the imposed lead is exactly the stated one)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fleet_cli import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "normalization.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_normalization", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script(BENCH, "bench_normalization")
 
 
 def test_best_idea_leads_by_the_stated_margin(bench):
@@ -50,12 +44,7 @@ REAL = Path(__file__).resolve().parent.parent / "bench" / "normalization_real.py
 
 @pytest.fixture(scope="module")
 def real():
-    spec = importlib.util.spec_from_file_location("bench_normalization_real", REAL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script(REAL, "bench_normalization_real")
 
 
 def test_the_real_training_bench_reads_summaries_and_scores_a_mixed_fleet(real):

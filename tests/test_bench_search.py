@@ -2,10 +2,10 @@
 benchmark measures searches, not validation errors; and its GPU-seconds-to-target arithmetic."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from fleet_cli import load_script
 
 from fleet.config import FleetConfig
 from fleet.core.expand import expand_wave
@@ -14,9 +14,7 @@ from fleet.core.wave import load_wave
 from fleet.research.search_checks import probe_experiments, resolve_space, warmdown_problems
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "search.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script(REPO / "bench" / "search.py", "bench_search")
 
 
 @pytest.fixture(scope="module")

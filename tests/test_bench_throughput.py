@@ -1,23 +1,17 @@
 """The throughput benchmark's accounting: every cluster-second lands in exactly one part."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from fleet_cli import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "fleet_throughput.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_fleet_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script(BENCH, "bench_fleet_throughput")
 
 
 def test_a_timeline_splits_into_its_parts(bench):

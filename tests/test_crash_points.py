@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleet_cli import TINYWORK
+from fleet_cli import TINYWORK, FleetRunner
 
 from fleet.backends.slot_queue import END_LINE, SlotQueue
-from fleet.cli.main import main
 from fleet.core import faults
 from fleet.core.daemon import controller_lock, run_controller
 from fleet.core.ledger import Ledger
@@ -46,18 +45,13 @@ class Project:
         shutil.copytree(TINYWORK, root)
         self.root = root
         self.capsys = capsys
+        self.cli = FleetRunner(root, capsys)  # (code, stdout, stderr) of one `fleet` command
         monkeypatch.chdir(root)
         monkeypatch.setenv("FLEET_ROOT", str(root))
         (root / "life.yaml").write_text(WAVE)
         with controller_lock(Workspace(root)) as got:  # submit only: the test starts the controller
             assert got
             assert self.cli("wave", "life.yaml", "--json")[0] == 0
-
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(list(args))
-        out, err = self.capsys.readouterr()
-        return code, out, err
 
     def outcome(self) -> dict[str, tuple[str, float | None]]:
         ledger = Ledger(Workspace(self.root).ledger_path)

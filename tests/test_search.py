@@ -7,14 +7,13 @@ several trials are always in flight (parallel asks) as on a fleet.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import shutil
 import statistics
 from pathlib import Path
 
 import pytest
-from fleet_cli import SEARCHWORK
+from fleet_cli import SEARCHWORK, load_script
 
 from fleet.backends.base import Backend
 from fleet.cli.search_view import planned_trials
@@ -41,9 +40,7 @@ from fleet.research.study import WaveStudy, preview_asks, study_path
 from fleet.types import ClusterInfo, ClusterState, ExperimentState, JobInfo, JobState
 from fleet.workspace import Workspace
 
-_spec = importlib.util.spec_from_file_location("searchwork_train", SEARCHWORK / "train" / "train.py")
-searchwork = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(searchwork)
+searchwork = load_script(SEARCHWORK / "train" / "train.py", "searchwork_train")
 OPTIMUM = 1.0  # searchwork's score at MATRIX_LR=0.04, WEIGHT_DECAY=0.05, DEPTH=4 (seed noise aside)
 
 

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleet_cli import SEARCHWORK
+from fleet_cli import SEARCHWORK, FleetRunner
 
 from fleet.backends.slot_queue import END_LINE, SlotQueue
-from fleet.cli.main import main
 from fleet.core import faults
 from fleet.cli.context import CONTROLLER_HOOKS
 from fleet.core.daemon import controller_lock
@@ -50,18 +49,13 @@ class Project:
         shutil.copytree(SEARCHWORK, root)
         self.root = root
         self.capsys = capsys
+        self.cli = FleetRunner(root, capsys)  # (code, stdout, stderr) of one `fleet` command
         os.chdir(root)
         os.environ["FLEET_ROOT"] = str(root)
         (root / "s.yaml").write_text(WAVE)
         with controller_lock(Workspace(root)) as got:  # submit only: the test starts the controller
             assert got
             assert self.cli("wave", "s.yaml", "--json")[0] == 0
-
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(list(args))
-        out, err = self.capsys.readouterr()
-        return code, out, err
 
     def controller(self, fault: str | None) -> int:
         env = {**os.environ, **({faults.ENV: fault} if fault else {})}

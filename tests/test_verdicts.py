@@ -5,12 +5,11 @@ each, as the controller asks), with fewer trials; each prints the rate it checks
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fleet_cli import load_script
 
 from fleet.errors import InputError
 from fleet.research.step_noise import StepOffset
@@ -21,11 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "verdicts.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_verdicts", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "bench_verdicts")
 
 
 # ---- the acceptance figures -------------------------------------------------------------------------
