@@ -52,7 +52,11 @@ def expected_seconds(config: Mapping[str, str], default_budget: float | None) ->
 
 def default_budget_of(spec_text: str | None) -> float | None:
     """The workload's default TIME_BUDGET the wave recorded (for experiments that do not set it)."""
-    value = json.loads(spec_text or "{}").get("default_budget")
+    return _budget_in(json.loads(spec_text or "{}"))
+
+
+def _budget_in(spec: Mapping) -> float | None:
+    value = spec.get("default_budget")
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -81,33 +85,26 @@ def pending_work(ledger: Ledger, per_track: int | None = None, planned: bool = F
         sql += " WHERE x_k <= ?"
         args.append(per_track)
     rows = ledger.select(sql + " ORDER BY x_backfill, x_priority DESC, x_created, x_wave_row, seq", args)
-    budgets = _default_budgets(ledger, {row["wave_id"] for row in rows})
-    envs = _wave_envs(ledger, {row["wave_id"] for row in rows if row["state"] == ExperimentState.PLANNED.value})
+    specs = _wave_specs(ledger, {row["wave_id"] for row in rows})
     out = []
     for row in rows:
         data, extra = _extra(row)
         exp = decode_row(ExperimentRow, data)
-        config = {**envs[exp.wave_id], **exp.config} if exp.state == ExperimentState.PLANNED else exp.config
+        spec = specs[exp.wave_id]
+        # a planned run has no configuration yet: its wave's env sets its TIME_BUDGET
+        config = {**(spec.get("env") or {}), **exp.config} if exp.state == ExperimentState.PLANNED else exp.config
         out.append(PendingRow(exp, extra["priority"], extra["track"],
-                              expected_seconds(config, budgets[exp.wave_id]), bool(extra["backfill"]),
+                              expected_seconds(config, _budget_in(spec)), bool(extra["backfill"]),
                               extra["created"]))
     return out
 
 
-def _wave_envs(ledger: Ledger, wave_ids: set[str]) -> dict[str, dict]:
-    """Each wave's `env` (a planned run has no configuration yet; its wave's env sets its TIME_BUDGET)."""
+def _wave_specs(ledger: Ledger, wave_ids: set[str]) -> dict[str, dict]:
+    """Each wave's spec, read and parsed once per wave (not once per experiment: a grid wave's spec holds
+    every value of its grid)."""
     ids = sorted(wave_ids)
     marks = ",".join("?" * len(ids))
-    return {r["id"]: json.loads(r["spec"] or "{}").get("env") or {}
-            for r in (ledger.select(f"SELECT id, spec FROM waves WHERE id IN ({marks})", ids) if ids else [])}
-
-
-def _default_budgets(ledger: Ledger, wave_ids: set[str]) -> dict[str, float | None]:
-    """Each wave's recorded default TIME_BUDGET, its spec read once per wave (not once per experiment:
-    a grid wave's spec holds every value of its grid)."""
-    ids = sorted(wave_ids)
-    marks = ",".join("?" * len(ids))
-    return {r["id"]: default_budget_of(r["spec"])
+    return {r["id"]: json.loads(r["spec"] or "{}")
             for r in (ledger.select(f"SELECT id, spec FROM waves WHERE id IN ({marks})", ids) if ids else [])}
 
 
@@ -119,7 +116,7 @@ def active_work(ledger: Ledger) -> list[ActiveRow]:
         f" w.backfill AS x_backfill"
         f" FROM attempts a JOIN experiments e ON e.id = a.experiment_id JOIN waves w ON w.id = e.wave_id"
         f" WHERE a.state IN ({marks}) ORDER BY a.id", ACTIVE_ATTEMPT_STATES)
-    budgets = _default_budgets(ledger, {row["x_wave"] for row in rows})
+    budgets = {w: _budget_in(spec) for w, spec in _wave_specs(ledger, {row["x_wave"] for row in rows}).items()}
     out = []
     for row in rows:
         data, extra = _extra(row)
