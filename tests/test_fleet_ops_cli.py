@@ -16,7 +16,8 @@ from fleet_cli import make_project, teardown
 
 from fleet.core.daemon import controller_lock
 from fleet.core.drain import ClusterWork, PendingRun, dry_in
-from fleet.types import ExperimentState
+from fleet.core.ledger import Ledger
+from fleet.types import ClusterState, ExperimentState
 from fleet.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,3 +268,23 @@ def test_results_takes_the_wave_as_an_argument_too(fleet):
     assert code == 2 and "two waves asked for" in err
     code, _, err = fleet("results", "nope")
     assert code == 2 and "does not exist" in err
+
+
+def test_every_code_store_of_a_cpu_fleet_assumes_the_cpu_device(tmp_path, monkeypatch):
+    """What the fleet's code store (`fleet wave`, and the controller's sequential pairs, backfill and search
+    trials alike) assumes of the hardware, from the clusters up, else the local slots to come."""
+    from fleet.config import load_config
+    from fleet.core.materialize import assumed_knobs
+    from fleet.workspace import Workspace
+
+    ledger = Ledger(Workspace(tmp_path).ensure().ledger_path)
+    config = load_config(tmp_path)
+    monkeypatch.setenv("FLEET_LOCAL_ACCELERATORS", "cpu,cpu")
+    assert assumed_knobs(ledger, config) == {"DEVICE": "cpu"}  # nothing up yet: the slots the first wave brings up
+    ledger.upsert_cluster("local-01", "local", "H100", ClusterState.UP)
+    assert assumed_knobs(ledger, config) == {}  # a GPU slot: either preset may run
+    ledger.upsert_cluster("local-01", "local", "cpu", ClusterState.UP)
+    assert assumed_knobs(ledger, config) == {"DEVICE": "cpu"}
+    ledger.set_meta("backend", "sky")
+    ledger.upsert_cluster("local-01", "local", "cpu", ClusterState.DOWN)
+    assert assumed_knobs(ledger, config) == {}  # nothing up on SkyPilot: the hardware is not known here

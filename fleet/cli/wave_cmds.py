@@ -22,13 +22,12 @@ from fleet.cli.wait_cmds import (  # noqa: F401 - re-exported for the research c
     wait_for,
 )
 from fleet.config import TRACK_PATTERN, VALIDATION_PRIORITY
-from fleet.backends.local import default_slots
-from fleet.core.daemon import backend_name, bring_up_local, ensure_controller
+from fleet.core.daemon import bring_up_local, ensure_controller
 from fleet.core.fleet_size import fleet_target
 from fleet.core.expand import check_size, count_experiments, expand_wave, interleave_baseline, variant_entries
 from fleet.core.knobs import canonicalize
 from fleet.core.ledger_rows import NewExperiment
-from fleet.core.materialize import CodeStore, choices_from, code_choice, prepare_experiments, resolve_variants
+from fleet.core.materialize import CodeStore, choices_from, code_choice, fleet_code_store, prepare_experiments, resolve_variants
 from fleet.core.wave import load_wave
 from fleet.core.wave_spec import WaveSpec
 from fleet.core.workload import workload_for
@@ -113,19 +112,6 @@ def checked_track(track: str, source: str) -> str:
     return track
 
 
-def assumed_device(ctx: Context) -> dict[str, str]:
-    """On a fleet of CPU slots only, a wave's knobs are checked as the runs will resolve them (DEVICE=cpu,
-    so the cpu preset's defaults), not also against the gpu preset no slot of this fleet runs."""
-    clusters = ctx.ledger.clusters([ClusterState.UP])
-    if clusters:
-        accelerators = {c.accelerator for c in clusters}
-    elif backend_name(ctx.ledger) == "local":
-        accelerators = set(default_slots(ctx.config))  # the slots the first wave brings up
-    else:
-        return {}
-    return {"DEVICE": "cpu"} if accelerators == {"cpu"} else {}
-
-
 def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", snapshot: str | None = None,
                     choices: dict | None = None, wave_spec: WaveSpec | None = None, kind: str = "grid"):
     """Snapshot the workload, check every knob and combination, write each experiment's code.
@@ -138,7 +124,7 @@ def prepare_planned(ctx: Context, spec: dict, planned, *, source: str = "wave", 
     ctx.workspace.ensure()
     load_task(ctx.workspace.root / ctx.config.task)  # a broken task file is bad input, caught before submitting
     snapshot = snapshot or workload.snapshot(ctx.workspace.snapshots)
-    codes = CodeStore(workload, ctx.workspace.snapshots, assume=assumed_device(ctx))
+    codes = fleet_code_store(ctx.workspace, ctx.config, ctx.ledger)
     if choices is None:
         choices = choices_from(ctx.ledger.experiments())
     planned, merged = canonicalize(planned, lambda p: codes.listing(code_choice(p, snapshot, choices).code), source)
@@ -195,7 +181,7 @@ def cmd_wave(ctx: Context, args: argparse.Namespace) -> int:
     snapshot = workload.snapshot(ctx.workspace.snapshots)
     if spec.search is not None or spec.early_stop is not None or tiers[spec.tier].early_stop is not None:
         # The space and the checkpoints are checked against the workload's knobs and its warmdown.
-        spec = check_search(ctx, spec, CodeStore(workload, ctx.workspace.snapshots), snapshot)
+        spec = check_search(ctx, spec, fleet_code_store(ctx.workspace, ctx.config, ctx.ledger), snapshot)
     choices: dict = {}
     if variant_entries(spec):  # each variant becomes its own code; the experiments name what it resolved to
         spec, choices = resolve_variants(spec, CodeStore(workload, ctx.workspace.snapshots), snapshot,

@@ -24,15 +24,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fleet.backends.local import default_slots
+from fleet.config import FleetConfig
 from fleet.core import constants as const_knobs
+from fleet.core.daemon import backend_name
 from fleet.core.expand import PlannedExperiment, knob_values, variant_of
 from fleet.core.knobs import KnobInfo, KnobListing, check_wave_knobs, load_knob_listing
 from fleet.core.ledger_rows import REPLICATE, SEEDED, ExperimentRow, NewExperiment
 from fleet.core.snapshot import SnapshotFile, read_tree, snapshot_root, store_tree
 from fleet.core.variants import VariantError, resolve
 from fleet.core.wave_spec import WaveSpec
-from fleet.core.workload import Workload
+from fleet.core.ledger import Ledger
+from fleet.core.workload import Workload, workload_for
 from fleet.errors import FleetError, InputError
+from fleet.types import ClusterState
+from fleet.workspace import Workspace
 
 MAX_REPORTED = 10
 
@@ -260,6 +266,26 @@ def prepare_experiments(planned: list[PlannedExperiment], codes: CodeStore, wave
         news.append(NewExperiment(exp.config, exp.config_key, exp.seed, exp.description, exp.label, snapshot,
                                   choice.code, choice.base, SEEDED if seeded else REPLICATE))
     return Prepared(news, codes.mode(wave_snapshot), _default_budget(codes.listing(wave_snapshot)))
+
+
+def assumed_knobs(ledger: Ledger, config: FleetConfig) -> dict[str, str]:
+    """Knob values every run of this fleet resolves to, which a check made here cannot see: DEVICE=cpu on a
+    fleet of CPU slots only, whose runs take the cpu preset's defaults (not also the gpu preset's, which no
+    slot of it runs)."""
+    clusters = ledger.clusters([ClusterState.UP])
+    if clusters:
+        accelerators = {c.accelerator for c in clusters}
+    elif backend_name(ledger) == "local":
+        accelerators = set(default_slots(config))  # the slots the first wave brings up
+    else:
+        return {}
+    return {"DEVICE": "cpu"} if accelerators == {"cpu"} else {}
+
+
+def fleet_code_store(workspace: Workspace, config: FleetConfig, ledger: Ledger) -> CodeStore:
+    """The code store every wave of this fleet is checked and written with: the project's workload, the
+    workspace's snapshots, and the knob values its hardware implies (`assumed_knobs`)."""
+    return CodeStore(workload_for(workspace.root, config), workspace.snapshots, assume=assumed_knobs(ledger, config))
 
 
 def _assuming(config: dict[str, str], assumed: Mapping[str, str]) -> dict[str, str]:

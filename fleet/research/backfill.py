@@ -38,14 +38,13 @@ from fleet.core.demand import active_work, expected_seconds, pending_work
 from fleet.core.expand import PlannedExperiment
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ExperimentRow, WaveRow, decode_row
-from fleet.core.materialize import CodeStore, choices_from, prepare_experiments
+from fleet.core.materialize import choices_from, fleet_code_store, prepare_experiments
 from fleet.core.schedule import (
     ClusterSlot,
     PendingExperiment,
     assign,
     eligible_clusters,
 )
-from fleet.core.workload import workload_for
 from fleet.errors import FleetError
 from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import (
@@ -402,7 +401,7 @@ class Backfill:
 
     @staticmethod
     def _queue(workspace: Workspace, ledger: Ledger, config: FleetConfig, planned: Planned) -> int:
-        codes = CodeStore(workload_for(workspace.root, config), workspace.snapshots)
+        codes = fleet_code_store(workspace, config, ledger)
         try:
             prepared = prepare_experiments(planned.plan.planned, codes, planned.plan.snapshot,
                                            choices_from(ledger.experiments()), f"backfill {planned.option.kind}")

@@ -29,9 +29,8 @@ from fleet.core.controller import Controller
 from fleet.core.expand import PlannedExperiment
 from fleet.core.ledger import Ledger
 from fleet.core.ledger_rows import ExperimentRow, NewExperiment, WaveRow
-from fleet.core.materialize import CodeStore, prepare_experiments
+from fleet.core.materialize import CodeStore, fleet_code_store, prepare_experiments
 from fleet.core.schedule import PendingExperiment
-from fleet.core.workload import workload_for
 from fleet.errors import FleetError
 from fleet.research.normalize_view import comparable_values
 from fleet.research.search import (
@@ -213,7 +212,7 @@ class SearchDriver:
 
     def _code_store(self) -> CodeStore:
         if self._codes is None:
-            self._codes = CodeStore(workload_for(self.workspace.root, self.config), self.workspace.snapshots)
+            self._codes = fleet_code_store(self.workspace, self.config, self.ledger)
         return self._codes
 
     def _abandon(self, wave: WaveRow, reason: str) -> None:

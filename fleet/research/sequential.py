@@ -14,8 +14,7 @@ from collections.abc import Collection
 
 from fleet.config import FleetConfig
 from fleet.core.ledger import Ledger
-from fleet.core.materialize import CodeStore, choices_from, prepare_experiments
-from fleet.core.workload import workload_for
+from fleet.core.materialize import choices_from, fleet_code_store, prepare_experiments
 from fleet.research.normalize_view import normalized_for, research_results
 from fleet.research.plans import planned_runs
 from fleet.research.verdict_report import evaluate_wave, is_validation
@@ -38,7 +37,7 @@ def extend_waves(workspace: Workspace, ledger: Ledger, config: FleetConfig, fini
     experiments, results = ledger.experiments(), research_results(ledger.results(), higher)
     norm = normalized_for(ledger, config.reference_accelerator, higher)
     slope = norm.slope.slope if norm.slope is not None else None
-    codes = CodeStore(workload_for(workspace.root, config), workspace.snapshots)
+    codes = fleet_code_store(workspace, config, ledger)
     added = 0
     for wave in chosen:
         requests = evaluate_wave(wave, experiments, results, norm.values, slope).requests
